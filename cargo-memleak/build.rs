@@ -1,0 +1,22 @@
+//! Builds the eBPF object (memleak-ebpf, for bpfel-unknown-none) into OUT_DIR with aya-build,
+//! so a plain `cargo build` produces a working binary.
+
+use anyhow::{Context as _, bail};
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=PATH");
+    if which::which("bpf-linker").is_err() {
+        bail!(
+            "bpf-linker is not on PATH; it links the eBPF programs. \
+             Run `cargo xtask bootstrap` (installs it for this machine's nightly LLVM)."
+        );
+    }
+    let ebpf = aya_build::Package {
+        name: "memleak-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../memleak-ebpf"),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default()).context(
+        "building the eBPF programs failed; `cargo xtask bootstrap` installs the toolchain",
+    )
+}

@@ -1,0 +1,204 @@
+//! Where to put the probes: finds the allocator's shared object (libc by default), resolves
+//! each allocator entry point to a file offset, and picks the eBPF program for it.
+//!
+//! Invariants: one attachment per (address, program), even when several symbols share an
+//! address (glibc's `aligned_alloc` is `memalign`); `malloc` and `free` must exist, the other
+//! entry points are probed when present.
+
+use std::path::{Path, PathBuf};
+
+use iced_x86::{Code, Decoder, DecoderOptions, Register};
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+
+use crate::error::{Error, Result};
+
+/// The program that interprets every allocating entry point's return.
+pub const RETURN_PROGRAM: &str = "alloc_return";
+
+/// Allocator entry points: symbol, entry program, whether the return is probed too.
+const ENTRY_POINTS: &[(&str, &str, bool)] = &[
+    ("malloc", "malloc_enter", true),
+    ("calloc", "calloc_enter", true),
+    ("realloc", "realloc_enter", true),
+    ("reallocarray", "reallocarray_enter", true),
+    ("posix_memalign", "posix_memalign_enter", true),
+    ("aligned_alloc", "memalign_enter", true),
+    ("memalign", "memalign_enter", true),
+    ("valloc", "valloc_enter", true),
+    ("pvalloc", "valloc_enter", true),
+    ("mmap", "mmap_enter", true),
+    ("mremap", "mremap_enter", true),
+    ("free", "free_enter", false),
+    ("munmap", "munmap_enter", false),
+];
+
+const REQUIRED: &[&str] = &["malloc", "free"];
+
+/// One uprobe to attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbePoint {
+    /// The eBPF program.
+    pub program: &'static str,
+    /// Symbols found at this address (for messages).
+    pub symbols: Vec<&'static str>,
+    /// File offset in the allocator object.
+    pub offset: u64,
+}
+
+/// Every probe for one allocator object.
+#[derive(Clone, Debug)]
+pub struct AllocatorProbes {
+    pub object: PathBuf,
+    pub points: Vec<ProbePoint>,
+    /// Entry points the object does not export.
+    pub missing: Vec<&'static str>,
+}
+
+/// Finds the libc this process runs with: a dynamically linked program started from here uses
+/// the same one, found the same way by the dynamic loader.
+pub fn find_libc() -> Result<PathBuf> {
+    let maps =
+        std::fs::read_to_string("/proc/self/maps").map_err(Error::io("reading /proc/self/maps"))?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            name == "libc.so.6" || (name.starts_with("libc-") && name.ends_with(".so"))
+        })
+        .map(PathBuf::from)
+        .ok_or(Error::NoLibc)
+}
+
+/// Resolves the probe points of `object`.
+pub fn resolve(object: &Path) -> Result<AllocatorProbes> {
+    let object_error = |reason: String| Error::AllocatorObject {
+        path: object.to_owned(),
+        reason,
+    };
+    let data = std::fs::read(object).map_err(|err| object_error(err.to_string()))?;
+    let elf = object::File::parse(&*data).map_err(|err| object_error(err.to_string()))?;
+
+    let mut points: Vec<ProbePoint> = Vec::new();
+    let mut missing = Vec::new();
+    for &(symbol, program, with_return) in ENTRY_POINTS {
+        let Some(address) = symbol_address(&elf, symbol) else {
+            missing.push(symbol);
+            continue;
+        };
+        let entry = file_offset(&elf, address)
+            .ok_or_else(|| object_error(format!("{symbol} at {address:#x} is in no segment")))?;
+        let entry = if symbol == "free" {
+            skip_unemulated_prologue(&data, entry)
+        } else {
+            entry
+        };
+        add_point(&mut points, program, symbol, entry);
+        if with_return {
+            let start = file_offset(&elf, address).unwrap_or(entry);
+            add_point(&mut points, RETURN_PROGRAM, symbol, start);
+        }
+    }
+    if let Some(required) = REQUIRED.iter().find(|symbol| missing.contains(symbol)) {
+        return Err(object_error(format!(
+            "exports no `{required}`; pass the allocator's shared object with --allocator-object"
+        )));
+    }
+    Ok(AllocatorProbes {
+        object: object.to_owned(),
+        points,
+        missing,
+    })
+}
+
+fn add_point(
+    points: &mut Vec<ProbePoint>,
+    program: &'static str,
+    symbol: &'static str,
+    offset: u64,
+) {
+    match points
+        .iter_mut()
+        .find(|point| point.offset == offset && point.program == program)
+    {
+        Some(point) => point.symbols.push(symbol),
+        None => points.push(ProbePoint {
+            program,
+            symbols: vec![symbol],
+            offset,
+        }),
+    }
+}
+
+fn symbol_address(elf: &object::File<'_>, name: &str) -> Option<u64> {
+    elf.dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|symbol| symbol.is_definition() && symbol.name() == Ok(name) && symbol.address() != 0)
+        .map(|symbol| symbol.address())
+}
+
+/// Uprobes are placed by file offset: translate through the loadable segment holding `address`.
+fn file_offset(elf: &object::File<'_>, address: u64) -> Option<u64> {
+    elf.segments().find_map(|segment| {
+        let (file_start, file_size) = segment.file_range();
+        let start = segment.address();
+        (address >= start && address < start + file_size).then(|| address - start + file_start)
+    })
+}
+
+/// The kernel single-steps a probed instruction it cannot emulate, which costs a few µs per
+/// hit. glibc's `free` starts with `test %rdi,%rdi`, which is not emulated; it reads rdi and
+/// writes only flags, so a probe just after it sees the same argument. Decoded, not assumed:
+/// any other prologue keeps the probe at the entry.
+fn skip_unemulated_prologue(data: &[u8], offset: u64) -> u64 {
+    let Some(code) = usize::try_from(offset).ok().and_then(|at| data.get(at..)) else {
+        return offset;
+    };
+    let mut decoder = Decoder::with_ip(64, &code[..code.len().min(16)], 0, DecoderOptions::NONE);
+    let first = decoder.decode();
+    let is_test_rdi = first.code() == Code::Test_rm64_r64
+        && first.op0_register() == Register::RDI
+        && first.op1_register() == Register::RDI;
+    if is_test_rdi {
+        offset + first.len() as u64
+    } else {
+        offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_every_glibc_entry_point_once_per_address() {
+        let libc = find_libc().expect("this test binary links glibc");
+        let probes = resolve(&libc).expect("glibc exports malloc and free");
+        assert!(probes.missing.is_empty(), "missing: {:?}", probes.missing);
+        let entry_programs = probes
+            .points
+            .iter()
+            .filter(|point| point.program != RETURN_PROGRAM)
+            .count();
+        let returns = probes
+            .points
+            .iter()
+            .filter(|point| point.program == RETURN_PROGRAM)
+            .count();
+        // Glibc aliases aligned_alloc to memalign: 13 entry points, 12 addresses, 10 returns.
+        let distinct: std::collections::BTreeSet<_> =
+            probes.points.iter().map(|p| p.offset).collect();
+        assert_eq!(entry_programs + returns, probes.points.len());
+        assert!(returns >= 10 && returns <= 11, "{returns} return probes");
+        assert!(distinct.len() >= 12, "{distinct:?}");
+    }
+
+    #[test]
+    fn free_probe_skips_the_test_instruction_only() {
+        // test %rdi,%rdi ; je ...
+        let code = [0x48, 0x85, 0xff, 0x0f, 0x84, 0, 0, 0, 0];
+        assert_eq!(skip_unemulated_prologue(&code, 0), 3);
+        // push %r12 (malloc's prologue) stays put.
+        let code = [0x41, 0x54, 0x55, 0x53];
+        assert_eq!(skip_unemulated_prologue(&code, 0), 0);
+    }
+}

@@ -1,0 +1,247 @@
+//! The command line: clap definitions, and the dispatch from a parsed command to the library.
+//! Raw arguments become validated options here, before any work starts.
+
+use std::{ffi::OsString, io::Write as _, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    build::CargoOptions,
+    error::{Error, Result, exit},
+    report::{self, Format, SortKey},
+    session::{self, TraceOptions},
+    spawn::Command,
+    symbolize::Symbolizer,
+    tracer::Limits,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo-memleak",
+    bin_name = "cargo memleak",
+    version,
+    about = "Find memory leaks with eBPF uprobes on the allocator",
+    long_about = "Traces every allocation of a program from its first instruction (eBPF uprobes \
+                  on libc's allocator, attached before the program execs) and reports what it \
+                  never freed, grouped by call stack, when it exits.",
+    after_help = "Exit codes: 0 ok, 1 the program failed, 2 usage, 3 trace incomplete, \
+                  69 kernel support or allocator missing, 77 privileges, 101 build failed, \
+                  102 cargo metadata failed, 126 not executable, 127 program not found."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Trace any program: cargo memleak exec [OPTIONS] -- PROGRAM [ARGS]...
+    Exec(ExecArgs),
+    /// Build a bin target with frame pointers and trace it: cargo memleak run [OPTIONS] [-- ARGS]...
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// The program to trace (looked up in PATH) and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub cargo: CargoOptions,
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Arguments for the binary.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Report")]
+pub struct ReportArgs {
+    /// Show this many stacks, largest first.
+    #[arg(short = 'T', long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    /// Show the address and size of every outstanding allocation.
+    #[arg(short = 'a', long)]
+    pub show_allocs: bool,
+    /// Order stacks by outstanding bytes or by number of allocations.
+    #[arg(long, value_enum, default_value_t = SortKey::Size)]
+    pub sort: SortKey,
+    /// Only count allocations of at least this many bytes.
+    #[arg(short = 'z', long, value_name = "BYTES")]
+    pub min_size: Option<u64>,
+    /// Only count allocations of at most this many bytes.
+    #[arg(short = 'Z', long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report to this file instead of stderr.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Tracing")]
+pub struct TraceArgs {
+    /// The allocator's shared object [default: the libc this system runs programs with].
+    #[arg(short = 'O', long, value_name = "PATH")]
+    pub allocator_object: Option<PathBuf>,
+    /// Room for this many outstanding allocations (across traced processes).
+    #[arg(long, default_value_t = Limits::default().max_allocs, value_name = "N")]
+    pub max_allocs: u32,
+    /// Room for this many distinct stacks.
+    #[arg(long, default_value_t = Limits::default().max_stacks, value_name = "N")]
+    pub max_stacks: u32,
+}
+
+impl ReportArgs {
+    fn options(&self) -> Result<report::Options> {
+        if let (Some(min), Some(max)) = (self.min_size, self.max_size)
+            && min > max
+        {
+            return Err(Error::Selection(format!(
+                "--min-size {min} is larger than --max-size {max}; swap them"
+            )));
+        }
+        Ok(report::Options {
+            top: self.top,
+            sort: self.sort,
+            min_size: self.min_size,
+            max_size: self.max_size,
+            show_allocs: self.show_allocs,
+        })
+    }
+}
+
+impl TraceArgs {
+    fn options(&self) -> TraceOptions {
+        TraceOptions {
+            allocator_object: self.allocator_object.clone(),
+            limits: Limits {
+                max_allocs: self.max_allocs,
+                max_stacks: self.max_stacks,
+            },
+        }
+    }
+}
+
+/// Parses `args` (argv, with or without cargo's `memleak` word) and runs the command.
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    // `cargo memleak ...` runs `cargo-memleak memleak ...`.
+    if args.get(1).is_some_and(|arg| arg == "memleak") {
+        args.remove(1);
+    }
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Commands::Exec(args) => {
+            let (program, rest) = args.command.split_first().ok_or_else(|| {
+                Error::Selection(
+                    "no program given; usage: cargo memleak exec -- PROGRAM [ARGS]...".into(),
+                )
+            })?;
+            let command = Command {
+                program: program.clone(),
+                args: rest.to_vec(),
+                cwd: None,
+                env: Vec::new(),
+            };
+            trace_and_report(&command, &args.report, &args.trace)
+        }
+        Commands::Run(args) => {
+            // Validate everything before the (slow) build.
+            args.report.options()?;
+            let executable = args.cargo.build_binary()?;
+            let command = Command {
+                program: executable.path.into_os_string(),
+                args: args.args,
+                cwd: None,
+                env: executable.env,
+            };
+            trace_and_report(&command, &args.report, &args.trace)
+        }
+    }
+}
+
+fn trace_and_report(
+    command: &Command,
+    report_args: &ReportArgs,
+    trace_args: &TraceArgs,
+) -> Result<u8> {
+    let options = report_args.options()?;
+    let mut tracer = session::load_tracer(&trace_args.options())?;
+    let symbolizer = Symbolizer::new();
+    let run = session::trace(&mut tracer, &symbolizer, command)?;
+    let report = report::build(&run, &options);
+    let rendered = report::render(&report, report_args.format);
+    match &report_args.output {
+        Some(path) => write_atomically(path, rendered.as_bytes())?,
+        None => {
+            let _ = std::io::stderr().write_all(rendered.as_bytes());
+        }
+    }
+    Ok(if !report.exit.success() {
+        exit::PROGRAM_FAILED
+    } else if !report.is_complete() {
+        exit::INCOMPLETE
+    } else {
+        exit::OK
+    })
+}
+
+/// Writes through a temporary file in the same directory, so a reader never sees half a file
+/// and a failed write leaves the old one.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> Result<()> {
+    let write_error = |source| Error::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut file_name = path.file_name().unwrap_or_default().to_owned();
+    file_name.push(format!(".tmp{}", std::process::id()));
+    let temporary = dir.join(file_name);
+    std::fs::write(&temporary, contents).map_err(write_error)?;
+    std::fs::rename(&temporary, path).map_err(|err| {
+        let _ = std::fs::remove_file(&temporary);
+        write_error(err)
+    })
+}

@@ -1,0 +1,19 @@
+//! cargo-memleak: finds memory leaks with eBPF uprobes on the allocator.
+//!
+//! The pipeline, one module per stage, data flowing one way:
+//! [`build`] (cargo build with frame pointers) → [`spawn`] (gated, ptraced child) →
+//! [`tracer`] (eBPF maps, pid-scoped probes at [`allocator`] entry points) →
+//! [`symbolize`] (at the exit stop) → [`report`] (data, then text or JSON).
+//! [`session`] strings one traced run together; [`cli`] parses and dispatches.
+
+pub mod allocator;
+pub mod build;
+pub mod cli;
+pub mod error;
+pub mod report;
+pub mod session;
+pub mod spawn;
+pub mod symbolize;
+pub mod tracer;
+
+pub use cli::main_with_args;

@@ -1,0 +1,317 @@
+//! Reports: first the data (outstanding allocations grouped by stack, filtered, sorted, cut to
+//! the top N, with totals and the tracer's counters), then its renderings: text in BCC
+//! memleak's wording, and JSON.
+//!
+//! Invariants: totals count every outstanding allocation, whatever the filters; stacks are
+//! ordered by (bytes or count, descending) then by their frames, so output is deterministic;
+//! JSON carries no addresses unless `--show-allocs` asked for them.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use memleak_common::Counter;
+use serde::Serialize;
+
+use crate::{session::TracedRun, spawn::ExitStatus, symbolize::Frame, tracer::Outstanding};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Outstanding bytes.
+    #[default]
+    Size,
+    /// Number of outstanding allocations.
+    Count,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What goes into a report.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub top: usize,
+    pub sort: SortKey,
+    pub min_size: Option<u64>,
+    pub max_size: Option<u64>,
+    pub show_allocs: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            top: 10,
+            sort: SortKey::Size,
+            min_size: None,
+            max_size: None,
+            show_allocs: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub program: String,
+    /// How the program ended.
+    pub exit: ExitStatus,
+    /// Stacks with outstanding allocations (filtered, sorted, top N).
+    pub stacks: Vec<StackReport>,
+    /// Stacks that passed the size filters, before the top-N cut.
+    pub matching_stacks: usize,
+    /// All outstanding memory at exit, unfiltered.
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// Every counter of the tracer, by name.
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Counters that lost data, non-zero only. Non-empty means the trace is incomplete.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Why the trace is incomplete, in words (drops included). Empty when complete.
+    pub incomplete: Vec<String>,
+}
+
+impl Report {
+    pub fn is_complete(&self) -> bool {
+        self.incomplete.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StackReport {
+    pub bytes: u64,
+    pub allocations: u64,
+    /// Innermost first: the function that called the allocator comes first.
+    pub frames: Vec<Frame>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocs: Option<Vec<AllocEntry>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AllocEntry {
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// Builds the report of one traced run.
+pub fn build(run: &TracedRun, options: &Options) -> Report {
+    let outstanding: &[Outstanding] = run
+        .trace
+        .as_ref()
+        .map(|trace| trace.outstanding.as_slice())
+        .unwrap_or_default();
+    let counters = run
+        .trace
+        .as_ref()
+        .map(|trace| trace.counters)
+        .unwrap_or_default();
+
+    let mut by_stack: BTreeMap<u64, Vec<&Outstanding>> = BTreeMap::new();
+    for alloc in outstanding {
+        let too_small = options.min_size.is_some_and(|min| alloc.size < min);
+        let too_big = options.max_size.is_some_and(|max| alloc.size > max);
+        if !too_small && !too_big {
+            by_stack.entry(alloc.stack_id).or_default().push(alloc);
+        }
+    }
+    let mut stacks: Vec<StackReport> = by_stack
+        .into_iter()
+        .map(|(stack_id, allocs)| StackReport {
+            bytes: allocs.iter().map(|alloc| alloc.size).sum(),
+            allocations: allocs.len() as u64,
+            frames: stack_frames(run, stack_id),
+            allocs: options.show_allocs.then(|| {
+                allocs
+                    .iter()
+                    .map(|alloc| AllocEntry {
+                        addr: alloc.addr,
+                        size: alloc.size,
+                    })
+                    .collect()
+            }),
+        })
+        .collect();
+    stacks.sort_by(|a, b| {
+        let key = |s: &StackReport| match options.sort {
+            SortKey::Size => (s.bytes, s.allocations),
+            SortKey::Count => (s.allocations, s.bytes),
+        };
+        key(b)
+            .cmp(&key(a))
+            .then_with(|| frame_key(&a.frames).cmp(&frame_key(&b.frames)))
+    });
+    let matching_stacks = stacks.len();
+    stacks.truncate(options.top);
+
+    let dropped: BTreeMap<&'static str, u64> = counters
+        .drops()
+        .into_iter()
+        .map(|(counter, value)| (counter.name(), value))
+        .collect();
+    let mut incomplete: Vec<String> = dropped
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect();
+    incomplete.extend(run.incomplete.iter().cloned());
+
+    Report {
+        program: run.program.clone(),
+        exit: run.status.clone(),
+        stacks,
+        matching_stacks,
+        outstanding_bytes: outstanding.iter().map(|alloc| alloc.size).sum(),
+        outstanding_allocations: outstanding.len() as u64,
+        counters: Counter::ALL
+            .iter()
+            .map(|&counter| (counter.name(), counters.get(counter)))
+            .collect(),
+        dropped,
+        incomplete,
+    }
+}
+
+fn stack_frames(run: &TracedRun, stack_id: u64) -> Vec<Frame> {
+    let Some(addrs) = run
+        .trace
+        .as_ref()
+        .and_then(|trace| trace.stacks.get(&stack_id))
+    else {
+        return vec![Frame {
+            addr: 0,
+            symbol: None,
+            offset: 0,
+            file: None,
+            line: None,
+            module: None,
+            inlined: false,
+            unknown_reason: Some("stack not captured".into()),
+        }];
+    };
+    addrs
+        .iter()
+        .flat_map(|addr| run.frames.get(addr).cloned().unwrap_or_default())
+        .collect()
+}
+
+fn frame_key(frames: &[Frame]) -> Vec<(Option<&str>, Option<&str>, Option<u32>)> {
+    frames
+        .iter()
+        .map(|f| (f.symbol.as_deref(), f.file.as_deref(), f.line))
+        .collect()
+}
+
+/// One frame as `symbol+0xoff (file:line) [module]`.
+pub fn render_frame(frame: &Frame) -> String {
+    let mut out = String::new();
+    match &frame.symbol {
+        Some(symbol) if frame.inlined => out.push_str(symbol),
+        Some(symbol) => {
+            let _ = write!(out, "{symbol}+{:#x}", frame.offset);
+        }
+        None => {
+            let _ = write!(out, "{:#x}", frame.addr);
+        }
+    }
+    if let Some(file) = &frame.file {
+        match frame.line {
+            Some(line) => {
+                let _ = write!(out, " ({file}:{line})");
+            }
+            None => {
+                let _ = write!(out, " ({file})");
+            }
+        }
+    }
+    if frame.inlined {
+        out.push_str(" [inlined]");
+    } else if let Some(module) = &frame.module {
+        let name = module.rsplit('/').next().unwrap_or(module);
+        let _ = write!(out, " [{name}]");
+    } else if let Some(reason) = &frame.unknown_reason {
+        let _ = write!(out, " [unknown: {reason}]");
+    }
+    out
+}
+
+/// BCC memleak's layout, then one summary line.
+pub fn render_text(report: &Report) -> String {
+    let mut out = String::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() % 86_400)
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "[{:02}:{:02}:{:02}] Top {} stacks with outstanding allocations:",
+        now / 3600,
+        now / 60 % 60,
+        now % 60,
+        report.stacks.len()
+    );
+    for stack in &report.stacks {
+        let _ = writeln!(
+            out,
+            "\t{} bytes in {} allocations from stack",
+            stack.bytes, stack.allocations
+        );
+        for frame in &stack.frames {
+            let _ = writeln!(out, "\t\t{}", render_frame(frame));
+        }
+        for alloc in stack.allocs.iter().flatten() {
+            let _ = writeln!(out, "\t\taddr = {:x} size = {}", alloc.addr, alloc.size);
+        }
+    }
+    out.push_str(&summary_line(report));
+    out.push('\n');
+    out
+}
+
+pub fn summary_line(report: &Report) -> String {
+    let shown = if report.matching_stacks > report.stacks.len() {
+        format!(
+            " ({} of {} stacks shown)",
+            report.stacks.len(),
+            report.matching_stacks
+        )
+    } else {
+        String::new()
+    };
+    let dropped = if report.incomplete.is_empty() {
+        "dropped: none".to_string()
+    } else {
+        format!("INCOMPLETE: {}", report.incomplete.join("; "))
+    };
+    format!(
+        "memleak: `{}` {}: {} bytes outstanding in {} allocations{}; traced {} allocations, {} frees; {}",
+        report.program,
+        report.exit,
+        report.outstanding_bytes,
+        report.outstanding_allocations,
+        shown,
+        report
+            .counters
+            .get(Counter::Allocs.name())
+            .copied()
+            .unwrap_or(0),
+        report
+            .counters
+            .get(Counter::Frees.name())
+            .copied()
+            .unwrap_or(0),
+        dropped,
+    )
+}
+
+pub fn render_json(report: &Report) -> String {
+    // Serializing plain data with string keys cannot fail.
+    let mut out = serde_json::to_string_pretty(report).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+pub fn render(report: &Report, format: Format) -> String {
+    match format {
+        Format::Text => render_text(report),
+        Format::Json => render_json(report),
+    }
+}

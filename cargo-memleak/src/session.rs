@@ -1,0 +1,133 @@
+//! One traced run, start to end: load the tracer, start the program gated, attach, let it run,
+//! read and symbolize what it left outstanding at its exit stop, detach, reap.
+//!
+//! Invariants: the probes are attached before the program's first instruction and detached
+//! (and the maps cleaned) on every path out, including errors.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use crate::{
+    allocator,
+    error::Result,
+    spawn::{self, Command, Event, ExitStatus},
+    symbolize::{Frame, Symbolizer},
+    tracer::{Limits, ProcessTrace, Tracer},
+};
+
+/// How to trace.
+#[derive(Clone, Debug, Default)]
+pub struct TraceOptions {
+    /// The allocator's shared object; libc when `None`.
+    pub allocator_object: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+/// What one traced run produced.
+#[derive(Debug)]
+pub struct TracedRun {
+    /// The command line, for messages.
+    pub program: String,
+    pub status: ExitStatus,
+    /// `None` when the process ended without an exit stop.
+    pub trace: Option<ProcessTrace>,
+    /// Return address → frames, for every address in `trace`'s stacks.
+    pub frames: HashMap<u64, Vec<Frame>>,
+    /// Reasons the trace is incomplete, other than the drop counters.
+    pub incomplete: Vec<String>,
+}
+
+/// Loads the tracer for the configured allocator.
+pub fn load_tracer(options: &TraceOptions) -> Result<Tracer> {
+    let object = match &options.allocator_object {
+        Some(path) => path.clone(),
+        None => allocator::find_libc()?,
+    };
+    let probes = allocator::resolve(&object)?;
+    Tracer::load(probes, options.limits)
+}
+
+/// Runs `command` traced to its end.
+pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) -> Result<TracedRun> {
+    let program = std::iter::once(&command.program)
+        .chain(&command.args)
+        .map(|arg| arg.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let gated = spawn::spawn(command)?;
+    let attachment = match tracer.attach(gated.pid()) {
+        Ok(attachment) => attachment,
+        Err(err) => {
+            gated.abort();
+            return Err(err);
+        }
+    };
+    let pid = attachment.pid();
+    let mut running = match gated.release() {
+        Ok(running) => running,
+        Err(err) => {
+            tracer.detach(attachment);
+            let _ = tracer.forget(pid);
+            return Err(err);
+        }
+    };
+
+    let mut incomplete = Vec::new();
+    let mut frames = HashMap::new();
+    let (trace, status) = match running.wait_exit_stop() {
+        Ok(Event::ExitStop { tid }) => {
+            let trace = tracer.read(pid);
+            if let Ok(trace) = &trace {
+                let mut addrs: Vec<u64> = trace.stacks.values().flatten().copied().collect();
+                addrs.sort_unstable();
+                addrs.dedup();
+                frames = symbolizer.symbolize(tid, &addrs);
+                if !maps_object(tid, &tracer.probes().object) {
+                    incomplete.push(format!(
+                        "the program never loaded {}, so its allocations were not traced \
+                         (statically linked, or another allocator? see --allocator-object)",
+                        tracer.probes().object.display()
+                    ));
+                }
+            }
+            tracer.detach(attachment);
+            (trace.map(Some), running.finish())
+        }
+        Ok(Event::Exited(status)) => {
+            tracer.detach(attachment);
+            incomplete.push(
+                "the process ended without an exit stop (killed by SIGKILL?): its outstanding \
+                 allocations could not be read"
+                    .into(),
+            );
+            (Ok(None), Ok(status))
+        }
+        Err(err) => {
+            tracer.detach(attachment);
+            (Ok(None), Err(err))
+        }
+    };
+    let forgotten = tracer.forget(pid);
+    let (trace, status) = (trace?, status?);
+    forgotten?;
+    Ok(TracedRun {
+        program,
+        status,
+        trace,
+        frames,
+        incomplete,
+    })
+}
+
+/// Whether the stopped thread's memory map contains `object`.
+fn maps_object(tid: u32, object: &std::path::Path) -> bool {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{tid}/maps")) else {
+        return true;
+    };
+    let wanted = std::fs::canonicalize(object).unwrap_or_else(|_| object.to_owned());
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .any(|path| {
+            let path = std::path::Path::new(path);
+            path == object || std::fs::canonicalize(path).is_ok_and(|p| p == wanted)
+        })
+}

@@ -1,0 +1,472 @@
+//! Starts a program as a traced child: forked, held at a pipe gate before `execve` until the
+//! probes are attached, then followed with ptrace until it exits.
+//!
+//! Invariants:
+//! - The child does nothing between `fork` and `execve` but async-signal-safe system calls on
+//!   data prepared before the fork; in particular it never allocates, so nothing is recorded
+//!   for it before the program starts.
+//! - The child is seized with `PTRACE_O_EXITKILL` (it dies with us), `PTRACE_O_TRACECLONE`
+//!   (all its threads are followed) and `PTRACE_O_TRACEEXIT`: when the process exits, one of
+//!   its threads stops at `PTRACE_EVENT_EXIT` with the address space still intact. That stop is
+//!   reported once, as [`Event::ExitStop`]; everything else is resumed transparently, signals
+//!   re-injected.
+
+use std::{
+    ffi::{CString, OsString},
+    os::{
+        fd::{AsRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::OFlag,
+    libc,
+    sys::{
+        ptrace::{self, Event as PtraceEvent, Options},
+        signal::{self, SigHandler, Signal},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::{ForkResult, Pid, fork, pipe2},
+};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Command {
+    /// The program, as the user named it.
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// Working directory; the current one when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Variables set on top of the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// How the traced program ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ExitStatus {
+    Exited { code: i32 },
+    Signaled { signal: String, core_dumped: bool },
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Exited { code: 0 })
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited { code } => write!(f, "exit code {code}"),
+            ExitStatus::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by {signal}")?;
+                if *core_dumped {
+                    write!(f, " (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves `program` like the shell does: a name without `/` is looked up in PATH.
+pub fn resolve_program(program: &std::ffi::OsStr) -> Result<PathBuf> {
+    let not_found = || Error::ProgramNotFound {
+        program: program.to_string_lossy().into_owned(),
+    };
+    if program.as_bytes().contains(&b'/') {
+        let path = PathBuf::from(program);
+        if !path.exists() {
+            return Err(not_found());
+        }
+        return Ok(path);
+    }
+    which::which(program).map_err(|_| not_found())
+}
+
+/// A forked child waiting at the gate; nothing of the program has run yet.
+pub struct Gated {
+    pid: Pid,
+    program: PathBuf,
+    gate: OwnedFd,
+    exec_errors: OwnedFd,
+}
+
+/// Everything the child needs after `fork`, prepared before it.
+struct Prepared {
+    program: CString,
+    cwd: Option<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+fn c_string(bytes: &[u8], what: &str) -> Result<CString> {
+    CString::new(bytes).map_err(|_| Error::Selection(format!("{what} contains a NUL byte")))
+}
+
+impl Prepared {
+    fn new(program: &Path, command: &Command) -> Result<Self> {
+        let mut argv = vec![c_string(command.program.as_bytes(), "the program name")?];
+        for arg in &command.args {
+            argv.push(c_string(arg.as_bytes(), "an argument")?);
+        }
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(name, _)| !command.env.iter().any(|(set, _)| set == name))
+            .collect();
+        vars.extend(command.env.iter().cloned());
+        let envp = vars
+            .iter()
+            .map(|(name, value)| {
+                let mut entry = name.as_bytes().to_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(value.as_bytes());
+                c_string(&entry, "an environment variable")
+            })
+            .collect::<Result<_>>()?;
+        let cwd = match &command.cwd {
+            Some(dir) => Some(c_string(
+                dir.as_os_str().as_bytes(),
+                "the working directory",
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            program: c_string(program.as_os_str().as_bytes(), "the program path")?,
+            cwd,
+            argv,
+            envp,
+        })
+    }
+}
+
+/// Forks the child and seizes it; it waits at the gate until [`Gated::release`].
+pub fn spawn(command: &Command) -> Result<Gated> {
+    let program = resolve_program(&command.program)?;
+    let prepared = Prepared::new(&program, command)?;
+    let argv: Vec<*const libc::c_char> = prepared
+        .argv
+        .iter()
+        .map(|arg| arg.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = prepared
+        .envp
+        .iter()
+        .map(|var| var.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let spawn_error = |source| Error::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let (gate_read, gate_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_error)?;
+    let (errors_read, errors_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_error)?;
+
+    // SAFETY: the child only makes async-signal-safe calls on memory prepared above, then
+    // execs or exits (see `exec_child`).
+    match unsafe { fork() }.map_err(spawn_error)? {
+        ForkResult::Child => unsafe {
+            exec_child(
+                &prepared,
+                &argv,
+                &envp,
+                [gate_read.as_raw_fd(), gate_write.as_raw_fd()],
+                [errors_read.as_raw_fd(), errors_write.as_raw_fd()],
+            )
+        },
+        ForkResult::Parent { child } => {
+            drop(gate_read);
+            drop(errors_write);
+            let options = Options::PTRACE_O_TRACEEXIT
+                | Options::PTRACE_O_EXITKILL
+                | Options::PTRACE_O_TRACECLONE;
+            if let Err(source) = ptrace::seize(child, options) {
+                let _ = signal::kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(Error::Ptrace {
+                    operation: "PTRACE_SEIZE",
+                    pid: child.as_raw(),
+                    source,
+                });
+            }
+            Ok(Gated {
+                pid: child,
+                program,
+                gate: gate_write,
+                exec_errors: errors_read,
+            })
+        }
+    }
+}
+
+/// The forked child: wait at the gate, then exec. Never returns.
+///
+/// # Safety
+/// Must only be called in the child right after `fork`.
+unsafe fn exec_child(
+    prepared: &Prepared,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    [gate_read, gate_write]: [RawFd; 2],
+    [errors_read, errors_write]: [RawFd; 2],
+) -> ! {
+    // SAFETY: plain system calls on valid fds and NUL-terminated strings and arrays.
+    unsafe {
+        libc::close(gate_write);
+        libc::close(errors_read);
+        // The parent ignores interrupts while it waits; the program must not inherit that.
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+        let fail = |errno: i32| -> ! {
+            libc::write(errors_write, (&raw const errno).cast(), 4);
+            libc::_exit(127)
+        };
+        if let Some(cwd) = &prepared.cwd
+            && libc::chdir(cwd.as_ptr()) != 0
+        {
+            fail(*libc::__errno_location());
+        }
+        let mut byte = 0u8;
+        loop {
+            match libc::read(gate_read, (&raw mut byte).cast(), 1) {
+                1 => break,
+                // The parent went away without opening the gate.
+                0 => libc::_exit(127),
+                _ if *libc::__errno_location() == libc::EINTR => continue,
+                _ => libc::_exit(127),
+            }
+        }
+        libc::execve(prepared.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(*libc::__errno_location())
+    }
+}
+
+impl Gated {
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Opens the gate: the child execs the program. Fails if the exec failed.
+    pub fn release(self) -> Result<Running> {
+        let Gated {
+            pid,
+            program,
+            gate,
+            exec_errors,
+        } = self;
+        let running = Running {
+            pid,
+            exit_stop_seen: false,
+            held: None,
+            interrupts: IgnoreInterrupts::install(),
+        };
+        nix::unistd::write(&gate, &[1]).map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        drop(gate);
+        // The pipe is close-on-exec: EOF means the exec succeeded, 4 bytes are its errno.
+        let mut errno = [0u8; 4];
+        let read = loop {
+            match nix::unistd::read(&exec_errors, &mut errno) {
+                Err(Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        if let Ok(4) = read {
+            let errno = Errno::from_raw(i32::from_ne_bytes(errno));
+            running.finish()?;
+            return Err(match errno {
+                Errno::ENOENT => Error::ProgramNotFound {
+                    program: program.display().to_string(),
+                },
+                _ => Error::NotExecutable {
+                    program,
+                    reason: errno.desc().to_string(),
+                },
+            });
+        }
+        Ok(running)
+    }
+
+    /// Kills the child before it ran anything (probes could not be attached).
+    pub fn abort(self) {
+        let _ = signal::kill(self.pid, Signal::SIGKILL);
+        let _ = waitpid(self.pid, Some(WaitPidFlag::__WALL));
+    }
+}
+
+/// What the traced process did next.
+#[derive(Debug)]
+pub enum Event {
+    /// A thread stopped at `PTRACE_EVENT_EXIT` for the process's exit: read it now, then
+    /// [`Running::finish`].
+    ExitStop { tid: u32 },
+    /// The process is gone without an exit stop (killed by SIGKILL, for example).
+    Exited(ExitStatus),
+}
+
+/// A traced process that has exec'd the program.
+pub struct Running {
+    pid: Pid,
+    exit_stop_seen: bool,
+    /// The thread held at the exit stop, until [`Running::finish`] lets it go.
+    held: Option<Pid>,
+    interrupts: IgnoreInterrupts,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Runs the process until its exit stop, or until it is gone.
+    pub fn wait_exit_stop(&mut self) -> Result<Event> {
+        loop {
+            if let Some(event) = self.step()? {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Lets the process finish and reaps it.
+    pub fn finish(mut self) -> Result<ExitStatus> {
+        self.exit_stop_seen = true;
+        if let Some(tid) = self.held.take() {
+            resume(tid, None);
+        }
+        loop {
+            if let Some(Event::Exited(status)) = self.step()? {
+                drop(self.interrupts);
+                return Ok(status);
+            }
+        }
+    }
+
+    /// Handles one wait status. Returns an event for the exit stop and the final exit.
+    fn step(&mut self) -> Result<Option<Event>> {
+        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+            Ok(status) => status,
+            Err(Errno::EINTR) => return Ok(None),
+            Err(source) => {
+                return Err(Error::Ptrace {
+                    operation: "waitpid",
+                    pid: self.pid.as_raw(),
+                    source,
+                });
+            }
+        };
+        match status {
+            WaitStatus::Exited(pid, code) if pid == self.pid => {
+                Ok(Some(Event::Exited(ExitStatus::Exited { code })))
+            }
+            WaitStatus::Signaled(pid, signal, core_dumped) if pid == self.pid => {
+                Ok(Some(Event::Exited(ExitStatus::Signaled {
+                    signal: signal.as_str().to_string(),
+                    core_dumped,
+                })))
+            }
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Ok(None),
+            WaitStatus::PtraceEvent(tid, _, event)
+                if event == PtraceEvent::PTRACE_EVENT_EXIT as i32 =>
+            {
+                if !self.exit_stop_seen && self.is_process_exit(tid) {
+                    self.exit_stop_seen = true;
+                    self.held = Some(tid);
+                    return Ok(Some(Event::ExitStop {
+                        tid: tid.as_raw() as u32,
+                    }));
+                }
+                resume(tid, None);
+                Ok(None)
+            }
+            WaitStatus::PtraceEvent(tid, signal, event) if event == libc::PTRACE_EVENT_STOP => {
+                if matches!(
+                    signal,
+                    Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+                ) {
+                    // Group stop: stay stopped (as without a tracer) but keep reporting.
+                    // SAFETY: PTRACE_LISTEN on a seized tracee in group-stop.
+                    unsafe { libc::ptrace(libc::PTRACE_LISTEN, tid.as_raw(), 0, 0) };
+                } else {
+                    resume(tid, None);
+                }
+                Ok(None)
+            }
+            WaitStatus::PtraceEvent(tid, _, _) | WaitStatus::PtraceSyscall(tid) => {
+                resume(tid, None);
+                Ok(None)
+            }
+            WaitStatus::Stopped(tid, signal) => {
+                // Signal-delivery stop: deliver the signal as if we were not there.
+                resume(tid, Some(signal));
+                Ok(None)
+            }
+            WaitStatus::Continued(_) | WaitStatus::StillAlive => Ok(None),
+        }
+    }
+
+    /// An exit stop is the process's exit unless the thread called `exit` (SYS_exit ends one
+    /// thread; `exit_group` and fatal signals end them all), or it is another process that
+    /// TRACECLONE picked up.
+    fn is_process_exit(&self, tid: Pid) -> bool {
+        if thread_group_of(tid).is_some_and(|tgid| tgid != self.pid) {
+            return false;
+        }
+        match ptrace::getregs(tid) {
+            Ok(regs) => regs.orig_rax != libc::SYS_exit as u64,
+            Err(_) => true,
+        }
+    }
+}
+
+fn resume(tid: Pid, signal: Option<Signal>) {
+    // The thread may be gone already (killed by a group exit): nothing to resume then.
+    let _ = ptrace::cont(tid, signal);
+}
+
+fn thread_group_of(tid: Pid) -> Option<Pid> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let tgid = status.lines().find_map(|line| line.strip_prefix("Tgid:"))?;
+    tgid.trim().parse().ok().map(Pid::from_raw)
+}
+
+/// While a program runs in our foreground process group, Ctrl-C and Ctrl-\ reach it directly;
+/// we ignore them so the report is still written (as `system()` does).
+struct IgnoreInterrupts {
+    previous: Vec<(Signal, SigHandler)>,
+}
+
+impl IgnoreInterrupts {
+    fn install() -> Self {
+        let previous = [Signal::SIGINT, Signal::SIGQUIT]
+            .into_iter()
+            .filter_map(|sig| {
+                // SAFETY: SIG_IGN installs no handler code.
+                unsafe { signal::signal(sig, SigHandler::SigIgn) }
+                    .ok()
+                    .map(|old| (sig, old))
+            })
+            .collect();
+        Self { previous }
+    }
+}
+
+impl Drop for IgnoreInterrupts {
+    fn drop(&mut self) {
+        for (sig, handler) in self.previous.drain(..) {
+            // SAFETY: restores the disposition that was in place before.
+            let _ = unsafe { signal::signal(sig, handler) };
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Types that cross the kernel/user boundary.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding fields, so the eBPF programs and
+//! userspace agree on every byte. With the `user` feature the types implement `aya::Pod` and can
+//! be read from (and written to) the maps.
+
+#![no_std]
+
+/// Names of the maps and programs, so both sides spell them once.
+pub mod names {
+    /// Outstanding allocations: [`AllocKey`] → [`AllocInfo`].
+    pub const ALLOCS: &str = "ALLOCS";
+    /// Allocator calls between entry and return: pid_tgid → [`PendingCall`].
+    pub const PENDING: &str = "PENDING";
+    /// User stacks captured at allocation return: stack hash → [`StackFrames`].
+    pub const STACKS: &str = "STACKS";
+    /// Per-CPU scratch buffer the stack is captured into before it is hashed.
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// Per traced process counters: tgid → [`ProcessStats`]. A process is traced exactly
+    /// while it has an entry here.
+    pub const STATS: &str = "STATS";
+}
+
+/// Frames kept per stack: the kernel's `PERF_MAX_STACK_DEPTH`.
+pub const STACK_DEPTH: usize = 127;
+
+/// A captured user stack: return addresses, innermost first, zero-filled after the last frame.
+pub type StackFrames = [u64; STACK_DEPTH];
+
+/// Which allocator entry point a pending call belongs to. It decides how the return value is
+/// interpreted (see the eBPF crate's `complete_call`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    /// `malloc`, `calloc`, `memalign`/`aligned_alloc`, `valloc`, `pvalloc`: the return value
+    /// is the new block, or NULL on failure.
+    Plain = 0,
+    /// `realloc`, `reallocarray`: may free `old_addr`, may return a new block.
+    Realloc = 1,
+    /// `posix_memalign`: returns 0 on success and stores the block through `out_ptr`.
+    PosixMemalign = 2,
+    /// `mmap`: returns the mapping, or `MAP_FAILED`.
+    Mmap = 3,
+    /// `mremap`: moves or resizes `old_addr`; returns the mapping, or `MAP_FAILED`.
+    Mremap = 4,
+}
+
+/// Key of an outstanding allocation. Keyed by process as well as address, so that several
+/// traced processes can share one set of maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub addr: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// An outstanding allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocInfo {
+    /// Requested size in bytes (as the caller asked for it, before allocator rounding).
+    pub size: u64,
+    /// `bpf_ktime_get_ns()` at the allocation's return.
+    pub timestamp_ns: u64,
+    /// Key of the stack in the stack map (a hash of its frames), or 0 when the stack could not
+    /// be captured.
+    pub stack_id: u64,
+}
+
+/// An allocator call between its entry probe and its return probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingCall {
+    /// A [`CallKind`] as `u32`.
+    pub kind: u32,
+    pub _pad: u32,
+    /// Stack pointer at entry. A nested allocator call (glibc's `realloc(NULL, n)` calls
+    /// `malloc`, `malloc` calls `mmap`) runs with a lower stack pointer; a return with a higher
+    /// one is the outer call's. A later entry at or above it means the call never returned
+    /// (longjmp, killed thread): the record is stale.
+    pub entry_sp: u64,
+    /// Requested size.
+    pub size: u64,
+    /// `realloc`'s and `mremap`'s old block.
+    pub old_addr: u64,
+    /// `posix_memalign`'s out-pointer.
+    pub out_ptr: u64,
+}
+
+/// Per process counters, indexed by [`Counter`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessStats {
+    pub counters: [u64; Counter::COUNT],
+}
+
+impl ProcessStats {
+    pub const ZERO: Self = Self {
+        counters: [0; Counter::COUNT],
+    };
+
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counters[counter as usize]
+    }
+}
+
+/// What the eBPF programs count. The first group are events; the second are failures that
+/// make a trace incomplete ("drops"); the last are informational.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Allocations recorded.
+    Allocs = 0,
+    /// Frees (and unmaps) that matched an outstanding allocation.
+    Frees = 1,
+    /// An allocation could not be recorded: the allocation map is full.
+    AllocMapFull = 2,
+    /// The user stack of an allocation could not be captured or stored (stack error, or the
+    /// stack map is full).
+    StackFailed = 3,
+    /// `free` of an address that is not outstanding (allocated before tracing, or missed).
+    FreeUnknown = 4,
+    /// An allocator entry could not be remembered until its return: the pending map is full.
+    PendingMapFull = 5,
+    /// An allocator call never returned (stale pending record replaced).
+    StalePending = 6,
+    /// `posix_memalign`'s out-pointer could not be read.
+    ReadFailed = 7,
+    /// `munmap` of a range that was never traced as a mapping (for example one made by the
+    /// dynamic loader). Informational: munmap is not always paired with a traced mmap.
+    MunmapUntracked = 8,
+}
+
+impl Counter {
+    pub const COUNT: usize = 9;
+
+    pub const ALL: [Counter; Self::COUNT] = [
+        Counter::Allocs,
+        Counter::Frees,
+        Counter::AllocMapFull,
+        Counter::StackFailed,
+        Counter::FreeUnknown,
+        Counter::PendingMapFull,
+        Counter::StalePending,
+        Counter::ReadFailed,
+        Counter::MunmapUntracked,
+    ];
+
+    /// Counters whose non-zero value means data was lost.
+    pub const DROPS: [Counter; 6] = [
+        Counter::AllocMapFull,
+        Counter::StackFailed,
+        Counter::FreeUnknown,
+        Counter::PendingMapFull,
+        Counter::StalePending,
+        Counter::ReadFailed,
+    ];
+
+    /// Stable snake_case name, used in reports and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Allocs => "allocs",
+            Counter::Frees => "frees",
+            Counter::AllocMapFull => "alloc_map_full",
+            Counter::StackFailed => "stack_failed",
+            Counter::FreeUnknown => "free_unknown",
+            Counter::PendingMapFull => "pending_map_full",
+            Counter::StalePending => "stale_pending",
+            Counter::ReadFailed => "read_failed",
+            Counter::MunmapUntracked => "munmap_untracked",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain integers with explicit padding fields, so any bit
+    // pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::AllocKey {}
+    unsafe impl aya::Pod for super::AllocInfo {}
+    unsafe impl aya::Pod for super::PendingCall {}
+    unsafe impl aya::Pod for super::ProcessStats {}
+}
+
+// Layouts are part of the kernel/user contract: fail the build if padding sneaks in.
+const _: () = {
+    assert!(core::mem::size_of::<AllocKey>() == 16);
+    assert!(core::mem::size_of::<AllocInfo>() == 24);
+    assert!(core::mem::size_of::<PendingCall>() == 40);
+    assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
+    assert!(Counter::ALL.len() == Counter::COUNT);
+};

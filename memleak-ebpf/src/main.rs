@@ -1,0 +1,396 @@
+//! Uprobes on the C allocator. They keep, per traced process, the set of outstanding
+//! allocations with their size, time and user stack, and count everything they fail to record.
+//!
+//! Invariants:
+//! - Only the outermost allocator call of a thread is interpreted. glibc calls its own entry
+//!   points (`realloc(NULL, n)` → `malloc`, `realloc(p, 0)` → `free`, a large `malloc` →
+//!   `mmap`); counting those too would record one allocation twice. A call is nested when its
+//!   stack pointer is below the pending outer call's (see `PendingCall::entry_sp`).
+//! - The user stack is captured at the allocation's return, where the frame-pointer chain is
+//!   intact from the caller down; at entry glibc's `malloc` has already pushed a register and
+//!   the caller would be lost.
+//! - A process is traced while it has a `STATS` entry; every program returns at once for any
+//!   other process. Every failure path bumps a counter in that entry (per CPU, so no atomics
+//!   are needed). Nothing is dropped silently.
+
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::{ProbeContext, RetProbeContext},
+};
+use memleak_common::{
+    AllocInfo, AllocKey, CallKind, Counter, PendingCall, ProcessStats, STACK_DEPTH, StackFrames,
+};
+
+// Sizes here are defaults; userspace resizes ALLOCS and STACKS at load time.
+#[map]
+static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+#[map]
+static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static STACKS: HashMap<u64, StackFrames> = HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+
+#[map]
+static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries(4096, 0);
+
+const MAP_FAILED: u64 = u64::MAX;
+
+#[inline(always)]
+fn count(tgid: u32, counter: Counter) {
+    if let Some(stats) = STATS.get_ptr_mut(&tgid) {
+        // SAFETY: per-CPU values: only this CPU writes them while the program runs.
+        unsafe { (*stats).counters[counter as usize] += 1 };
+    }
+}
+
+/// The calling thread's pid_tgid, if its process is traced (registered in STATS by userspace).
+#[inline(always)]
+fn traced() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    STATS.get_ptr(&tgid_of(pid_tgid)).map(|_| pid_tgid)
+}
+
+#[inline(always)]
+fn stack_pointer<C: EbpfContext>(ctx: &C) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: the context of a (ret)probe program is the probed task's pt_regs.
+    unsafe { (*regs).rsp }
+}
+
+fn tgid_of(pid_tgid: u64) -> u32 {
+    (pid_tgid >> 32) as u32
+}
+
+/// Remembers an allocator call until its return, unless it is nested in another one.
+#[inline(always)]
+fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: u64) -> u32 {
+    let Some(pid_tgid) = traced() else {
+        return 0;
+    };
+    let tgid = tgid_of(pid_tgid);
+    let entry_sp = stack_pointer(ctx);
+    // SAFETY: read-only use of a value this thread owns (keyed by pid_tgid).
+    if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
+        if entry_sp < outer.entry_sp {
+            return 0;
+        }
+        count(tgid, Counter::StalePending);
+    }
+    let call = PendingCall {
+        kind: kind as u32,
+        _pad: 0,
+        entry_sp,
+        size,
+        old_addr,
+        out_ptr,
+    };
+    if PENDING.insert(&pid_tgid, &call, 0).is_err() {
+        count(tgid, Counter::PendingMapFull);
+    }
+    0
+}
+
+/// Finishes the outermost pending call of this thread, if this return is its return.
+#[inline(always)]
+fn leave(ctx: &RetProbeContext) -> u32 {
+    let Some(pid_tgid) = traced() else {
+        return 0;
+    };
+    // SAFETY: this thread's own record, copied out before it is removed.
+    let Some(call) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
+        // The entry was not recorded; it was counted (PendingMapFull) at entry.
+        return 0;
+    };
+    // At return the caller's stack pointer is one slot above the entry's: a return at or below
+    // the outer call's entry is a nested call returning.
+    if stack_pointer(ctx) <= call.entry_sp {
+        return 0;
+    }
+    let _ = PENDING.remove(&pid_tgid);
+    let tgid = tgid_of(pid_tgid);
+    let ret: u64 = ctx.ret();
+    match call.kind {
+        k if k == CallKind::Plain as u32 => {
+            if ret != 0 {
+                record(ctx, tgid, ret, call.size);
+            }
+        }
+        k if k == CallKind::Realloc as u32 => {
+            // realloc(NULL, n) allocates; realloc(p, 0) frees p (glibc returns NULL); a failed
+            // realloc (NULL with n > 0) leaves p alone; otherwise p is gone and ret is the block
+            // (even when it did not move: the block now has this call's size and stack).
+            let succeeded = ret != 0 || call.size == 0;
+            if call.old_addr != 0 && succeeded {
+                release(tgid, call.old_addr);
+            }
+            if ret != 0 {
+                record(ctx, tgid, ret, call.size);
+            }
+        }
+        k if k == CallKind::PosixMemalign as u32 => {
+            if ret as u32 == 0 {
+                // SAFETY: bpf_probe_read_user validates the user address.
+                match unsafe { bpf_probe_read_user(call.out_ptr as *const u64) } {
+                    Ok(block) if block != 0 => record(ctx, tgid, block, call.size),
+                    Ok(_) => {}
+                    Err(_) => count(tgid, Counter::ReadFailed),
+                }
+            }
+        }
+        k if k == CallKind::Mmap as u32 => {
+            if ret != MAP_FAILED {
+                record(ctx, tgid, ret, call.size);
+            }
+        }
+        k if k == CallKind::Mremap as u32 => {
+            if ret != MAP_FAILED {
+                // A mapping never traced (made by the loader, say) counts as untracked, not as
+                // an unknown free: the result is traced from here on either way.
+                let key = AllocKey {
+                    addr: call.old_addr,
+                    tgid,
+                    _pad: 0,
+                };
+                if ALLOCS.remove(&key).is_err() {
+                    count(tgid, Counter::MunmapUntracked);
+                }
+                record(ctx, tgid, ret, call.size);
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+/// Hashes the captured frames; 0 is reserved for "no stack".
+#[inline(always)]
+fn hash_frames(frames: &StackFrames, len: usize) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, frame) in frames.iter().enumerate() {
+        if i >= len {
+            break;
+        }
+        hash = (hash ^ *frame).wrapping_mul(0x0000_0100_0000_01b3);
+        hash ^= hash >> 29;
+    }
+    if hash == 0 { 1 } else { hash }
+}
+
+/// Captures the user stack into the stack map and returns its key, or 0 (counted) on failure.
+#[inline(always)]
+fn capture_stack(ctx: &RetProbeContext, tgid: u32) -> u64 {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        count(tgid, Counter::StackFailed);
+        return 0;
+    };
+    let size = core::mem::size_of::<StackFrames>() as u32;
+    // SAFETY: scratch is this CPU's buffer of exactly `size` bytes.
+    let copied = unsafe {
+        generated::bpf_get_stack(ctx.as_ptr(), scratch.cast(), size, BPF_F_USER_STACK as u64)
+    };
+    if copied <= 0 {
+        count(tgid, Counter::StackFailed);
+        return 0;
+    }
+    let frames_len = (copied as usize / 8).min(STACK_DEPTH);
+    // SAFETY: the helper filled the buffer (and zeroed its tail).
+    let frames = unsafe { &*scratch };
+    let stack_id = hash_frames(frames, frames_len);
+    if STACKS.get_ptr(&stack_id).is_none()
+        && let Err(err) = STACKS.insert(&stack_id, frames, BPF_NOEXIST as u64)
+    {
+        // Another CPU storing the same stack first is fine; anything else is a lost stack.
+        if err != -17 {
+            count(tgid, Counter::StackFailed);
+            return 0;
+        }
+    }
+    stack_id
+}
+
+#[inline(always)]
+fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
+    let info = AllocInfo {
+        size,
+        // SAFETY: plain helper call.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id: capture_stack(ctx, tgid),
+    };
+    let key = AllocKey {
+        addr,
+        tgid,
+        _pad: 0,
+    };
+    if ALLOCS.insert(&key, &info, 0).is_err() {
+        count(tgid, Counter::AllocMapFull);
+    } else {
+        count(tgid, Counter::Allocs);
+    }
+}
+
+#[inline(always)]
+fn release(tgid: u32, addr: u64) {
+    let key = AllocKey {
+        addr,
+        tgid,
+        _pad: 0,
+    };
+    if ALLOCS.remove(&key).is_ok() {
+        count(tgid, Counter::Frees);
+    } else {
+        count(tgid, Counter::FreeUnknown);
+    }
+}
+
+/// True when a free-like entry runs inside a pending allocator call of its thread (and so is
+/// accounted by that call's return). A pending record the free is not nested in is stale.
+#[inline(always)]
+fn nested_in_pending<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> bool {
+    // SAFETY: read-only use of this thread's own record.
+    let Some(outer) = (unsafe { PENDING.get(&pid_tgid) }) else {
+        return false;
+    };
+    if stack_pointer(ctx) < outer.entry_sp {
+        return true;
+    }
+    let _ = PENDING.remove(&pid_tgid);
+    count(tgid_of(pid_tgid), Counter::StalePending);
+    false
+}
+
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, CallKind::Plain, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
+    enter(&ctx, CallKind::Plain, size, 0, 0)
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, CallKind::Realloc, arg(&ctx, 1), arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
+    enter(&ctx, CallKind::Realloc, size, arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, CallKind::PosixMemalign, arg(&ctx, 2), 0, arg(&ctx, 0))
+}
+
+/// `memalign(alignment, size)` and `aligned_alloc(alignment, size)` (often one address).
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, CallKind::Plain, arg(&ctx, 1), 0, 0)
+}
+
+/// `valloc(size)` and `pvalloc(size)`.
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, CallKind::Plain, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, CallKind::Mmap, arg(&ctx, 1), 0, 0)
+}
+
+#[uprobe]
+pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, CallKind::Mremap, arg(&ctx, 2), arg(&ctx, 0), 0)
+}
+
+/// Shared by every allocating entry point: interprets the outermost call's return.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    leave(&ctx)
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let addr = arg(&ctx, 0);
+    if addr == 0 {
+        return 0;
+    }
+    let Some(pid_tgid) = traced() else {
+        return 0;
+    };
+    if !nested_in_pending(&ctx, pid_tgid) {
+        release(tgid_of(pid_tgid), addr);
+    }
+    0
+}
+
+#[uprobe]
+pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    let addr = arg(&ctx, 0);
+    let len = arg(&ctx, 1);
+    let Some(pid_tgid) = traced() else {
+        return 0;
+    };
+    if nested_in_pending(&ctx, pid_tgid) {
+        return 0;
+    }
+    let tgid = tgid_of(pid_tgid);
+    let key = AllocKey {
+        addr,
+        tgid,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out before the entry is changed.
+    let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
+        count(tgid, Counter::MunmapUntracked);
+        return 0;
+    };
+    let _ = ALLOCS.remove(&key);
+    if len < info.size {
+        // Unmapping the front of a traced mapping: the rest stays outstanding.
+        let rest = AllocKey {
+            addr: addr + len,
+            tgid,
+            _pad: 0,
+        };
+        let trimmed = AllocInfo {
+            size: info.size - len,
+            ..info
+        };
+        if ALLOCS.insert(&rest, &trimmed, 0).is_err() {
+            count(tgid, Counter::AllocMapFull);
+        }
+    } else {
+        count(tgid, Counter::Frees);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
