@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use iced_x86::{Code, Decoder, DecoderOptions, Register};
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+use memleak_common::text_cookie;
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SegmentFlags, elf::PF_X};
 
 use crate::error::{Error, Result};
 
@@ -43,6 +44,8 @@ pub struct ProbePoint {
     pub symbols: Vec<&'static str>,
     /// File offset in the allocator object.
     pub offset: u64,
+    /// `memleak_common::text_cookie` for this point (0 when the text range is unknown).
+    pub cookie: u64,
 }
 
 /// Every probe for one allocator object.
@@ -78,6 +81,7 @@ pub fn resolve(object: &Path) -> Result<AllocatorProbes> {
     let data = std::fs::read(object).map_err(|err| object_error(err.to_string()))?;
     let elf = object::File::parse(&*data).map_err(|err| object_error(err.to_string()))?;
 
+    let text = executable_range(&elf);
     let mut points: Vec<ProbePoint> = Vec::new();
     let mut missing = Vec::new();
     for &(symbol, program, with_return) in ENTRY_POINTS {
@@ -92,10 +96,10 @@ pub fn resolve(object: &Path) -> Result<AllocatorProbes> {
         } else {
             entry
         };
-        add_point(&mut points, program, symbol, entry);
+        add_point(&mut points, program, symbol, entry, text);
         if with_return {
             let start = file_offset(&elf, address).unwrap_or(entry);
-            add_point(&mut points, RETURN_PROGRAM, symbol, start);
+            add_point(&mut points, RETURN_PROGRAM, symbol, start, text);
         }
     }
     if let Some(required) = REQUIRED.iter().find(|symbol| missing.contains(symbol)) {
@@ -115,7 +119,17 @@ fn add_point(
     program: &'static str,
     symbol: &'static str,
     offset: u64,
+    text: Option<(u64, u64)>,
 ) {
+    let cookie = text
+        .filter(|&(start, end)| offset >= start && offset < end)
+        .and_then(|(start, end)| {
+            Some(text_cookie(
+                u32::try_from(offset - start).ok()?,
+                u32::try_from(end - start).ok()?,
+            ))
+        })
+        .unwrap_or(0);
     match points
         .iter_mut()
         .find(|point| point.offset == offset && point.program == program)
@@ -125,6 +139,7 @@ fn add_point(
             program,
             symbols: vec![symbol],
             offset,
+            cookie,
         }),
     }
 }
@@ -134,6 +149,23 @@ fn symbol_address(elf: &object::File<'_>, name: &str) -> Option<u64> {
         .chain(elf.symbols())
         .find(|symbol| symbol.is_definition() && symbol.name() == Ok(name) && symbol.address() != 0)
         .map(|symbol| symbol.address())
+}
+
+/// File offsets spanned by the executable segment (the text). Within one segment, file offsets
+/// and addresses differ by a constant, so distances measured here hold at run time.
+fn executable_range(elf: &object::File<'_>) -> Option<(u64, u64)> {
+    let executable: Vec<(u64, u64)> = elf
+        .segments()
+        .filter(|segment| {
+            matches!(segment.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0)
+        })
+        .map(|segment| segment.file_range())
+        .collect();
+    // Distances across segments are not constant: keep the cookie for a single text only.
+    match executable.as_slice() {
+        [(start, size)] => Some((*start, start + size)),
+        _ => None,
+    }
 }
 
 /// Uprobes are placed by file offset: translate through the loadable segment holding `address`.

@@ -117,33 +117,32 @@ fn frames_of(addr: u64, result: Symbolized<'_>) -> Vec<Frame> {
         .module
         .as_ref()
         .map(|m| m.to_string_lossy().into_owned());
-    // blazesym lists inlined calls outermost first, each with the location of its call; the
-    // symbol's own code info is the innermost location. Shown innermost first:
-    //   innermost inlined fn  @ sym.code_info
-    //   ...                   @ call site of the next inner one
-    //   the real function     @ call site of the outermost inlined fn
+    // blazesym lists inlined calls outermost first, each with the location inside that
+    // inlined function (the innermost one's is the instruction's); the symbol's own code info
+    // is the location inside the real function, where the outermost inlined call sits.
+    // Shown innermost first, like every other frame.
     let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
-    let mut here = location(sym.code_info.as_deref());
     for inlined in sym.inlined.iter().rev() {
+        let (file, line) = location(inlined.code_info.as_ref());
         frames.push(Frame {
             addr,
             symbol: Some(inlined.name.to_string()),
             offset: 0,
-            file: here.0.take(),
-            line: here.1.take(),
+            file,
+            line,
             module: module.clone(),
             inlined: true,
             unknown_reason: None,
         });
-        here = location(inlined.code_info.as_ref());
     }
+    let (file, line) = location(sym.code_info.as_deref());
     frames.push(Frame {
         addr,
         symbol: Some(sym.name.to_string()),
         // Offset of the return address, as BCC and gdb show it.
         offset: sym.offset as u64 + 1,
-        file: here.0,
-        line: here.1,
+        file,
+        line,
         module,
         inlined: false,
         unknown_reason: None,

@@ -11,7 +11,10 @@ use std::{collections::HashMap, num::NonZeroU32, os::unix::ffi::OsStrExt as _};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues},
-    programs::{UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId, uprobe::UProbeScope},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
     util::nr_cpus,
 };
 use memleak_common::{
@@ -170,11 +173,11 @@ impl Tracer {
         let object = self.probes.object.clone();
         for point in self.probes.points.clone() {
             let program = uprobe(&mut self.ebpf, point.program)?;
-            let attached = program.attach(
-                UProbeAttachLocation::AbsoluteOffset(point.offset),
-                &object,
-                scope,
-            );
+            let location = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(point.offset),
+                cookie: (point.cookie != 0).then_some(point.cookie),
+            };
+            let attached = program.attach(location, &object, scope);
             match attached {
                 Ok(link) => attachment.links.push((point.program, link)),
                 Err(err) => {

@@ -76,9 +76,9 @@ pub struct PendingCall {
     pub kind: u32,
     pub _pad: u32,
     /// Stack pointer at entry. A nested allocator call (glibc's `realloc(NULL, n)` calls
-    /// `malloc`, `malloc` calls `mmap`) runs with a lower stack pointer; a return with a higher
-    /// one is the outer call's. A later entry at or above it means the call never returned
-    /// (longjmp, killed thread): the record is stale.
+    /// `malloc`, `malloc` calls `mmap`) runs with a lower stack pointer, a tail call with the
+    /// same one; a return with a higher one is the outer call's. A later entry above it means
+    /// the call never returned (longjmp, killed thread): the record is stale.
     pub entry_sp: u64,
     /// Requested size.
     pub size: u64,
@@ -86,6 +86,13 @@ pub struct PendingCall {
     pub old_addr: u64,
     /// `posix_memalign`'s out-pointer.
     pub out_ptr: u64,
+}
+
+/// Attach cookie of the free-like and mapping probes: where the allocator object's text lies
+/// relative to the probed instruction, so a probe can tell calls made by the allocator itself
+/// (glibc mapping its arenas and thread stacks) from the program's. 0 when unknown.
+pub const fn text_cookie(probe_to_text_start: u32, text_len: u32) -> u64 {
+    ((probe_to_text_start as u64) << 32) | text_len as u64
 }
 
 /// Per process counters, indexed by [`Counter`].
@@ -130,10 +137,13 @@ pub enum Counter {
     /// `munmap` of a range that was never traced as a mapping (for example one made by the
     /// dynamic loader). Informational: munmap is not always paired with a traced mmap.
     MunmapUntracked = 8,
+    /// `free`, called from inside the allocator object, of a block it never handed out through
+    /// a probed entry point (glibc frees its per-thread cache this way). Informational.
+    AllocatorInternalFree = 9,
 }
 
 impl Counter {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Allocs,
@@ -145,6 +155,7 @@ impl Counter {
         Counter::StalePending,
         Counter::ReadFailed,
         Counter::MunmapUntracked,
+        Counter::AllocatorInternalFree,
     ];
 
     /// Counters whose non-zero value means data was lost.
@@ -169,6 +180,7 @@ impl Counter {
             Counter::StalePending => "stale_pending",
             Counter::ReadFailed => "read_failed",
             Counter::MunmapUntracked => "munmap_untracked",
+            Counter::AllocatorInternalFree => "allocator_internal_free",
         }
     }
 }

@@ -4,8 +4,9 @@
 //! Invariants:
 //! - Only the outermost allocator call of a thread is interpreted. glibc calls its own entry
 //!   points (`realloc(NULL, n)` → `malloc`, `realloc(p, 0)` → `free`, a large `malloc` →
-//!   `mmap`); counting those too would record one allocation twice. A call is nested when its
-//!   stack pointer is below the pending outer call's (see `PendingCall::entry_sp`).
+//!   `mmap`, `reallocarray` tail-calls `realloc`); counting those too would record one
+//!   allocation twice. A call is nested when its stack pointer is at or below the pending outer
+//!   call's (see `PendingCall::entry_sp`).
 //! - The user stack is captured at the allocation's return, where the frame-pointer chain is
 //!   intact from the caller down; at entry glibc's `malloc` has already pushed a register and
 //!   the caller would be lost.
@@ -68,6 +69,28 @@ fn stack_pointer<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+/// Whether the probed call was made from inside the allocator object (see
+/// `memleak_common::text_cookie`): at a function's entry the return address is at the stack
+/// pointer, and the probe address locates the object's text in this process.
+#[inline(always)]
+fn called_by_allocator(ctx: &ProbeContext) -> bool {
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) };
+    if cookie == 0 {
+        return false;
+    }
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: the context of a probe program is the probed task's pt_regs.
+    let (ip, sp) = unsafe { ((*regs).rip, (*regs).rsp) };
+    let text_start = ip.wrapping_sub(cookie >> 32);
+    let text_len = cookie & 0xffff_ffff;
+    // SAFETY: bpf_probe_read_user validates the user address.
+    match unsafe { bpf_probe_read_user(sp as *const u64) } {
+        Ok(return_addr) => return_addr.wrapping_sub(text_start) < text_len,
+        Err(_) => false,
+    }
+}
+
 fn tgid_of(pid_tgid: u64) -> u32 {
     (pid_tgid >> 32) as u32
 }
@@ -82,7 +105,9 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
     let entry_sp = stack_pointer(ctx);
     // SAFETY: read-only use of a value this thread owns (keyed by pid_tgid).
     if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
-        if entry_sp < outer.entry_sp {
+        // Below the outer call's entry: nested. At the same stack pointer: a tail call (glibc's
+        // reallocarray jumps to realloc), which returns the outer call's result.
+        if entry_sp <= outer.entry_sp {
             return 0;
         }
         count(tgid, Counter::StalePending);
@@ -162,7 +187,9 @@ fn leave(ctx: &RetProbeContext) -> u32 {
                     tgid,
                     _pad: 0,
                 };
-                if ALLOCS.remove(&key).is_err() {
+                if ALLOCS.remove(&key).is_ok() {
+                    count(tgid, Counter::Frees);
+                } else {
                     count(tgid, Counter::MunmapUntracked);
                 }
                 record(ctx, tgid, ret, call.size);
@@ -312,13 +339,20 @@ pub fn valloc_enter(ctx: ProbeContext) -> u32 {
     enter(&ctx, CallKind::Plain, arg(&ctx, 0), 0, 0)
 }
 
+/// Mappings the allocator makes for itself (arenas, thread stacks) are not the program's.
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    if called_by_allocator(&ctx) {
+        return 0;
+    }
     enter(&ctx, CallKind::Mmap, arg(&ctx, 1), 0, 0)
 }
 
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    if called_by_allocator(&ctx) {
+        return 0;
+    }
     enter(&ctx, CallKind::Mremap, arg(&ctx, 2), arg(&ctx, 0), 0)
 }
 
@@ -337,8 +371,21 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     let Some(pid_tgid) = traced() else {
         return 0;
     };
-    if !nested_in_pending(&ctx, pid_tgid) {
-        release(tgid_of(pid_tgid), addr);
+    if nested_in_pending(&ctx, pid_tgid) {
+        return 0;
+    }
+    let tgid = tgid_of(pid_tgid);
+    let key = AllocKey {
+        addr,
+        tgid,
+        _pad: 0,
+    };
+    if ALLOCS.remove(&key).is_ok() {
+        count(tgid, Counter::Frees);
+    } else if called_by_allocator(&ctx) {
+        count(tgid, Counter::AllocatorInternalFree);
+    } else {
+        count(tgid, Counter::FreeUnknown);
     }
     0
 }
@@ -350,7 +397,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
     let Some(pid_tgid) = traced() else {
         return 0;
     };
-    if nested_in_pending(&ctx, pid_tgid) {
+    if nested_in_pending(&ctx, pid_tgid) || called_by_allocator(&ctx) {
         return 0;
     }
     let tgid = tgid_of(pid_tgid);
