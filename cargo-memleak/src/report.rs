@@ -315,3 +315,38 @@ pub fn render(report: &Report, format: Format) -> String {
         Format::Json => render_json(report),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(symbol: Option<&str>, inlined: bool) -> Frame {
+        Frame {
+            addr: 0x7f00_1234,
+            symbol: symbol.map(str::to_owned),
+            offset: 0x1f,
+            file: Some("src/main.rs".into()),
+            line: Some(12),
+            module: Some("/usr/bin/leaky".into()),
+            inlined,
+            unknown_reason: None,
+        }
+    }
+
+    #[test]
+    fn frames_render_like_bcc_with_locations() {
+        assert_eq!(
+            render_frame(&frame(Some("leaky::leak"), false)),
+            "leaky::leak+0x1f (src/main.rs:12) [leaky]"
+        );
+        assert_eq!(
+            render_frame(&frame(Some("leaky::inner"), true)),
+            "leaky::inner (src/main.rs:12) [inlined]"
+        );
+        let mut unknown = frame(None, false);
+        unknown.file = None;
+        unknown.module = None;
+        unknown.unknown_reason = Some("unmapped".into());
+        assert_eq!(render_frame(&unknown), "0x7f001234 [unknown: unmapped]");
+    }
+}

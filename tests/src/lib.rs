@@ -1,1 +1,240 @@
+//! Helpers for the integration tests: build cargo-memleak and the fixtures once, run
+//! `cargo memleak` on them for real, and read its JSON report.
+//!
+//! Tracing needs root. Without it a test says so loudly and passes, except under `CI=true`,
+//! where it fails: CI must run them for real.
 
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+use serde_json::Value;
+
+pub fn workspace_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// True when this process may trace. Panics under CI when it may not.
+pub fn privileged(test: &str) -> bool {
+    let root = nix_geteuid() == 0;
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: tracing tests need root, and CI=true requires them to run"
+        );
+        eprintln!("SKIPPED {test}: tracing needs root (run the tests with sudo)");
+    }
+    root
+}
+
+fn nix_geteuid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|euid| euid.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// The cargo-memleak binary, built once per test process.
+pub fn cargo_memleak() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        escargot::CargoBuild::new()
+            .package("cargo-memleak")
+            .bin("cargo-memleak")
+            .manifest_path(workspace_root().join("Cargo.toml"))
+            .run()
+            .expect("cargo-memleak builds")
+            .path()
+            .to_owned()
+    })
+}
+
+/// The C fixture, compiled once with frame pointers and debug info.
+pub fn c_fixture() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let out_dir = workspace_root().join("target/fixtures");
+        std::fs::create_dir_all(&out_dir).expect("target/fixtures can be created");
+        let binary = out_dir.join(format!("leaky-c-{}", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-Wall", "-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&binary)
+            .arg(c_fixture_source())
+            .status()
+            .expect("cc runs");
+        assert!(status.success(), "fixtures/c/leaky.c compiles");
+        binary
+    })
+}
+
+pub fn c_fixture_source() -> PathBuf {
+    workspace_root().join("fixtures/c/leaky.c")
+}
+
+pub fn rust_fixture_source() -> PathBuf {
+    workspace_root().join("fixtures/leaky/src/main.rs")
+}
+
+/// The line of `source` marked `LEAK:<mode>` (followed by a space, `*` or end of line).
+pub fn marker_line(source: &Path, mode: &str) -> u64 {
+    let text = std::fs::read_to_string(source).expect("fixture source is readable");
+    let marker = format!("LEAK:{mode}");
+    let found: Vec<u64> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            line.split(&marker)
+                .nth(1)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '*']))
+        })
+        .map(|(index, _)| index as u64 + 1)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one {marker} in {}",
+        source.display()
+    );
+    found[0]
+}
+
+/// One cargo-memleak run: its exit code, output, and JSON report (when it wrote one).
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: Value,
+}
+
+impl Run {
+    pub fn stacks(&self) -> &[Value] {
+        self.report["stacks"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Stacks with a frame whose symbol contains `symbol`.
+    pub fn stacks_with(&self, symbol: &str) -> Vec<&Value> {
+        self.stacks()
+            .iter()
+            .filter(|stack| {
+                frames(stack)
+                    .iter()
+                    .any(|frame| symbol_of(frame).contains(symbol))
+            })
+            .collect()
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.report["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("counter {name} in {}", self.report))
+    }
+}
+
+pub fn frames(stack: &Value) -> &[Value] {
+    stack["frames"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+pub fn symbol_of(frame: &Value) -> &str {
+    frame["symbol"].as_str().unwrap_or("")
+}
+
+/// Runs `cargo-memleak <args>` with `--format json --output FILE` inserted after the
+/// subcommand (`args[0]`), and reads the report.
+pub fn memleak(args: &[&str]) -> Run {
+    let report_path = std::env::temp_dir().join(format!(
+        "memleak-report-{}-{}.json",
+        std::process::id(),
+        unique()
+    ));
+    let mut command = Command::new(cargo_memleak());
+    command
+        .arg(args[0])
+        .args(["--format", "json", "--output"])
+        .arg(&report_path)
+        .args(&args[1..]);
+    let run = finish(command.output().expect("cargo-memleak runs"), &report_path);
+    let _ = std::fs::remove_file(&report_path);
+    run
+}
+
+/// Runs `cargo-memleak <args>` as given.
+pub fn memleak_raw(args: &[&str]) -> Output {
+    Command::new(cargo_memleak())
+        .args(args)
+        .output()
+        .expect("cargo-memleak runs")
+}
+
+fn finish(output: Output, report_path: &Path) -> Run {
+    let report = std::fs::read_to_string(report_path)
+        .ok()
+        .map(|text| serde_json::from_str(&text).expect("the report is valid JSON"))
+        .unwrap_or(Value::Null);
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        report,
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Asserts the one stack through `symbol` holds `bytes` in one allocation, and that its frame
+/// for `symbol` points at `line` of a file named `file_name`.
+pub fn assert_single_leak(run: &Run, symbol: &str, bytes: u64, file_name: &str, line: u64) {
+    let stacks = run.stacks_with(symbol);
+    assert_eq!(
+        stacks.len(),
+        1,
+        "one stack through {symbol}; report: {:#}",
+        run.report
+    );
+    let stack = stacks[0];
+    assert_eq!(stack["bytes"], bytes, "bytes of {symbol}: {stack:#}");
+    assert_eq!(
+        stack["allocations"], 1,
+        "allocations of {symbol}: {stack:#}"
+    );
+    let frame = frames(stack)
+        .iter()
+        .find(|frame| symbol_of(frame).contains(symbol))
+        .expect("the frame is there");
+    let file = frame["file"].as_str().unwrap_or_default();
+    assert!(
+        file.ends_with(file_name),
+        "{symbol} in {file_name}: {frame:#}"
+    );
+    assert_eq!(frame["line"], line, "{symbol}'s line: {frame:#}");
+}
+
+pub fn assert_complete(run: &Run) {
+    assert_eq!(
+        run.report["dropped"],
+        serde_json::json!({}),
+        "no drops: {:#}",
+        run.report
+    );
+    assert_eq!(
+        run.report["incomplete"],
+        serde_json::json!([]),
+        "complete: {:#}",
+        run.report
+    );
+}

@@ -1,1 +1,375 @@
-fn main() {}
+//! Developer tasks for cargo-memleak, run as `cargo xtask <task>`:
+//!
+//! - `bootstrap`: make this machine able to build the eBPF programs (nightly + rust-src, a
+//!   bpf-linker built against nightly's LLVM) and run the tests (a C compiler). Idempotent and
+//!   fast when everything is there; each failure names its step.
+//! - `test`: bootstrap, then every test of the workspace (root needed for the tracing tests).
+//! - `demo`: bootstrap, then `cargo memleak run` on the bundled `leaky` fixture.
+//! - `bench`: bootstrap, then probe costs, traced and untraced side by side.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Bootstrap,
+    /// Bootstrap, then run every test; extra arguments go to `cargo test`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap, then trace the bundled `leaky` fixture with `cargo memleak run`.
+    Demo,
+    /// Bootstrap, then measure probe costs, traced and untraced, side by side.
+    Bench {
+        /// malloc+free pairs per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        pairs: u64,
+        /// Repetitions of each measurement (the median is shown).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Bootstrap => bootstrap(),
+        Task::Test { args } => {
+            bootstrap()?;
+            let mut test = cargo();
+            test.arg("test").args(args).current_dir(workspace_root());
+            run(&mut test, "cargo test")
+        }
+        Task::Demo => {
+            bootstrap()?;
+            let root = workspace_root();
+            let mut demo = cargo();
+            demo.args([
+                "run",
+                "--quiet",
+                "--package",
+                "cargo-memleak",
+                "--",
+                "memleak",
+                "run",
+            ])
+            .arg("--manifest-path")
+            .arg(root.join("fixtures/leaky/Cargo.toml"))
+            .args(["--", "malloc", "thread", "inlined", "churn"])
+            .current_dir(&root);
+            run(&mut demo, "cargo memleak run on fixtures/leaky")
+        }
+        Task::Bench { pairs, runs } => {
+            bootstrap()?;
+            bench(pairs, runs)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(command: &mut Command, what: &str) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("{what}: could not start {command:?}"))?;
+    ensure!(status.success(), "{what} failed ({status})");
+    Ok(())
+}
+
+fn output(command: &mut Command, what: &str) -> Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("{what}: could not start {command:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn bootstrap() -> Result<()> {
+    step("nightly toolchain", ensure_nightly)?;
+    step("rust-src for nightly", ensure_rust_src)?;
+    step("bpf-linker", ensure_bpf_linker)?;
+    step("Debian packages", || {
+        ensure_debian_packages(&["gcc", "libc6-dev"])
+    })?;
+    Ok(())
+}
+
+fn step(name: &str, action: impl FnOnce() -> Result<()>) -> Result<()> {
+    action().with_context(|| format!("bootstrap step `{name}` failed"))
+}
+
+fn rustup() -> Command {
+    Command::new("rustup")
+}
+
+fn ensure_nightly() -> Result<()> {
+    let toolchains = output(
+        rustup().args(["toolchain", "list"]),
+        "rustup toolchain list",
+    )?;
+    if toolchains.lines().any(|line| line.starts_with("nightly")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the nightly toolchain (the eBPF programs need it)");
+    run(
+        rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]),
+        "rustup toolchain install nightly",
+    )
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let installed = output(
+        rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]),
+        "rustup component list",
+    )?;
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to nightly (to build `core` for the BPF target)");
+    run(
+        rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "rustup component add rust-src",
+    )
+}
+
+/// bpf-linker must be built against the LLVM nightly rustc uses. Its build finds LLVM through
+/// LLVM_PREFIX; nightly ships only `lib/libLLVM.so.<ver>-rust-<ver>-nightly`, so a prefix with
+/// symlinks (under both names: the linker needs `libLLVM.so`, the binary's RUNPATH the full
+/// name) stands in for an LLVM install.
+fn ensure_bpf_linker() -> Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if works {
+        return Ok(());
+    }
+    let version = output(
+        Command::new("rustc").args(["+nightly", "-vV"]),
+        "rustc +nightly -vV",
+    )?;
+    let llvm_major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("`rustc +nightly -vV` reports no LLVM version")?
+        .to_owned();
+    let sysroot = output(
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]),
+        "rustc +nightly --print sysroot",
+    )?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let library = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let library_name = library
+        .file_name()
+        .context("library has a name")?
+        .to_owned();
+
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let prefix = cargo_home
+        .join("bpf-linker-llvm")
+        .join(library_name.to_string_lossy().as_ref());
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), library_name.as_os_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&library, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), library.display()))?;
+    }
+    eprintln!(
+        "xtask: building bpf-linker against nightly's LLVM {llvm_major} (about 80 s, once per machine)"
+    );
+    run(
+        cargo()
+            .args(["install", "bpf-linker", "--version", "0.13.0", "--locked"])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{llvm_major}"))
+            .env("LLVM_PREFIX", &prefix),
+        "cargo install bpf-linker",
+    )?;
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    ensure!(
+        works,
+        "bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?"
+    );
+    Ok(())
+}
+
+fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", package])
+                .output()
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout).contains("install ok installed")
+                })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(
+        Command::new("apt-get").arg("update").arg("-q"),
+        "apt-get update",
+    )?;
+    run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )
+}
+
+/// Median of `runs` measurements.
+fn median<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
+}
+
+fn bench(pairs: u64, runs: usize) -> Result<()> {
+    ensure!(runs > 0 && pairs > 0, "--runs and --pairs must be positive");
+    let root = workspace_root();
+    let target = root.join("target/xtask");
+    std::fs::create_dir_all(&target)?;
+    let workload = target.join("pairs");
+    run(
+        Command::new("cc")
+            .args(["-O2", "-fno-omit-frame-pointer", "-o"])
+            .arg(&workload)
+            .arg(root.join("xtask/bench/pairs.c")),
+        "cc xtask/bench/pairs.c",
+    )?;
+    run(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--package",
+                "cargo-memleak",
+            ])
+            .current_dir(&root),
+        "cargo build --release -p cargo-memleak",
+    )?;
+    let memleak = root.join("target/release/cargo-memleak");
+    if !nix_is_root() {
+        bail!("the traced measurements need root (BPF, uprobes, ptrace)");
+    }
+
+    let ns_per_pair = |traced: bool| -> Result<f64> {
+        let mut command = if traced {
+            let mut command = Command::new(&memleak);
+            command
+                .args(["exec", "--output", "/dev/null", "--"])
+                .arg(&workload);
+            command
+        } else {
+            Command::new(&workload)
+        };
+        let stdout = output(command.arg(pairs.to_string()), "pairs workload")?;
+        stdout
+            .trim()
+            .parse::<f64>()
+            .context("the workload prints ns per pair")
+    };
+    let wall = |mut command: Command| -> Result<Duration> {
+        let start = Instant::now();
+        output(&mut command, "short process")?;
+        Ok(start.elapsed())
+    };
+
+    let mut untraced = Vec::new();
+    let mut traced = Vec::new();
+    let mut short_untraced = Vec::new();
+    let mut short_traced = Vec::new();
+    for _ in 0..runs {
+        untraced.push(ns_per_pair(false)?);
+        traced.push(ns_per_pair(true)?);
+        short_untraced.push(wall(Command::new(&workload))?);
+        let mut command = Command::new(&memleak);
+        command
+            .args(["exec", "--output", "/dev/null", "--"])
+            .arg(&workload);
+        short_traced.push(wall(command)?);
+    }
+    let (untraced, traced) = (median(untraced), median(traced));
+    let (short_untraced, short_traced) = (median(short_untraced), median(short_traced));
+    println!("cargo xtask bench: median of {runs} runs, {pairs} malloc(64)+free pairs each");
+    println!(
+        "{:<44} {:>14} {:>14} {:>10}",
+        "measure", "untraced", "traced", "ratio"
+    );
+    println!(
+        "{:<44} {:>11.1} ns {:>11.1} ns {:>9.0}x",
+        "malloc+free pair",
+        untraced,
+        traced,
+        traced / untraced
+    );
+    println!(
+        "{:<44} {:>11.1} ms {:>11.1} ms {:>9.0}x",
+        "short process, wall (load, attach, report, detach)",
+        short_untraced.as_secs_f64() * 1e3,
+        short_traced.as_secs_f64() * 1e3,
+        short_traced.as_secs_f64() / short_untraced.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}

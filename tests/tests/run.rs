@@ -1,0 +1,191 @@
+//! `cargo memleak run` on the Rust fixture (fixtures/leaky): built with frame pointers in its
+//! own target dir, then traced. Rust's runtime leaves a few blocks of its own outstanding at
+//! exit, so these tests look at the stacks through the fixture's functions, exactly.
+
+use std::sync::OnceLock;
+
+use memleak_tests::{
+    Run, assert_complete, assert_single_leak, frames, marker_line, memleak, privileged,
+    rust_fixture_source, symbol_of, workspace_root,
+};
+
+fn manifest() -> String {
+    workspace_root()
+        .join("fixtures/leaky/Cargo.toml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// One traced run of every leaking mode (building the fixture takes a while; share it).
+fn all_modes() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        memleak(&[
+            "run",
+            "--manifest-path",
+            &manifest(),
+            "--",
+            "malloc",
+            "calloc",
+            "realloc",
+            "mmap",
+            "vec",
+            "inlined",
+            "thread",
+            "ctor",
+            "churn",
+        ])
+    })
+}
+
+fn check(symbol: &str, mode: &str) {
+    let run = all_modes();
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_complete(run);
+    let line = marker_line(&rust_fixture_source(), mode);
+    assert_single_leak(run, symbol, 30000, "main.rs", line);
+}
+
+macro_rules! leak_tests {
+    ($($test:ident: $symbol:literal at $mode:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            if privileged(stringify!($test)) {
+                check($symbol, $mode);
+            }
+        }
+    )*};
+}
+
+leak_tests! {
+    libc_malloc_from_rust: "leaky::leak_malloc" at "malloc";
+    libc_calloc_from_rust: "leaky::leak_calloc" at "calloc";
+    libc_realloc_from_rust: "leaky::leak_realloc" at "realloc";
+    libc_mmap_from_rust: "leaky::leak_mmap" at "mmap";
+    rust_global_allocator: "leaky::leak_vec" at "vec";
+    leak_on_a_spawned_thread: "leaky::leak_on_thread::{{closure}}" at "thread";
+    leak_in_a_constructor_before_main: "leaky::leak_in_constructor" at "ctor";
+}
+
+#[test]
+fn inlined_functions_are_frames_of_their_own() {
+    if !privileged("inlined_functions_are_frames_of_their_own") {
+        return;
+    }
+    check("leaky::inlined_leaker", "inlined");
+    let run = all_modes();
+    let stack = run.stacks_with("leaky::inlined_leaker")[0];
+    let frames = frames(stack);
+    let inlined = frames
+        .iter()
+        .position(|frame| symbol_of(frame) == "leaky::inlined_leaker")
+        .expect("the inlined frame");
+    assert_eq!(frames[inlined]["inlined"], true);
+    // Its caller, at the line of the call.
+    let caller = &frames[inlined + 1];
+    assert_eq!(symbol_of(caller), "leaky::leak_through_inlined");
+    assert_eq!(caller["inlined"], false);
+    let source = std::fs::read_to_string(rust_fixture_source()).unwrap();
+    let call_line = source
+        .lines()
+        .position(|line| line.contains("black_box(inlined_leaker())"))
+        .expect("the call") as u64
+        + 1;
+    assert_eq!(caller["line"], call_line);
+}
+
+#[test]
+fn churn_and_freed_memory_never_appear() {
+    if !privileged("churn_and_freed_memory_never_appear") {
+        return;
+    }
+    let run = all_modes();
+    assert!(
+        run.stacks_with("leaky::churn").is_empty(),
+        "{:#}",
+        run.report
+    );
+    // realloc's first block (100 bytes) was freed by the realloc.
+    for stack in run.stacks_with("leaky::leak_realloc") {
+        assert_eq!(stack["bytes"], 30000);
+    }
+    assert!(run.counter("allocs") > 80_000, "churn was traced");
+    assert_eq!(run.counter("free_unknown"), 0);
+}
+
+#[test]
+fn a_panicking_abort_still_reports() {
+    if !privileged("a_panicking_abort_still_reports") {
+        return;
+    }
+    let run = memleak(&[
+        "run",
+        "--manifest-path",
+        &manifest(),
+        "--",
+        "malloc",
+        "abort",
+    ]);
+    assert_eq!(run.code, 1, "the program failed; stderr: {}", run.stderr);
+    assert_eq!(
+        run.report["exit"],
+        serde_json::json!({"kind": "signaled", "signal": "SIGABRT", "core_dumped": false}),
+        "{:#}",
+        run.report
+    );
+    let line = marker_line(&rust_fixture_source(), "malloc");
+    assert_single_leak(&run, "leaky::leak_malloc", 30000, "main.rs", line);
+}
+
+#[test]
+fn the_binary_gets_its_arguments_and_exit_code() {
+    if !privileged("the_binary_gets_its_arguments_and_exit_code") {
+        return;
+    }
+    let run = memleak(&[
+        "run",
+        "--manifest-path",
+        &manifest(),
+        "--",
+        "malloc",
+        "fail",
+    ]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.report["exit"],
+        serde_json::json!({"kind": "exited", "code": 3})
+    );
+}
+
+#[test]
+fn a_build_failure_is_exit_101() {
+    if !privileged("a_build_failure_is_exit_101") {
+        return;
+    }
+    let run = memleak(&[
+        "run",
+        "--manifest-path",
+        &manifest(),
+        "--bin",
+        "no-such-bin",
+    ]);
+    assert_eq!(run.code, 101, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("error: cargo build failed")
+    );
+}
+
+#[test]
+fn a_missing_manifest_is_exit_102() {
+    let run = memleak(&["run", "--manifest-path", "/nonexistent/Cargo.toml"]);
+    assert_eq!(run.code, 102, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: `cargo metadata` failed: "),
+        "{}",
+        run.stderr
+    );
+}
