@@ -1,7 +1,13 @@
 //! The command line: clap definitions, and the dispatch from a parsed command to the library.
 //! Raw arguments become validated options here, before any work starts.
 
-use std::{ffi::OsString, io::Write as _, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::OsString,
+    io::Write as _,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -94,6 +100,9 @@ pub struct ReportArgs {
     /// Write the report to this file instead of stderr.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
+    /// Print where the time went (load, attach, program, read, symbolize, detach) to stderr.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 #[derive(Debug, Args)]
@@ -205,7 +214,9 @@ fn trace_and_report(
     trace_args: &TraceArgs,
 ) -> Result<u8> {
     let options = report_args.options()?;
+    let start = Instant::now();
     let mut tracer = session::load_tracer(&trace_args.options())?;
+    let load = start.elapsed();
     let symbolizer = Symbolizer::new();
     let run = session::trace(&mut tracer, &symbolizer, command)?;
     let report = report::build(&run, &options);
@@ -215,6 +226,23 @@ fn trace_and_report(
         None => {
             let _ = std::io::stderr().write_all(rendered.as_bytes());
         }
+    }
+    // Waits for the probes' removal (see Tracer::detach).
+    let start = Instant::now();
+    drop(tracer);
+    if report_args.timings {
+        let t = run.timings;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        eprintln!(
+            "memleak: timings: load {:.1} ms, attach {:.1} ms, program {:.1} ms, read {:.1} ms, \
+             symbolize {:.1} ms, detach {:.1} ms",
+            ms(load),
+            ms(t.attach),
+            ms(t.program),
+            ms(t.read),
+            ms(t.symbolize),
+            ms(start.elapsed())
+        );
     }
     Ok(if !report.exit.success() {
         exit::PROGRAM_FAILED

@@ -4,7 +4,11 @@
 //! Invariants: the probes are attached before the program's first instruction and detached
 //! (and the maps cleaned) on every path out, including errors.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
     allocator,
@@ -34,6 +38,20 @@ pub struct TracedRun {
     pub frames: HashMap<u64, Vec<Frame>>,
     /// Reasons the trace is incomplete, other than the drop counters.
     pub incomplete: Vec<String>,
+    pub timings: Timings,
+}
+
+/// Where the time of a traced run went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Fork and attach every probe.
+    pub attach: Duration,
+    /// From the exec to the exit stop.
+    pub program: Duration,
+    /// Reading the maps at the exit stop.
+    pub read: Duration,
+    /// Symbolizing the stacks at the exit stop.
+    pub symbolize: Duration,
 }
 
 /// Loads the tracer for the configured allocator.
@@ -53,6 +71,8 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
         .map(|arg| arg.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
+    let mut timings = Timings::default();
+    let start = Instant::now();
     let gated = spawn::spawn(command)?;
     let attachment = match tracer.attach(gated.pid()) {
         Ok(attachment) => attachment,
@@ -62,6 +82,8 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
         }
     };
     let pid = attachment.pid();
+    timings.attach = start.elapsed();
+    let start = Instant::now();
     let mut running = match gated.release() {
         Ok(running) => running,
         Err(err) => {
@@ -75,7 +97,11 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
     let mut frames = HashMap::new();
     let (trace, status) = match running.wait_exit_stop() {
         Ok(Event::ExitStop { tid }) => {
+            timings.program = start.elapsed();
+            let start = Instant::now();
             let trace = tracer.read(pid);
+            timings.read = start.elapsed();
+            let start = Instant::now();
             if let Ok(trace) = &trace {
                 let mut addrs: Vec<u64> = trace.stacks.values().flatten().copied().collect();
                 addrs.sort_unstable();
@@ -89,10 +115,12 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
                     ));
                 }
             }
+            timings.symbolize = start.elapsed();
             tracer.detach(attachment);
             (trace.map(Some), running.finish())
         }
         Ok(Event::Exited(status)) => {
+            timings.program = start.elapsed();
             tracer.detach(attachment);
             incomplete.push(
                 "the process ended without an exit stop (killed by SIGKILL?): its outstanding \
@@ -115,6 +143,7 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
         trace,
         frames,
         incomplete,
+        timings,
     })
 }
 

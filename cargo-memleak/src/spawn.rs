@@ -268,7 +268,8 @@ impl Gated {
             pid,
             exit_stop_seen: false,
             held: None,
-            interrupts: IgnoreInterrupts::install(),
+            reaped: false,
+            _interrupts: IgnoreInterrupts::install(),
         };
         nix::unistd::write(&gate, &[1]).map_err(|source| Error::Spawn {
             program: program.clone(),
@@ -322,7 +323,27 @@ pub struct Running {
     exit_stop_seen: bool,
     /// The thread held at the exit stop, until [`Running::finish`] lets it go.
     held: Option<Pid>,
-    interrupts: IgnoreInterrupts,
+    /// Reaped: nothing left to clean up on drop.
+    reaped: bool,
+    _interrupts: IgnoreInterrupts,
+}
+
+impl Drop for Running {
+    /// A process abandoned on an error path is killed and reaped, not left stopped.
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = signal::kill(self.pid, Signal::SIGKILL);
+            if let Some(tid) = self.held.take() {
+                resume(tid, None);
+            }
+            while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+                if matches!(status, WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) if pid == self.pid)
+                {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl Running {
@@ -334,6 +355,7 @@ impl Running {
     pub fn wait_exit_stop(&mut self) -> Result<Event> {
         loop {
             if let Some(event) = self.step()? {
+                self.reaped = matches!(event, Event::Exited(_));
                 return Ok(event);
             }
         }
@@ -347,7 +369,7 @@ impl Running {
         }
         loop {
             if let Some(Event::Exited(status)) = self.step()? {
-                drop(self.interrupts);
+                self.reaped = true;
                 return Ok(status);
             }
         }

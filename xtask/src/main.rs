@@ -88,8 +88,11 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// Cargo, with stdin closed off: nested builds (aya-build's) run `rustc -`, which reads stdin.
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo.stdin(std::process::Stdio::null());
+    cargo
 }
 
 fn run(command: &mut Command, what: &str) -> Result<()> {
@@ -328,11 +331,32 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
         output(&mut command, "short process")?;
         Ok(start.elapsed())
     };
+    // cargo-memleak's own account of a traced short process (`--timings`), in ms.
+    let phases = || -> Result<Vec<(String, f64)>> {
+        let out = Command::new(&memleak)
+            .args(["exec", "--timings", "--output", "/dev/null", "--"])
+            .arg(&workload)
+            .output()
+            .context("running cargo-memleak --timings")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("memleak: timings: "))
+            .with_context(|| format!("no timings line in: {stderr}"))?;
+        line.split(", ")
+            .map(|phase| {
+                let (name, value) = phase.split_once(' ').context("`name value ms`")?;
+                let ms = value.trim_end_matches(" ms").parse::<f64>()?;
+                Ok((name.to_owned(), ms))
+            })
+            .collect()
+    };
 
     let mut untraced = Vec::new();
     let mut traced = Vec::new();
     let mut short_untraced = Vec::new();
     let mut short_traced = Vec::new();
+    let mut phase_runs: Vec<Vec<(String, f64)>> = Vec::new();
     for _ in 0..runs {
         untraced.push(ns_per_pair(false)?);
         traced.push(ns_per_pair(true)?);
@@ -342,28 +366,40 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
             .args(["exec", "--output", "/dev/null", "--"])
             .arg(&workload);
         short_traced.push(wall(command)?);
+        phase_runs.push(phases()?);
     }
     let (untraced, traced) = (median(untraced), median(traced));
     let (short_untraced, short_traced) = (median(short_untraced), median(short_traced));
     println!("cargo xtask bench: median of {runs} runs, {pairs} malloc(64)+free pairs each");
     println!(
-        "{:<44} {:>14} {:>14} {:>10}",
+        "{:<36} {:>14} {:>14} {:>10}",
         "measure", "untraced", "traced", "ratio"
     );
     println!(
-        "{:<44} {:>11.1} ns {:>11.1} ns {:>9.0}x",
+        "{:<36} {:>11.1} ns {:>11.1} ns {:>9.0}x",
         "malloc+free pair",
         untraced,
         traced,
         traced / untraced
     );
     println!(
-        "{:<44} {:>11.1} ms {:>11.1} ms {:>9.0}x",
-        "short process, wall (load, attach, report, detach)",
+        "{:<36} {:>11.1} ms {:>11.1} ms {:>9.0}x",
+        "short process, wall time",
         short_untraced.as_secs_f64() * 1e3,
         short_traced.as_secs_f64() * 1e3,
         short_traced.as_secs_f64() / short_untraced.as_secs_f64()
     );
+    println!("where a traced short process's time goes (cargo-memleak --timings, median):");
+    let names: Vec<String> = phase_runs[0].iter().map(|(name, _)| name.clone()).collect();
+    let mut until_report = 0.0;
+    for (index, name) in names.iter().enumerate() {
+        let ms = median(phase_runs.iter().map(|run| run[index].1).collect());
+        if name != "detach" {
+            until_report += ms;
+        }
+        println!("  {name:<34} {ms:>11.1} ms");
+    }
+    println!("  {:<34} {until_report:>11.1} ms", "report written after");
     Ok(())
 }
 
