@@ -11,6 +11,7 @@ fn main() -> anyhow::Result<()> {
              Run `cargo xtask bootstrap` (installs it for this machine's nightly LLVM)."
         );
     }
+    isolate_nested_cargo()?;
     let ebpf = aya_build::Package {
         name: "memleak-ebpf",
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../memleak-ebpf"),
@@ -19,4 +20,20 @@ fn main() -> anyhow::Result<()> {
     aya_build::build_ebpf([ebpf], aya_build::Toolchain::default()).context(
         "building the eBPF programs failed; `cargo xtask bootstrap` installs the toolchain",
     )
+}
+
+/// aya-build runs a nested nightly cargo, which probes rustc with `rustc -` (source on stdin).
+/// Seen on a fresh clone under load: that probe read rustc's own warnings as its source, which
+/// happens when fd 0 is closed somewhere up the chain and a pipe takes its number. So: give
+/// every child an inheritable /dev/null as stdin, and let the nested cargo run its own
+/// jobserver rather than inherit ours by fd number.
+fn isolate_nested_cargo() -> anyhow::Result<()> {
+    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+    // dup2 leaves the new fd 0 inheritable (close-on-exec is not copied).
+    nix::unistd::dup2_stdin(&null).context("making /dev/null the build script's stdin")?;
+    for var in ["CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"] {
+        // SAFETY: the build script is single-threaded here, before any child is spawned.
+        unsafe { std::env::remove_var(var) };
+    }
+    Ok(())
 }

@@ -85,22 +85,17 @@ pub struct Executable {
 }
 
 impl CargoOptions {
-    fn manifest_args(&self) -> Vec<OsString> {
-        let mut args = Vec::new();
-        if let Some(path) = &self.manifest_path {
-            args.push("--manifest-path".into());
-            args.push(path.into());
-        }
-        for (flag, on) in [
+    /// `--locked`, `--frozen`, `--offline`, as given.
+    fn lock_flags(&self) -> Vec<String> {
+        [
             ("--locked", self.locked),
             ("--frozen", self.frozen),
             ("--offline", self.offline),
-        ] {
-            if on {
-                args.push(flag.into());
-            }
-        }
-        args
+        ]
+        .into_iter()
+        .filter(|&(_, on)| on)
+        .map(|(flag, _)| flag.to_owned())
+        .collect()
     }
 
     fn metadata(&self) -> Result<Metadata> {
@@ -109,17 +104,7 @@ impl CargoOptions {
         if let Some(path) = &self.manifest_path {
             command.manifest_path(path);
         }
-        let mut other = Vec::new();
-        for (flag, on) in [
-            ("--locked", self.locked),
-            ("--frozen", self.frozen),
-            ("--offline", self.offline),
-        ] {
-            if on {
-                other.push(flag.to_string());
-            }
-        }
-        command.other_options(other);
+        command.other_options(self.lock_flags());
         command.exec().map_err(|err| Error::Metadata {
             stderr: match err {
                 cargo_metadata::Error::CargoMetadata { stderr } => {
@@ -142,7 +127,10 @@ impl CargoOptions {
 
         let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         command.args(["build", "--message-format=json-render-diagnostics"]);
-        command.args(self.manifest_args());
+        if let Some(path) = &self.manifest_path {
+            command.arg("--manifest-path").arg(path);
+        }
+        command.args(self.lock_flags());
         command.arg("--target-dir").arg(&target_dir);
         if let Some(package) = &self.package {
             command.args(["--package", package]);

@@ -157,7 +157,9 @@ fn leave(ctx: &RetProbeContext) -> u32 {
             // (even when it did not move: the block now has this call's size and stack).
             let succeeded = ret != 0 || call.size == 0;
             if call.old_addr != 0 && succeeded {
-                release(tgid, call.old_addr);
+                if !release(tgid, call.old_addr) {
+                    count(tgid, Counter::FreeUnknown);
+                }
             }
             if ret != 0 {
                 record(ctx, tgid, ret, call.size);
@@ -182,14 +184,7 @@ fn leave(ctx: &RetProbeContext) -> u32 {
             if ret != MAP_FAILED {
                 // A mapping never traced (made by the loader, say) counts as untracked, not as
                 // an unknown free: the result is traced from here on either way.
-                let key = AllocKey {
-                    addr: call.old_addr,
-                    tgid,
-                    _pad: 0,
-                };
-                if ALLOCS.remove(&key).is_ok() {
-                    count(tgid, Counter::Frees);
-                } else {
+                if !release(tgid, call.old_addr) {
                     count(tgid, Counter::MunmapUntracked);
                 }
                 record(ctx, tgid, ret, call.size);
@@ -266,18 +261,20 @@ fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
     }
 }
 
+/// Forgets an outstanding block (counted as a free). False when it was not outstanding; the
+/// caller counts that, as it alone knows what it means.
 #[inline(always)]
-fn release(tgid: u32, addr: u64) {
+fn release(tgid: u32, addr: u64) -> bool {
     let key = AllocKey {
         addr,
         tgid,
         _pad: 0,
     };
-    if ALLOCS.remove(&key).is_ok() {
+    let found = ALLOCS.remove(&key).is_ok();
+    if found {
         count(tgid, Counter::Frees);
-    } else {
-        count(tgid, Counter::FreeUnknown);
     }
+    found
 }
 
 /// True when a free-like entry runs inside a pending allocator call of its thread (and so is
@@ -375,17 +372,14 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let tgid = tgid_of(pid_tgid);
-    let key = AllocKey {
-        addr,
-        tgid,
-        _pad: 0,
-    };
-    if ALLOCS.remove(&key).is_ok() {
-        count(tgid, Counter::Frees);
-    } else if called_by_allocator(&ctx) {
-        count(tgid, Counter::AllocatorInternalFree);
-    } else {
-        count(tgid, Counter::FreeUnknown);
+    // Only a miss pays for the caller check (a user-memory read).
+    if !release(tgid, addr) {
+        let missing = if called_by_allocator(&ctx) {
+            Counter::AllocatorInternalFree
+        } else {
+            Counter::FreeUnknown
+        };
+        count(tgid, missing);
     }
     0
 }

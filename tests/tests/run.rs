@@ -16,24 +16,20 @@ fn manifest() -> String {
         .into_owned()
 }
 
+/// `cargo memleak run` on the fixture with these modes.
+fn run_fixture(modes: &[&str]) -> Run {
+    let manifest = manifest();
+    let mut args = vec!["run", "--manifest-path", &manifest, "--"];
+    args.extend_from_slice(modes);
+    memleak(&args)
+}
+
 /// One traced run of every leaking mode (building the fixture takes a while; share it).
 fn all_modes() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
-        memleak(&[
-            "run",
-            "--manifest-path",
-            &manifest(),
-            "--",
-            "malloc",
-            "calloc",
-            "realloc",
-            "mmap",
-            "vec",
-            "inlined",
-            "thread",
-            "ctor",
-            "churn",
+        run_fixture(&[
+            "malloc", "calloc", "realloc", "mmap", "vec", "inlined", "thread", "ctor", "churn",
         ])
     })
 }
@@ -118,14 +114,7 @@ fn a_panicking_abort_still_reports() {
     if !privileged("a_panicking_abort_still_reports") {
         return;
     }
-    let run = memleak(&[
-        "run",
-        "--manifest-path",
-        &manifest(),
-        "--",
-        "malloc",
-        "abort",
-    ]);
+    let run = run_fixture(&["malloc", "abort"]);
     assert_eq!(run.code, 1, "the program failed; stderr: {}", run.stderr);
     assert_eq!(
         run.report["exit"],
@@ -142,14 +131,7 @@ fn the_binary_gets_its_arguments_and_exit_code() {
     if !privileged("the_binary_gets_its_arguments_and_exit_code") {
         return;
     }
-    let run = memleak(&[
-        "run",
-        "--manifest-path",
-        &manifest(),
-        "--",
-        "malloc",
-        "fail",
-    ]);
+    let run = run_fixture(&["malloc", "fail"]);
     assert_eq!(run.code, 1);
     assert_eq!(
         run.report["exit"],
