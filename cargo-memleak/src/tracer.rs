@@ -127,6 +127,12 @@ impl Tracer {
     /// Loads the eBPF object and its programs (nothing is attached yet).
     pub fn load(probes: AllocatorProbes, limits: Limits) -> Result<Self> {
         check_privileges()?;
+        if EBPF_OBJECT.is_empty() {
+            return Err(Error::BpfLoad {
+                reason: "this binary was built with AYA_BUILD_SKIP=1 and has no eBPF object".into(),
+                hint: "rebuild it without AYA_BUILD_SKIP",
+            });
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::ALLOCS, limits.max_allocs)
             .map_max_entries(names::STACKS, limits.max_stacks)

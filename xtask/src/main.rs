@@ -51,12 +51,14 @@ fn main() -> Result<()> {
         Task::Bootstrap => bootstrap(),
         Task::Test { args } => {
             bootstrap()?;
+            build_tracer()?;
             let mut test = cargo();
             test.arg("test").args(args).current_dir(workspace_root());
             run(&mut test, "cargo test")
         }
         Task::Demo => {
             bootstrap()?;
+            build_tracer()?;
             let root = workspace_root();
             let mut demo = cargo();
             demo.args([
@@ -114,6 +116,28 @@ fn output(command: &mut Command, what: &str) -> Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Builds cargo-memleak in two steps: every dependency first with the eBPF build skipped
+/// (AYA_BUILD_SKIP, aya-build's switch), then the eBPF object alone. On a fresh machine,
+/// aya-build's nested nightly cargo run beside dozens of other compile jobs has failed its
+/// first rustc probe (it read another job's compiler output as its input); run alone it does
+/// not.
+fn build_tracer() -> Result<()> {
+    let root = workspace_root();
+    run(
+        cargo()
+            .args(["build", "--package", "cargo-memleak"])
+            .env("AYA_BUILD_SKIP", "1")
+            .current_dir(&root),
+        "building cargo-memleak's dependencies",
+    )?;
+    run(
+        cargo()
+            .args(["build", "--package", "cargo-memleak"])
+            .current_dir(&root),
+        "building cargo-memleak with its eBPF programs",
+    )
 }
 
 fn bootstrap() -> Result<()> {
