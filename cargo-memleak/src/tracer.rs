@@ -188,6 +188,7 @@ impl Tracer {
                 Ok(link) => attachment.links.push((point.program, link)),
                 Err(err) => {
                     self.detach(attachment);
+                    let _ = self.stats_map()?.remove(&pid);
                     return Err(Error::Attach {
                         symbol: point.symbols.join("/"),
                         object,

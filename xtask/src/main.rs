@@ -54,7 +54,7 @@ fn main() -> Result<()> {
             build_tracer()?;
             let mut test = cargo();
             test.arg("test").args(args).current_dir(workspace_root());
-            run(&mut test, "cargo test")
+            run_tests(&mut test)
         }
         Task::Demo => {
             bootstrap()?;
@@ -102,6 +102,39 @@ fn run(command: &mut Command, what: &str) -> Result<()> {
         .status()
         .with_context(|| format!("{what}: could not start {command:?}"))?;
     ensure!(status.success(), "{what} failed ({status})");
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and closes with the totals over every test
+/// binary (cargo's own last line is often an empty doc-test run).
+fn run_tests(command: &mut Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cargo test: could not start")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |label: &str| -> u64 {
+                result
+                    .split(['.', ';'])
+                    .find_map(|part| part.trim().strip_suffix(label)?.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+            ignored += count("ignored");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("xtask: {passed} passed, {failed} failed, {ignored} skipped");
+    ensure!(status.success(), "cargo test failed ({status})");
+    ensure!(passed > 0, "cargo test ran no test");
     Ok(())
 }
 
