@@ -8,6 +8,7 @@
 
 pub mod allocator;
 pub mod build;
+pub mod classify;
 pub mod cli;
 pub mod error;
 pub mod report;

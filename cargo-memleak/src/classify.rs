@@ -1,0 +1,415 @@
+//! Lost or reachable: classifies outstanding blocks the way memcheck and LeakSanitizer do, by
+//! scanning memory for pointers.
+//!
+//! Roots (writable segments of loaded objects, live threads' stacks and registers, TLS) are
+//! given as address ranges; their aligned words, and then the words of every block found
+//! reachable, are looked up among the outstanding blocks. A word pointing at a block's start
+//! or inside it marks the block reachable. Blocks never marked are lost: **definitely** when no
+//! other lost block points at them, **indirectly** when one does; in an unreachable cycle the
+//! first block found stays definite and the rest are indirect.
+//!
+//! Invariants: memory that cannot be read never aborts the classification; it is counted
+//! (regions and bytes) so the caller can mark the result incomplete. The result is independent
+//! of the order roots are given in.
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+/// What memcheck would call a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    DefinitelyLost,
+    IndirectlyLost,
+    StillReachable,
+}
+
+/// An outstanding block: `size` bytes at `addr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// Reads the traced process's memory.
+pub trait Memory {
+    /// Fills `buf` from `addr`; `false` when (part of) the range cannot be read.
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool;
+}
+
+/// Another process's memory, read with `process_vm_readv` (the process is stopped, for
+/// example at its exit stop, so what is read is what it held).
+pub struct ProcessMemory {
+    pub pid: u32,
+}
+
+impl Memory for ProcessMemory {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        use nix::sys::uio::{RemoteIoVec, process_vm_readv};
+        let len = buf.len();
+        let Ok(base) = usize::try_from(addr) else {
+            return false;
+        };
+        let remote = [RemoteIoVec { base, len }];
+        let mut local = [std::io::IoSliceMut::new(buf)];
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        process_vm_readv(pid, &mut local, &remote).is_ok_and(|read| read == len)
+    }
+}
+
+/// The category of every block, in the order the blocks were given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Classification {
+    pub categories: Vec<Category>,
+    /// Ranges (roots or blocks) that could not be read, and their bytes.
+    pub unreadable_regions: u64,
+    pub unreadable_bytes: u64,
+}
+
+const WORD: u64 = 8;
+/// Roots are read in chunks this large (thread stacks and data segments can be big).
+const CHUNK: u64 = 64 * 1024;
+
+/// Classifies `blocks` (non-overlapping) given the `roots`.
+pub fn classify(
+    blocks: &[Block],
+    roots: &[Range<u64>],
+    memory: &mut impl Memory,
+) -> Classification {
+    let index = BlockIndex::new(blocks);
+    let mut scanner = Scanner {
+        index: &index,
+        memory,
+        unreadable_regions: 0,
+        unreadable_bytes: 0,
+        buffer: Vec::new(),
+    };
+
+    // Mark: everything reachable from the roots, then from reachable blocks.
+    let mut reachable = vec![false; blocks.len()];
+    let mut work = Vec::new();
+    for root in roots {
+        scanner.scan(root.clone(), |block| {
+            if !reachable[block] {
+                reachable[block] = true;
+                work.push(block);
+            }
+        });
+    }
+    while let Some(block) = work.pop() {
+        scanner.scan(index.range(block), |found| {
+            if !reachable[found] {
+                reachable[found] = true;
+                work.push(found);
+            }
+        });
+    }
+
+    // Lost blocks: each one not yet reached from another lost block leads; everything it
+    // reaches is indirect, including earlier leaders it reaches.
+    let mut categories: Vec<Option<Category>> = reachable
+        .iter()
+        .map(|&r| r.then_some(Category::StillReachable))
+        .collect();
+    for leader in index.by_address() {
+        if categories[leader].is_some() {
+            continue;
+        }
+        categories[leader] = Some(Category::DefinitelyLost);
+        let mut work = vec![leader];
+        while let Some(block) = work.pop() {
+            scanner.scan(index.range(block), |found| {
+                if found == leader {
+                    return;
+                }
+                match categories[found] {
+                    None => {
+                        categories[found] = Some(Category::IndirectlyLost);
+                        work.push(found);
+                    }
+                    Some(Category::DefinitelyLost) => {
+                        // An earlier leader reached from this one: it is part of this
+                        // structure. Its own reach was already marked indirect.
+                        categories[found] = Some(Category::IndirectlyLost);
+                    }
+                    Some(_) => {}
+                }
+            });
+        }
+    }
+
+    Classification {
+        categories: categories
+            .into_iter()
+            .map(|category| category.unwrap_or(Category::DefinitelyLost))
+            .collect(),
+        unreadable_regions: scanner.unreadable_regions,
+        unreadable_bytes: scanner.unreadable_bytes,
+    }
+}
+
+/// Blocks sorted by address, for "which block contains this word" lookups.
+struct BlockIndex<'a> {
+    blocks: &'a [Block],
+    /// Indices into `blocks`, by address.
+    sorted: Vec<usize>,
+}
+
+impl<'a> BlockIndex<'a> {
+    fn new(blocks: &'a [Block]) -> Self {
+        let mut sorted: Vec<usize> = (0..blocks.len()).collect();
+        sorted.sort_by_key(|&i| blocks[i].addr);
+        Self { blocks, sorted }
+    }
+
+    fn by_address(&self) -> impl Iterator<Item = usize> + '_ {
+        self.sorted.iter().copied()
+    }
+
+    fn range(&self, block: usize) -> Range<u64> {
+        let Block { addr, size } = self.blocks[block];
+        addr..addr.saturating_add(size)
+    }
+
+    /// The block containing `value` (a zero-sized block contains its own address).
+    fn find(&self, value: u64) -> Option<usize> {
+        let after = self
+            .sorted
+            .partition_point(|&i| self.blocks[i].addr <= value);
+        let candidate = *self.sorted.get(after.checked_sub(1)?)?;
+        let Block { addr, size } = self.blocks[candidate];
+        (value - addr < size.max(1)).then_some(candidate)
+    }
+}
+
+struct Scanner<'i, 'm, M: Memory> {
+    index: &'i BlockIndex<'i>,
+    memory: &'m mut M,
+    unreadable_regions: u64,
+    unreadable_bytes: u64,
+    buffer: Vec<u8>,
+}
+
+impl<M: Memory> Scanner<'_, '_, M> {
+    /// Calls `found` for every aligned word in `range` that points into a block.
+    fn scan(&mut self, range: Range<u64>, mut found: impl FnMut(usize)) {
+        let start = range.start.next_multiple_of(WORD);
+        let mut at = start;
+        while at + WORD <= range.end {
+            let len = (range.end - at).min(CHUNK) / WORD * WORD;
+            self.buffer.resize(len as usize, 0);
+            if !self.memory.read(at, &mut self.buffer) {
+                self.unreadable_regions += 1;
+                self.unreadable_bytes += len;
+            } else {
+                for word in self.buffer.chunks_exact(WORD as usize) {
+                    let value = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+                    if let Some(block) = self.index.find(value) {
+                        found(block);
+                    }
+                }
+            }
+            at += len;
+        }
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::single_range_in_vec_init, reason = "lists of one root range, on purpose")]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{Category::*, *};
+
+    /// A sparse memory image: readable ranges with their bytes.
+    #[derive(Default)]
+    struct Image {
+        regions: BTreeMap<u64, Vec<u8>>,
+    }
+
+    impl Image {
+        fn region(&mut self, addr: u64, size: u64) {
+            self.regions.insert(addr, vec![0; size as usize]);
+        }
+        fn write(&mut self, addr: u64, value: u64) {
+            let (&start, bytes) = self
+                .regions
+                .range_mut(..=addr)
+                .next_back()
+                .expect("write inside a region");
+            let at = (addr - start) as usize;
+            bytes[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+        }
+    }
+
+    impl Memory for Image {
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+            let Some((&start, bytes)) = self.regions.range(..=addr).next_back() else {
+                return false;
+            };
+            let at = (addr - start) as usize;
+            match bytes.get(at..at + buf.len()) {
+                Some(src) => {
+                    buf.copy_from_slice(src);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    const DATA: u64 = 0x1000;
+    const HEAP: u64 = 0x10_0000;
+
+    /// A data segment (the root) and a heap holding `blocks` of 64 bytes at HEAP + 0x100 * i.
+    fn setup(blocks: usize) -> (Image, Vec<Block>) {
+        let mut image = Image::default();
+        image.region(DATA, 0x100);
+        image.region(HEAP, 0x100 * blocks as u64);
+        let blocks = (0..blocks as u64)
+            .map(|i| Block {
+                addr: HEAP + 0x100 * i,
+                size: 64,
+            })
+            .collect();
+        (image, blocks)
+    }
+
+    fn run(image: &mut Image, blocks: &[Block]) -> Vec<Category> {
+        let result = classify(blocks, &[DATA..DATA + 0x100], image);
+        assert_eq!(result.unreadable_regions, 0);
+        result.categories
+    }
+
+    #[test]
+    fn a_block_with_no_reference_is_definitely_lost() {
+        let (mut image, blocks) = setup(1);
+        assert_eq!(run(&mut image, &blocks), [DefinitelyLost]);
+    }
+
+    #[test]
+    fn a_block_referenced_from_a_root_is_reachable_and_so_is_what_it_points_to() {
+        let (mut image, blocks) = setup(3);
+        image.write(DATA + 8, blocks[0].addr);
+        image.write(blocks[0].addr + 16, blocks[1].addr);
+        assert_eq!(
+            run(&mut image, &blocks),
+            [StillReachable, StillReachable, DefinitelyLost]
+        );
+    }
+
+    #[test]
+    fn an_interior_pointer_keeps_a_block_reachable() {
+        let (mut image, blocks) = setup(1);
+        image.write(DATA, blocks[0].addr + 63);
+        assert_eq!(run(&mut image, &blocks), [StillReachable]);
+        // One past the end points at nothing.
+        image.write(DATA, blocks[0].addr + 64);
+        assert_eq!(run(&mut image, &blocks), [DefinitelyLost]);
+    }
+
+    #[test]
+    fn what_a_lost_block_points_to_is_indirectly_lost() {
+        let (mut image, blocks) = setup(3);
+        // 2 -> 1 -> 0: found in address order, 0 and 1 lead first but are reached from 2.
+        image.write(blocks[2].addr, blocks[1].addr);
+        image.write(blocks[1].addr + 8, blocks[0].addr);
+        assert_eq!(
+            run(&mut image, &blocks),
+            [IndirectlyLost, IndirectlyLost, DefinitelyLost]
+        );
+    }
+
+    #[test]
+    fn an_unreachable_cycle_has_one_direct_block_and_the_rest_indirect() {
+        let (mut image, blocks) = setup(3);
+        image.write(blocks[0].addr, blocks[1].addr);
+        image.write(blocks[1].addr, blocks[2].addr);
+        image.write(blocks[2].addr, blocks[0].addr);
+        assert_eq!(
+            run(&mut image, &blocks),
+            [DefinitelyLost, IndirectlyLost, IndirectlyLost]
+        );
+    }
+
+    #[test]
+    fn unaligned_words_are_not_pointers() {
+        let (mut image, blocks) = setup(1);
+        // The pointer straddles two aligned words.
+        let bytes = blocks[0].addr.to_ne_bytes();
+        let mut low = [0u8; 8];
+        let mut high = [0u8; 8];
+        low[4..].copy_from_slice(&bytes[..4]);
+        high[..4].copy_from_slice(&bytes[4..]);
+        image.write(DATA, u64::from_ne_bytes(low));
+        image.write(DATA + 8, u64::from_ne_bytes(high));
+        assert_eq!(run(&mut image, &blocks), [DefinitelyLost]);
+    }
+
+    #[test]
+    fn unreadable_memory_is_counted_not_fatal() {
+        let (mut image, blocks) = setup(1);
+        image.write(DATA, blocks[0].addr);
+        let result = classify(
+            &blocks,
+            &[0x9000_0000..0x9000_1000, DATA..DATA + 0x100],
+            &mut image,
+        );
+        assert_eq!(result.categories, [StillReachable]);
+        assert_eq!(result.unreadable_regions, 1);
+        assert_eq!(result.unreadable_bytes, 0x1000);
+    }
+
+    #[test]
+    fn a_zero_sized_block_is_found_by_its_address() {
+        let mut image = Image::default();
+        image.region(DATA, 0x100);
+        let blocks = [Block {
+            addr: HEAP,
+            size: 0,
+        }];
+        image.write(DATA, HEAP);
+        assert_eq!(
+            classify(&blocks, &[DATA..DATA + 0x100], &mut image).categories,
+            [StillReachable]
+        );
+    }
+
+    #[test]
+    fn process_memory_reads_a_live_process() {
+        // This process, read through process_vm_readv like a traced one.
+        let target: Box<[u64; 4]> = Box::new([7, 0x1234_5678, u64::MAX, 42]);
+        let addr = target.as_ptr() as u64;
+        let mut memory = ProcessMemory {
+            pid: std::process::id(),
+        };
+        let mut buf = [0u8; 32];
+        assert!(memory.read(addr, &mut buf));
+        assert_eq!(
+            u64::from_ne_bytes(buf[8..16].try_into().unwrap()),
+            0x1234_5678
+        );
+        // Unmapped memory is reported, not fatal.
+        assert!(!memory.read(8, &mut buf));
+        // And the classifier finds a block through it: the boxed array points at nothing, a
+        // root holding its address keeps it reachable.
+        let root: Box<u64> = Box::new(addr);
+        let root_addr = &*root as *const u64 as u64;
+        let blocks = [Block { addr, size: 32 }];
+        let result = classify(&blocks, &[root_addr..root_addr + 8], &mut memory);
+        assert_eq!(result.categories, [StillReachable]);
+    }
+
+    #[test]
+    fn large_roots_are_scanned_in_chunks() {
+        let mut image = Image::default();
+        let size = 3 * CHUNK + 24;
+        image.region(DATA, size);
+        let (_, blocks) = setup(2);
+        image.region(HEAP, 0x200);
+        image.write(DATA + size - 8, blocks[1].addr);
+        let result = classify(&blocks, &[DATA..DATA + size], &mut image);
+        assert_eq!(result.categories, [DefinitelyLost, StillReachable]);
+    }
+}
