@@ -4,6 +4,17 @@
 use anyhow::{Context as _, bail};
 
 fn main() -> anyhow::Result<()> {
+    let object = std::path::Path::new(&std::env::var_os("OUT_DIR").context("OUT_DIR is set")?)
+        .join("memleak-ebpf");
+    // `cargo xtask` builds the eBPF object itself and passes it here (see xtask's
+    // `build_ebpf`); a plain `cargo build` builds it with aya-build.
+    println!("cargo:rerun-if-env-changed={PREBUILT}");
+    if let Some(prebuilt) = std::env::var_os(PREBUILT) {
+        println!("cargo:rerun-if-changed={}", prebuilt.to_string_lossy());
+        std::fs::copy(&prebuilt, &object)
+            .with_context(|| format!("copying {PREBUILT}={}", prebuilt.to_string_lossy()))?;
+        return Ok(());
+    }
     println!("cargo:rerun-if-env-changed=PATH");
     if which::which("bpf-linker").is_err() {
         bail!(
@@ -17,23 +28,25 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../memleak-ebpf"),
         ..Default::default()
     };
-    // Under load (a fresh build compiling every dependency at once) the nested cargo's first
-    // rustc probe has been seen to fail; a second attempt runs on a quieter machine.
+    // On fresh clones the nested cargo's first rustc probe has failed inside this build
+    // script (it read another compiler's output as its input); a second attempt may pass.
     if let Err(first) = aya_build::build_ebpf([ebpf()], aya_build::Toolchain::default()) {
         println!("cargo:warning=building the eBPF programs failed once, retrying: {first:#}");
         aya_build::build_ebpf([ebpf()], aya_build::Toolchain::default()).context(
-            "building the eBPF programs failed; `cargo xtask bootstrap` installs the toolchain",
+            "building the eBPF programs failed; `cargo xtask bootstrap` installs the toolchain, \
+             and `cargo xtask test`/`demo` build the eBPF object outside of cargo's build scripts",
         )?;
     }
-    // With AYA_BUILD_SKIP=1 (dependencies-only builds, see xtask) aya-build builds nothing:
-    // leave an empty object, which the tracer refuses to load with a clear message.
-    let object = std::path::Path::new(&std::env::var_os("OUT_DIR").context("OUT_DIR is set")?)
-        .join("memleak-ebpf");
+    // With AYA_BUILD_SKIP=1 (for `cargo check` and the like) aya-build builds nothing: leave an
+    // empty object, which the tracer refuses to load with a clear message.
     if !object.exists() {
         std::fs::write(&object, []).context("writing the placeholder eBPF object")?;
     }
     Ok(())
 }
+
+/// Path of an eBPF object built beforehand (by `cargo xtask`).
+const PREBUILT: &str = "MEMLEAK_EBPF_OBJECT";
 
 /// aya-build runs a nested nightly cargo, which probes rustc with `rustc -` (source on stdin).
 /// Seen on a fresh clone under load: that probe read rustc's own warnings as its source, which

@@ -216,7 +216,10 @@ impl<M: Memory> Scanner<'_, '_, M> {
 }
 
 #[cfg(test)]
-#[expect(clippy::single_range_in_vec_init, reason = "lists of one root range, on purpose")]
+#[expect(
+    clippy::single_range_in_vec_init,
+    reason = "lists of one root range, on purpose"
+)]
 mod tests {
     use std::collections::BTreeMap;
 

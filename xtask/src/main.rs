@@ -51,14 +51,14 @@ fn main() -> Result<()> {
         Task::Bootstrap => bootstrap(),
         Task::Test { args } => {
             bootstrap()?;
-            build_tracer()?;
+            build_ebpf()?;
             let mut test = cargo();
             test.arg("test").args(args).current_dir(workspace_root());
             run_tests(&mut test)
         }
         Task::Demo => {
             bootstrap()?;
-            build_tracer()?;
+            build_ebpf()?;
             let root = workspace_root();
             let mut demo = cargo();
             demo.args([
@@ -78,6 +78,7 @@ fn main() -> Result<()> {
         }
         Task::Bench { pairs, runs } => {
             bootstrap()?;
+            build_ebpf()?;
             bench(pairs, runs)
         }
     }
@@ -151,26 +152,58 @@ fn output(command: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Builds cargo-memleak in two steps: every dependency first with the eBPF build skipped
-/// (AYA_BUILD_SKIP, aya-build's switch), then the eBPF object alone. On a fresh machine,
-/// aya-build's nested nightly cargo run beside dozens of other compile jobs has failed its
-/// first rustc probe (it read another job's compiler output as its input); run alone it does
-/// not.
-fn build_tracer() -> Result<()> {
+/// Builds the eBPF object with the command aya-build would run, but from here rather than
+/// from cargo-memleak's build script, and points the build script at it
+/// (`MEMLEAK_EBPF_OBJECT`, set for every cargo command that follows). On fresh clones the same
+/// command failed inside the build script (its first `rustc -` probe read another compiler's
+/// output as input; 4 of 4 fresh clones) and never failed when run from here.
+fn build_ebpf() -> Result<()> {
     let root = workspace_root();
+    let target_dir = root.join("target/ebpf");
+    let mut build = Command::new("rustup");
+    build
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            "memleak-ebpf",
+            "--bins",
+        ])
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        // What `cargo run` (which started us) exported must not reach nightly's cargo.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .stdin(std::process::Stdio::null())
+        .current_dir(&root);
     run(
-        cargo()
-            .args(["build", "--package", "cargo-memleak"])
-            .env("AYA_BUILD_SKIP", "1")
-            .current_dir(&root),
-        "building cargo-memleak's dependencies",
+        &mut build,
+        "building the eBPF programs (nightly, bpfel-unknown-none)",
     )?;
-    run(
-        cargo()
-            .args(["build", "--package", "cargo-memleak"])
-            .current_dir(&root),
-        "building cargo-memleak with its eBPF programs",
-    )
+    let object = target_dir.join("bpfel-unknown-none/release/memleak-ebpf");
+    ensure!(
+        object.exists(),
+        "the eBPF build produced no {}",
+        object.display()
+    );
+    // SAFETY: xtask is single-threaded; every cargo it starts from now on inherits this.
+    unsafe { std::env::set_var("MEMLEAK_EBPF_OBJECT", &object) };
+    Ok(())
 }
 
 fn bootstrap() -> Result<()> {
