@@ -156,7 +156,7 @@ fn output(command: &mut Command, what: &str) -> Result<String> {
 /// from cargo-memleak's build script, and points the build script at it
 /// (`MEMLEAK_EBPF_OBJECT`, set for every cargo command that follows). On fresh clones the same
 /// command failed inside the build script (its first `rustc -` probe read another compiler's
-/// output as input; 4 of 4 fresh clones) and never failed when run from here.
+/// output as input; 5 of 5 fresh builds) and never failed when run from here.
 fn build_ebpf() -> Result<()> {
     let root = workspace_root();
     let target_dir = root.join("target/ebpf");
