@@ -51,14 +51,12 @@ fn main() -> Result<()> {
         Task::Bootstrap => bootstrap(),
         Task::Test { args } => {
             bootstrap()?;
-            build_ebpf()?;
             let mut test = cargo();
             test.arg("test").args(args).current_dir(workspace_root());
             run_tests(&mut test)
         }
         Task::Demo => {
             bootstrap()?;
-            build_ebpf()?;
             let root = workspace_root();
             let mut demo = cargo();
             demo.args([
@@ -78,7 +76,6 @@ fn main() -> Result<()> {
         }
         Task::Bench { pairs, runs } => {
             bootstrap()?;
-            build_ebpf()?;
             bench(pairs, runs)
         }
     }
@@ -91,7 +88,7 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// Cargo, with stdin closed off: nested builds (aya-build's) run `rustc -`, which reads stdin.
+/// Cargo, with /dev/null for stdin: nothing here is interactive, and CI runs without one.
 fn cargo() -> Command {
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo.stdin(std::process::Stdio::null());
@@ -150,66 +147,6 @@ fn output(command: &mut Command, what: &str) -> Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Builds the eBPF object with the command aya-build would run, but from here rather than
-/// from cargo-memleak's build script, and points the build script at it
-/// (`MEMLEAK_EBPF_OBJECT`, set for every cargo command that follows). On fresh clones the same
-/// command failed inside the build script (its first `rustc -` probe read another compiler's
-/// output as input; 5 of 5 fresh builds); from here it failed once in 3 fresh clones, and is
-/// retried.
-fn build_ebpf() -> Result<()> {
-    let root = workspace_root();
-    let target_dir = root.join("target/ebpf");
-    let mut build = Command::new("rustup");
-    build
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--package",
-            "memleak-ebpf",
-            "--bins",
-        ])
-        .args([
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        )
-        // What `cargo run` (which started us) exported must not reach nightly's cargo.
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO")
-        .stdin(std::process::Stdio::null())
-        .current_dir(&root);
-    // The nested nightly cargo's first `rustc -` probe has also failed from here, though
-    // rarely (1 of 3 fresh clones); it fails within a second, so try again.
-    let what = "building the eBPF programs (nightly, bpfel-unknown-none)";
-    let mut attempt = 1;
-    while let Err(err) = run(&mut build, what) {
-        ensure!(attempt < 3, "{err:#} ({attempt} attempts)");
-        eprintln!("xtask: {err:#}; trying again");
-        attempt += 1;
-    }
-    let object = target_dir.join("bpfel-unknown-none/release/memleak-ebpf");
-    ensure!(
-        object.exists(),
-        "the eBPF build produced no {}",
-        object.display()
-    );
-    // SAFETY: xtask is single-threaded; every cargo it starts from now on inherits this.
-    unsafe { std::env::set_var("MEMLEAK_EBPF_OBJECT", &object) };
-    Ok(())
 }
 
 fn bootstrap() -> Result<()> {
