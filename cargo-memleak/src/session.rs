@@ -147,16 +147,20 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
     })
 }
 
-/// Whether the stopped thread's memory map contains `object`.
+/// Whether the stopped thread's memory map contains `object` (by path, or by the file a
+/// mapped path resolves to).
 fn maps_object(tid: u32, object: &std::path::Path) -> bool {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{tid}/maps")) else {
         return true;
     };
-    let wanted = std::fs::canonicalize(object).unwrap_or_else(|_| object.to_owned());
-    maps.lines()
+    let mapped: std::collections::BTreeSet<&str> = maps
+        .lines()
         .filter_map(|line| line.split_whitespace().nth(5))
-        .any(|path| {
-            let path = std::path::Path::new(path);
-            path == object || std::fs::canonicalize(path).is_ok_and(|p| p == wanted)
-        })
+        .filter(|path| path.starts_with('/'))
+        .collect();
+    let wanted = std::fs::canonicalize(object).unwrap_or_else(|_| object.to_owned());
+    mapped
+        .into_iter()
+        .map(std::path::Path::new)
+        .any(|path| path == object || std::fs::canonicalize(path).is_ok_and(|path| path == wanted))
 }
