@@ -79,7 +79,6 @@ pub struct CargoOptions {
 #[derive(Clone, Debug)]
 pub struct Executable {
     pub path: PathBuf,
-    pub target: String,
     /// Environment `cargo run` sets (CARGO_MANIFEST_DIR, CARGO_PKG_*).
     pub env: Vec<(OsString, OsString)>,
 }
@@ -224,7 +223,7 @@ impl CargoOptions {
                 }
             }
         };
-        let (package_id, target, path) = chosen;
+        let (package_id, _, path) = chosen;
         let mut env = Vec::new();
         if let Some(package) = metadata.packages.iter().find(|p| p.id == package_id) {
             let dir = package
@@ -241,7 +240,6 @@ impl CargoOptions {
         }
         Ok(Executable {
             path: path.into_std_path_buf(),
-            target,
             env,
         })
     }

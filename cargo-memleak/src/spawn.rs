@@ -347,10 +347,6 @@ impl Drop for Running {
 }
 
 impl Running {
-    pub fn pid(&self) -> u32 {
-        self.pid.as_raw() as u32
-    }
-
     /// Runs the process until its exit stop, or until it is gone.
     pub fn wait_exit_stop(&mut self) -> Result<Event> {
         loop {

@@ -81,7 +81,8 @@ fn called_by_allocator(ctx: &ProbeContext) -> bool {
     }
     let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
     // SAFETY: the context of a probe program is the probed task's pt_regs.
-    let (ip, sp) = unsafe { ((*regs).rip, (*regs).rsp) };
+    let ip = unsafe { (*regs).rip };
+    let sp = stack_pointer(ctx);
     let text_start = ip.wrapping_sub(cookie >> 32);
     let text_len = cookie & 0xffff_ffff;
     // SAFETY: bpf_probe_read_user validates the user address.
