@@ -36,26 +36,26 @@ pub struct Block {
 pub trait Memory {
     /// Fills `buf` from `addr`; `false` when (part of) the range cannot be read.
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool;
-}
 
-/// Another process's memory, read with `process_vm_readv` (the process is stopped, for
-/// example at its exit stop, so what is read is what it held).
-pub struct ProcessMemory {
-    pub pid: u32,
-}
-
-impl Memory for ProcessMemory {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
-        use nix::sys::uio::{RemoteIoVec, process_vm_readv};
-        let len = buf.len();
-        let Ok(base) = usize::try_from(addr) else {
-            return false;
-        };
-        let remote = [RemoteIoVec { base, len }];
-        let mut local = [std::io::IoSliceMut::new(buf)];
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        process_vm_readv(pid, &mut local, &remote).is_ok_and(|read| read == len)
+    /// The parts of `range` meant to be read: guard pages and other mappings without read
+    /// permission are left out (they hold no pointers), anything else stays in, so that a
+    /// range which vanished is read, fails and is counted.
+    fn clip(&self, range: Range<u64>, parts: &mut Vec<Range<u64>>) {
+        parts.push(range);
     }
+}
+
+/// Where pointers to blocks may be kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roots {
+    /// Memory whose every aligned word counts: data segments, stacks, thread-local storage.
+    pub regions: Vec<Range<u64>>,
+    /// The allocator's own data, where only a pointer to a block's start counts: its
+    /// bookkeeping (glibc's arena `top`, its bins) holds chunk headers, which fall inside the
+    /// block before them.
+    pub allocator_regions: Vec<Range<u64>>,
+    /// Single words: register values of stopped threads, and the like.
+    pub words: Vec<u64>,
 }
 
 /// The category of every block, in the order the blocks were given.
@@ -72,11 +72,7 @@ const WORD: u64 = 8;
 const CHUNK: u64 = 64 * 1024;
 
 /// Classifies `blocks` (non-overlapping) given the `roots`.
-pub fn classify(
-    blocks: &[Block],
-    roots: &[Range<u64>],
-    memory: &mut impl Memory,
-) -> Classification {
+pub fn classify(blocks: &[Block], roots: &Roots, memory: &mut impl Memory) -> Classification {
     let index = BlockIndex::new(blocks);
     let mut scanner = Scanner {
         index: &index,
@@ -84,21 +80,31 @@ pub fn classify(
         unreadable_regions: 0,
         unreadable_bytes: 0,
         buffer: Vec::new(),
+        parts: Vec::new(),
     };
 
     // Mark: everything reachable from the roots, then from reachable blocks.
     let mut reachable = vec![false; blocks.len()];
     let mut work = Vec::new();
-    for root in roots {
-        scanner.scan(root.clone(), |block| {
-            if !reachable[block] {
-                reachable[block] = true;
-                work.push(block);
-            }
-        });
+    let mut mark = |block: usize| {
+        if !reachable[block] {
+            reachable[block] = true;
+            work.push(block);
+        }
+    };
+    for &value in &roots.words {
+        if let Some(block) = index.find(value) {
+            mark(block);
+        }
+    }
+    for root in &roots.regions {
+        scanner.scan(root.clone(), Target::Anywhere, &mut mark);
+    }
+    for root in &roots.allocator_regions {
+        scanner.scan(root.clone(), Target::Start, &mut mark);
     }
     while let Some(block) = work.pop() {
-        scanner.scan(index.range(block), |found| {
+        scanner.scan(index.range(block), Target::Anywhere, |found| {
             if !reachable[found] {
                 reachable[found] = true;
                 work.push(found);
@@ -119,7 +125,7 @@ pub fn classify(
         categories[leader] = Some(Category::DefinitelyLost);
         let mut work = vec![leader];
         while let Some(block) = work.pop() {
-            scanner.scan(index.range(block), |found| {
+            scanner.scan(index.range(block), Target::Anywhere, |found| {
                 if found == leader {
                     return;
                 }
@@ -154,13 +160,27 @@ struct BlockIndex<'a> {
     blocks: &'a [Block],
     /// Indices into `blocks`, by address.
     sorted: Vec<usize>,
+    /// The span from the lowest block to the end of the highest: most words (small numbers,
+    /// code and data addresses) fall outside it and need no search.
+    span: Range<u64>,
 }
 
 impl<'a> BlockIndex<'a> {
     fn new(blocks: &'a [Block]) -> Self {
         let mut sorted: Vec<usize> = (0..blocks.len()).collect();
         sorted.sort_by_key(|&i| blocks[i].addr);
-        Self { blocks, sorted }
+        let span = match (sorted.first(), sorted.last()) {
+            (Some(&first), Some(&last)) => {
+                let Block { addr, size } = blocks[last];
+                blocks[first].addr..addr.saturating_add(size.max(1))
+            }
+            _ => 0..0,
+        };
+        Self {
+            blocks,
+            sorted,
+            span,
+        }
     }
 
     fn by_address(&self) -> impl Iterator<Item = usize> + '_ {
@@ -174,6 +194,9 @@ impl<'a> BlockIndex<'a> {
 
     /// The block containing `value` (a zero-sized block contains its own address).
     fn find(&self, value: u64) -> Option<usize> {
+        if !self.span.contains(&value) {
+            return None;
+        }
         let after = self
             .sorted
             .partition_point(|&i| self.blocks[i].addr <= value);
@@ -183,19 +206,38 @@ impl<'a> BlockIndex<'a> {
     }
 }
 
+/// Which pointers count.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A pointer to a block's start or inside it.
+    Anywhere,
+    /// A pointer to a block's start only.
+    Start,
+}
+
 struct Scanner<'i, 'm, M: Memory> {
     index: &'i BlockIndex<'i>,
     memory: &'m mut M,
     unreadable_regions: u64,
     unreadable_bytes: u64,
     buffer: Vec<u8>,
+    parts: Vec<Range<u64>>,
 }
 
 impl<M: Memory> Scanner<'_, '_, M> {
-    /// Calls `found` for every aligned word in `range` that points into a block.
-    fn scan(&mut self, range: Range<u64>, mut found: impl FnMut(usize)) {
-        let start = range.start.next_multiple_of(WORD);
-        let mut at = start;
+    /// Calls `found` for every aligned word in `range` that points at a block.
+    fn scan(&mut self, range: Range<u64>, target: Target, mut found: impl FnMut(usize)) {
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.clear();
+        self.memory.clip(range, &mut parts);
+        for part in &parts {
+            self.scan_part(part.clone(), target, &mut found);
+        }
+        self.parts = parts;
+    }
+
+    fn scan_part(&mut self, range: Range<u64>, target: Target, found: &mut impl FnMut(usize)) {
+        let mut at = range.start.next_multiple_of(WORD);
         while at + WORD <= range.end {
             let len = (range.end - at).min(CHUNK) / WORD * WORD;
             self.buffer.resize(len as usize, 0);
@@ -205,13 +247,19 @@ impl<M: Memory> Scanner<'_, '_, M> {
             } else {
                 for word in self.buffer.chunks_exact(WORD as usize) {
                     let value = u64::from_ne_bytes(word.try_into().unwrap_or_default());
-                    if let Some(block) = self.index.find(value) {
+                    if let Some(block) = self.index.find(value)
+                        && (target == Target::Anywhere || self.blocks_start(block) == value)
+                    {
                         found(block);
                     }
                 }
             }
             at += len;
         }
+    }
+
+    fn blocks_start(&self, block: usize) -> u64 {
+        self.index.blocks[block].addr
     }
 }
 
@@ -279,8 +327,15 @@ mod tests {
         (image, blocks)
     }
 
+    fn regions(ranges: &[Range<u64>]) -> Roots {
+        Roots {
+            regions: ranges.to_vec(),
+            ..Roots::default()
+        }
+    }
+
     fn run(image: &mut Image, blocks: &[Block]) -> Vec<Category> {
-        let result = classify(blocks, &[DATA..DATA + 0x100], image);
+        let result = classify(blocks, &regions(&[DATA..DATA + 0x100]), image);
         assert_eq!(result.unreadable_regions, 0);
         result.categories
     }
@@ -356,7 +411,7 @@ mod tests {
         image.write(DATA, blocks[0].addr);
         let result = classify(
             &blocks,
-            &[0x9000_0000..0x9000_1000, DATA..DATA + 0x100],
+            &regions(&[0x9000_0000..0x9000_1000, DATA..DATA + 0x100]),
             &mut image,
         );
         assert_eq!(result.categories, [StillReachable]);
@@ -374,34 +429,9 @@ mod tests {
         }];
         image.write(DATA, HEAP);
         assert_eq!(
-            classify(&blocks, &[DATA..DATA + 0x100], &mut image).categories,
+            classify(&blocks, &regions(&[DATA..DATA + 0x100]), &mut image).categories,
             [StillReachable]
         );
-    }
-
-    #[test]
-    fn process_memory_reads_a_live_process() {
-        // This process, read through process_vm_readv like a traced one.
-        let target: Box<[u64; 4]> = Box::new([7, 0x1234_5678, u64::MAX, 42]);
-        let addr = target.as_ptr() as u64;
-        let mut memory = ProcessMemory {
-            pid: std::process::id(),
-        };
-        let mut buf = [0u8; 32];
-        assert!(memory.read(addr, &mut buf));
-        assert_eq!(
-            u64::from_ne_bytes(buf[8..16].try_into().unwrap()),
-            0x1234_5678
-        );
-        // Unmapped memory is reported, not fatal.
-        assert!(!memory.read(8, &mut buf));
-        // And the classifier finds a block through it: the boxed array points at nothing, a
-        // root holding its address keeps it reachable.
-        let root: Box<u64> = Box::new(addr);
-        let root_addr = &*root as *const u64 as u64;
-        let blocks = [Block { addr, size: 32 }];
-        let result = classify(&blocks, &[root_addr..root_addr + 8], &mut memory);
-        assert_eq!(result.categories, [StillReachable]);
     }
 
     #[test]
@@ -412,7 +442,78 @@ mod tests {
         let (_, blocks) = setup(2);
         image.region(HEAP, 0x200);
         image.write(DATA + size - 8, blocks[1].addr);
-        let result = classify(&blocks, &[DATA..DATA + size], &mut image);
+        let result = classify(&blocks, &regions(&[DATA..DATA + size]), &mut image);
         assert_eq!(result.categories, [DefinitelyLost, StillReachable]);
+    }
+
+    #[test]
+    fn a_register_value_is_a_root() {
+        let (mut image, blocks) = setup(2);
+        image.write(blocks[1].addr + 8, blocks[0].addr);
+        let roots = Roots {
+            words: vec![0, blocks[1].addr + 40],
+            ..Roots::default()
+        };
+        let result = classify(&blocks, &roots, &mut image);
+        assert_eq!(result.categories, [StillReachable, StillReachable]);
+    }
+
+    #[test]
+    fn in_the_allocators_data_only_pointers_to_a_block_start_count() {
+        let (mut image, blocks) = setup(2);
+        // Like glibc's `top`: a chunk header inside the block before it.
+        image.write(DATA, blocks[0].addr + 48);
+        image.write(DATA + 8, blocks[1].addr);
+        let roots = Roots {
+            allocator_regions: vec![DATA..DATA + 0x100],
+            ..Roots::default()
+        };
+        let result = classify(&blocks, &roots, &mut image);
+        assert_eq!(result.categories, [DefinitelyLost, StillReachable]);
+    }
+
+    /// An image with a hole that is inaccessible on purpose (a guard page).
+    struct Guarded {
+        image: Image,
+        guard: Range<u64>,
+    }
+
+    impl Memory for Guarded {
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+            self.image.read(addr, buf)
+        }
+        fn clip(&self, range: Range<u64>, parts: &mut Vec<Range<u64>>) {
+            let before = range.start..range.end.min(self.guard.start);
+            let after = range.start.max(self.guard.end)..range.end;
+            parts.extend([before, after].into_iter().filter(|part| !part.is_empty()));
+        }
+    }
+
+    #[test]
+    fn inaccessible_parts_are_skipped_and_not_counted_as_unreadable() {
+        let mut image = Image::default();
+        image.region(DATA, 0x100);
+        image.region(HEAP, 0x100);
+        image.region(HEAP + 0x1100, 0x100);
+        image.region(HEAP + 0x2000, 0x100);
+        let blocks = [
+            Block {
+                addr: HEAP,
+                size: 0x1200,
+            },
+            Block {
+                addr: HEAP + 0x2000,
+                size: 8,
+            },
+        ];
+        image.write(DATA, HEAP + 0x1180);
+        image.write(HEAP + 0x1108, HEAP + 0x2000);
+        let mut memory = Guarded {
+            image,
+            guard: HEAP + 0x100..HEAP + 0x1100,
+        };
+        let result = classify(&blocks, &regions(&[DATA..DATA + 0x100]), &mut memory);
+        assert_eq!(result.categories, [StillReachable, StillReachable]);
+        assert_eq!(result.unreadable_regions, 0);
     }
 }

@@ -85,6 +85,10 @@ pub struct ReportArgs {
     /// Show the address and size of every outstanding allocation.
     #[arg(short = 'a', long)]
     pub show_allocs: bool,
+    /// List still-reachable stacks too (memory a pointer still reaches at exit), not only
+    /// lost ones.
+    #[arg(long)]
+    pub show_reachable: bool,
     /// Order stacks by outstanding bytes or by number of allocations.
     #[arg(long, value_enum, default_value_t = SortKey::Size)]
     pub sort: SortKey,
@@ -100,7 +104,7 @@ pub struct ReportArgs {
     /// Write the report to this file instead of stderr.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Print where the time went (load, attach, program, read, symbolize, detach) to stderr.
+    /// Print where the time went (load, attach, program, read, symbolize, scan, detach) to stderr.
     #[arg(long)]
     pub timings: bool,
 }
@@ -134,6 +138,7 @@ impl ReportArgs {
             min_size: self.min_size,
             max_size: self.max_size,
             show_allocs: self.show_allocs,
+            show_reachable: self.show_reachable,
         })
     }
 }
@@ -235,12 +240,13 @@ fn trace_and_report(
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         eprintln!(
             "memleak: timings: load {:.1} ms, attach {:.1} ms, program {:.1} ms, read {:.1} ms, \
-             symbolize {:.1} ms, detach {:.1} ms",
+             symbolize {:.1} ms, scan {:.1} ms, detach {:.1} ms",
             ms(load),
             ms(t.attach),
             ms(t.program),
             ms(t.read),
             ms(t.symbolize),
+            ms(t.scan),
             ms(start.elapsed())
         );
     }

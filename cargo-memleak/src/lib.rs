@@ -12,6 +12,7 @@ pub mod classify;
 pub mod cli;
 pub mod error;
 pub mod report;
+pub mod scan;
 pub mod session;
 pub mod spawn;
 pub mod symbolize;

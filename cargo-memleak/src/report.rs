@@ -1,17 +1,21 @@
-//! Reports: first the data (outstanding allocations grouped by stack, filtered, sorted, cut to
-//! the top N, with totals and the tracer's counters), then its renderings: text in BCC
-//! memleak's wording, and JSON.
+//! Reports: first the data (outstanding allocations grouped by category and stack, filtered,
+//! sorted, cut to the top N, with memcheck's leak summary and the tracer's counters), then its
+//! renderings: text in BCC memleak's and memcheck's wording, and JSON.
 //!
 //! Invariants: totals count every outstanding allocation, whatever the filters; stacks are
-//! ordered by (bytes or count, descending) then by their frames, so output is deterministic;
-//! JSON carries no addresses unless `--show-allocs` asked for them.
+//! ordered by category (definitely lost, indirectly lost, still reachable), then by bytes or
+//! count (descending), then by their frames, so output is deterministic; JSON carries no
+//! addresses unless `--show-allocs` asked for them.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use memleak_common::Counter;
 use serde::Serialize;
 
-use crate::{session::TracedRun, spawn::ExitStatus, symbolize::Frame, tracer::Outstanding};
+use crate::{
+    classify::Category, session::TracedRun, spawn::ExitStatus, symbolize::Frame,
+    tracer::Outstanding,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortKey {
@@ -37,6 +41,8 @@ pub struct Options {
     pub min_size: Option<u64>,
     pub max_size: Option<u64>,
     pub show_allocs: bool,
+    /// List still-reachable stacks too, not only lost ones.
+    pub show_reachable: bool,
 }
 
 impl Default for Options {
@@ -47,6 +53,7 @@ impl Default for Options {
             min_size: None,
             max_size: None,
             show_allocs: false,
+            show_reachable: false,
         }
     }
 }
@@ -56,13 +63,15 @@ pub struct Report {
     pub program: String,
     /// How the program ended.
     pub exit: ExitStatus,
-    /// Stacks with outstanding allocations (filtered, sorted, top N).
+    /// Stacks with lost allocations, and reachable ones if asked (filtered, sorted, top N).
     pub stacks: Vec<StackReport>,
-    /// Stacks that passed the size filters, before the top-N cut.
+    /// Stacks that passed the filters, before the top-N cut.
     pub matching_stacks: usize,
     /// All outstanding memory at exit, unfiltered.
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
+    /// Outstanding memory by category, unfiltered.
+    pub leak_summary: LeakSummary,
     /// Every counter of the tracer, by name.
     pub counters: BTreeMap<&'static str, u64>,
     /// Counters that lost data, non-zero only. Non-empty means the trace is incomplete.
@@ -77,8 +86,43 @@ impl Report {
     }
 }
 
+/// memcheck's LEAK SUMMARY.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LeakSummary {
+    pub definitely_lost: Amount,
+    pub indirectly_lost: Amount,
+    pub still_reachable: Amount,
+}
+
+impl LeakSummary {
+    fn add(&mut self, category: Category, bytes: u64) {
+        let amount = match category {
+            Category::DefinitelyLost => &mut self.definitely_lost,
+            Category::IndirectlyLost => &mut self.indirectly_lost,
+            Category::StillReachable => &mut self.still_reachable,
+        };
+        amount.bytes += bytes;
+        amount.blocks += 1;
+    }
+
+    /// Definitely plus indirectly lost.
+    pub fn lost(&self) -> Amount {
+        Amount {
+            bytes: self.definitely_lost.bytes + self.indirectly_lost.bytes,
+            blocks: self.definitely_lost.blocks + self.indirectly_lost.blocks,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Amount {
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct StackReport {
+    pub category: Category,
     pub bytes: u64,
     pub allocations: u64,
     /// Innermost first: the function that called the allocator comes first.
@@ -106,17 +150,32 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
         .map(|trace| trace.counters)
         .unwrap_or_default();
 
-    let mut by_stack: BTreeMap<u64, Vec<&Outstanding>> = BTreeMap::new();
-    for alloc in outstanding {
+    // Without a scan (no exit stop) nothing can be called reachable.
+    let category = |index: usize| {
+        run.classification
+            .as_ref()
+            .and_then(|classification| classification.categories.get(index).copied())
+            .unwrap_or(Category::DefinitelyLost)
+    };
+    let mut leak_summary = LeakSummary::default();
+    let mut by_stack: BTreeMap<(Category, u64), Vec<&Outstanding>> = BTreeMap::new();
+    for (index, alloc) in outstanding.iter().enumerate() {
+        let category = category(index);
+        leak_summary.add(category, alloc.size);
         let too_small = options.min_size.is_some_and(|min| alloc.size < min);
         let too_big = options.max_size.is_some_and(|max| alloc.size > max);
-        if !too_small && !too_big {
-            by_stack.entry(alloc.stack_id).or_default().push(alloc);
+        let hidden = category == Category::StillReachable && !options.show_reachable;
+        if !too_small && !too_big && !hidden {
+            by_stack
+                .entry((category, alloc.stack_id))
+                .or_default()
+                .push(alloc);
         }
     }
     let mut stacks: Vec<StackReport> = by_stack
         .into_iter()
-        .map(|(stack_id, allocs)| StackReport {
+        .map(|((category, stack_id), allocs)| StackReport {
+            category,
             bytes: allocs.iter().map(|alloc| alloc.size).sum(),
             allocations: allocs.len() as u64,
             frames: stack_frames(run, stack_id),
@@ -136,8 +195,9 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
             SortKey::Size => (s.bytes, s.allocations),
             SortKey::Count => (s.allocations, s.bytes),
         };
-        key(b)
-            .cmp(&key(a))
+        a.category
+            .cmp(&b.category)
+            .then_with(|| key(b).cmp(&key(a)))
             .then_with(|| frame_key(&a.frames).cmp(&frame_key(&b.frames)))
     });
     let matching_stacks = stacks.len();
@@ -161,6 +221,7 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
         matching_stacks,
         outstanding_bytes: outstanding.iter().map(|alloc| alloc.size).sum(),
         outstanding_allocations: outstanding.len() as u64,
+        leak_summary,
         counters: Counter::ALL
             .iter()
             .map(|&counter| (counter.name(), counters.get(counter)))
@@ -242,17 +303,28 @@ pub fn render_text(report: &Report) -> String {
         .unwrap_or(0);
     let _ = writeln!(
         out,
-        "[{:02}:{:02}:{:02}] Top {} stacks with outstanding allocations:",
+        "[{:02}:{:02}:{:02}] Top {} stacks with {} allocations:",
         now / 3600,
         now / 60 % 60,
         now % 60,
-        report.stacks.len()
+        report.stacks.len(),
+        if report
+            .stacks
+            .iter()
+            .any(|stack| stack.category == Category::StillReachable)
+        {
+            "outstanding"
+        } else {
+            "lost"
+        }
     );
     for stack in &report.stacks {
         let _ = writeln!(
             out,
-            "\t{} bytes in {} allocations from stack",
-            stack.bytes, stack.allocations
+            "\t{} bytes in {} allocations from stack ({})",
+            stack.bytes,
+            stack.allocations,
+            category_words(stack.category)
         );
         for frame in &stack.frames {
             let _ = writeln!(out, "\t\t{}", render_frame(frame));
@@ -261,9 +333,32 @@ pub fn render_text(report: &Report) -> String {
             let _ = writeln!(out, "\t\taddr = {:x} size = {}", alloc.addr, alloc.size);
         }
     }
+    let summary = &report.leak_summary;
+    for (category, amount) in [
+        (Category::DefinitelyLost, summary.definitely_lost),
+        (Category::IndirectlyLost, summary.indirectly_lost),
+        (Category::StillReachable, summary.still_reachable),
+    ] {
+        let _ = writeln!(
+            out,
+            "{:>19}: {} bytes in {} blocks",
+            category_words(category),
+            amount.bytes,
+            amount.blocks
+        );
+    }
     out.push_str(&summary_line(report));
     out.push('\n');
     out
+}
+
+/// memcheck's words for a category.
+pub fn category_words(category: Category) -> &'static str {
+    match category {
+        Category::DefinitelyLost => "definitely lost",
+        Category::IndirectlyLost => "indirectly lost",
+        Category::StillReachable => "still reachable",
+    }
 }
 
 pub fn summary_line(report: &Report) -> String {
@@ -282,9 +377,11 @@ pub fn summary_line(report: &Report) -> String {
         format!("INCOMPLETE: {}", report.incomplete.join("; "))
     };
     format!(
-        "memleak: `{}` {}: {} bytes outstanding in {} allocations{}; traced {} allocations, {} frees; {}",
+        "memleak: `{}` {}: {} bytes lost in {} blocks, {} bytes outstanding in {} allocations{}; traced {} allocations, {} frees; {}",
         report.program,
         report.exit,
+        report.leak_summary.lost().bytes,
+        report.leak_summary.lost().blocks,
         report.outstanding_bytes,
         report.outstanding_allocations,
         shown,

@@ -12,7 +12,9 @@ use std::{
 
 use crate::{
     allocator,
+    classify::{self, Block, Classification},
     error::Result,
+    scan::{self, ProcessMemory, Threads},
     spawn::{self, Command, Event, ExitStatus},
     symbolize::{Frame, Symbolizer},
     tracer::{Limits, ProcessTrace, Tracer},
@@ -36,6 +38,8 @@ pub struct TracedRun {
     pub trace: Option<ProcessTrace>,
     /// Return address → frames, for every address in `trace`'s stacks.
     pub frames: HashMap<u64, Vec<Frame>>,
+    /// The category of each of `trace`'s outstanding allocations, in order.
+    pub classification: Option<Classification>,
     /// Reasons the trace is incomplete, other than the drop counters.
     pub incomplete: Vec<String>,
     pub timings: Timings,
@@ -52,6 +56,8 @@ pub struct Timings {
     pub read: Duration,
     /// Symbolizing the stacks at the exit stop.
     pub symbolize: Duration,
+    /// Scanning memory for pointers at the exit stop.
+    pub scan: Duration,
 }
 
 /// Loads the tracer for the configured allocator.
@@ -95,6 +101,7 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
 
     let mut incomplete = Vec::new();
     let mut frames = HashMap::new();
+    let mut classification = None;
     let (trace, status) = match running.wait_exit_stop() {
         Ok(Event::ExitStop { tid }) => {
             timings.program = start.elapsed();
@@ -116,6 +123,21 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
                 }
             }
             timings.symbolize = start.elapsed();
+            let start = Instant::now();
+            if let Ok(trace) = &trace {
+                let threads = Threads {
+                    pid,
+                    stopped: tid,
+                    others: running.other_threads(tid),
+                };
+                classification = Some(scan_for_leaks(
+                    trace,
+                    &threads,
+                    &tracer.probes().object,
+                    &mut incomplete,
+                ));
+            }
+            timings.scan = start.elapsed();
             tracer.detach(attachment);
             (trace.map(Some), running.finish())
         }
@@ -142,9 +164,51 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
         status,
         trace,
         frames,
+        classification,
         incomplete,
         timings,
     })
+}
+
+/// Classifies the outstanding allocations of the stopped process; what could not be scanned
+/// goes to `incomplete`.
+fn scan_for_leaks(
+    trace: &ProcessTrace,
+    threads: &Threads,
+    allocator: &std::path::Path,
+    incomplete: &mut Vec<String>,
+) -> Classification {
+    let blocks: Vec<Block> = trace
+        .outstanding
+        .iter()
+        .map(|alloc| Block {
+            addr: alloc.addr,
+            size: alloc.size,
+        })
+        .collect();
+    let maps = match scan::mappings(threads.pid) {
+        Ok(maps) => maps,
+        Err(err) => {
+            incomplete.push(format!(
+                "the memory map could not be read ({err}): nothing was scanned for pointers"
+            ));
+            return Classification {
+                categories: vec![classify::Category::DefinitelyLost; blocks.len()],
+                ..Classification::default()
+            };
+        }
+    };
+    let mut memory = ProcessMemory::new(threads.pid, &maps);
+    let (roots, missing) = scan::roots(&maps, &blocks, threads, allocator, &mut memory);
+    incomplete.extend(missing);
+    let classification = classify::classify(&blocks, &roots, &mut memory);
+    if classification.unreadable_regions > 0 {
+        incomplete.push(format!(
+            "{} bytes in {} regions could not be read while scanning for pointers",
+            classification.unreadable_bytes, classification.unreadable_regions
+        ));
+    }
+    classification
 }
 
 /// Whether the stopped thread's memory map contains `object` (by path, or by the file a

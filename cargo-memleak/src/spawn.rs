@@ -5,6 +5,8 @@
 //! - The child does nothing between `fork` and `execve` but async-signal-safe system calls on
 //!   data prepared before the fork; in particular it never allocates, so nothing is recorded
 //!   for it before the program starts.
+//! - The program runs without address-space randomization (as under gdb and valgrind), so
+//!   the pointer scan at exit, and with it the report, is the same from run to run.
 //! - The child is seized with `PTRACE_O_EXITKILL` (it dies with us), `PTRACE_O_TRACECLONE`
 //!   (all its threads are followed) and `PTRACE_O_TRACEEXIT`: when the process exits, one of
 //!   its threads stops at `PTRACE_EVENT_EXIT` with the address space still intact. That stop is
@@ -227,6 +229,12 @@ unsafe fn exec_child(
         // The parent ignores interrupts while it waits; the program must not inherit that.
         libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+        // A fixed address-space layout (as under gdb and valgrind): the same program gives the
+        // same pointer scan, so a report does not change from run to run by chance.
+        let persona = libc::personality(0xffff_ffff);
+        if persona != -1 {
+            libc::personality((persona | libc::ADDR_NO_RANDOMIZE) as libc::c_ulong);
+        }
         let fail = |errno: i32| -> ! {
             libc::write(errors_write, (&raw const errno).cast(), 4);
             libc::_exit(127)
@@ -269,6 +277,7 @@ impl Gated {
             exit_stop_seen: false,
             held: None,
             reaped: false,
+            threads: std::collections::BTreeMap::new(),
             _interrupts: IgnoreInterrupts::install(),
         };
         nix::unistd::write(&gate, &[1]).map_err(|source| Error::Spawn {
@@ -325,6 +334,9 @@ pub struct Running {
     held: Option<Pid>,
     /// Reaped: nothing left to clean up on drop.
     reaped: bool,
+    /// Threads other than the main one that have not exited, with their stack pointer at
+    /// their first stop (which locates their stack).
+    threads: std::collections::BTreeMap<Pid, Option<u64>>,
     _interrupts: IgnoreInterrupts,
 }
 
@@ -357,6 +369,16 @@ impl Running {
         }
     }
 
+    /// Threads of the process still alive at its exit stop, other than the main thread and
+    /// the stopped one, with the stack pointer each had when it started (`None` if unknown).
+    pub fn other_threads(&self, stopped: u32) -> Vec<(u32, Option<u64>)> {
+        self.threads
+            .iter()
+            .filter(|(tid, _)| tid.as_raw() as u32 != stopped)
+            .map(|(tid, sp)| (tid.as_raw() as u32, *sp))
+            .collect()
+    }
+
     /// Lets the process finish and reaps it.
     pub fn finish(mut self) -> Result<ExitStatus> {
         self.exit_stop_seen = true;
@@ -384,6 +406,20 @@ impl Running {
                 });
             }
         };
+        if let Some(tid) = status.pid()
+            && tid != self.pid
+            && !self.exit_stop_seen
+            && !self.threads.contains_key(&tid)
+            && matches!(
+                status,
+                WaitStatus::PtraceEvent(..) | WaitStatus::Stopped(..)
+            )
+            && thread_group_of(tid) == Some(self.pid)
+        {
+            // A new thread's first stop: where its stack is.
+            let sp = ptrace::getregs(tid).ok().map(|regs| regs.rsp);
+            self.threads.insert(tid, sp);
+        }
         match status {
             WaitStatus::Exited(pid, code) if pid == self.pid => {
                 Ok(Some(Event::Exited(ExitStatus::Exited { code })))
@@ -405,6 +441,7 @@ impl Running {
                         tid: tid.as_raw() as u32,
                     }));
                 }
+                self.threads.remove(&tid);
                 resume(tid, None);
                 Ok(None)
             }

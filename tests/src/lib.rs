@@ -161,7 +161,7 @@ pub fn memleak(args: &[&str]) -> Run {
     let mut command = Command::new(cargo_memleak());
     command
         .arg(args[0])
-        .args(["--format", "json", "--output"])
+        .args(["--show-reachable", "--format", "json", "--output"])
         .arg(&report_path)
         .args(&args[1..]);
     let run = finish(command.output().expect("cargo-memleak runs"), &report_path);
@@ -170,6 +170,78 @@ pub fn memleak(args: &[&str]) -> Run {
 }
 
 /// Runs `cargo-memleak <args>` as given.
+/// A run's LEAK SUMMARY: (definitely lost, indirectly lost, still reachable), each
+/// (bytes, blocks).
+pub fn leak_summary(run: &Run) -> [(u64, u64); 3] {
+    ["definitely_lost", "indirectly_lost", "still_reachable"].map(|category| {
+        let amount = &run.report["leak_summary"][category];
+        let field = |name: &str| {
+            amount[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("leak_summary.{category}.{name} in {}", run.report))
+        };
+        (field("bytes"), field("blocks"))
+    })
+}
+
+/// The `scenarios` test binary of the Rust fixture, built with frame pointers.
+pub fn scenarios_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        escargot::CargoBuild::new()
+            .manifest_path(workspace_root().join("fixtures/leaky/Cargo.toml"))
+            .test("scenarios")
+            .target_dir(workspace_root().join("target/fixtures/leaky"))
+            .env("RUSTFLAGS", "-C force-frame-pointers=yes")
+            .exec()
+            .expect("cargo runs")
+            .find_map(|message| {
+                let message = message.expect("cargo's messages are read");
+                match message.decode().expect("cargo's messages parse") {
+                    escargot::format::Message::CompilerArtifact(artifact)
+                        if artifact.target.name == "scenarios" =>
+                    {
+                        artifact.executable.map(|path| path.into_owned())
+                    }
+                    _ => None,
+                }
+            })
+            .expect("cargo built the scenarios test binary")
+    })
+}
+
+/// What memcheck calls (definitely lost, indirectly lost), each (bytes, blocks), for a program
+/// run under `valgrind --leak-check=full`.
+pub fn memcheck_lost(program: &Path, args: &[&str]) -> [(u64, u64); 2] {
+    let output = Command::new("valgrind")
+        .args(["--leak-check=full", "--error-exitcode=0"])
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("valgrind runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let amount = |what: &str| -> (u64, u64) {
+        // `==PID==    definitely lost: 1,032 bytes in 1 blocks`
+        let Some(line) = stderr.lines().find(|line| line.contains(what)) else {
+            assert!(
+                stderr.contains("no leaks are possible"),
+                "memcheck printed a leak summary or said none are possible: {stderr}"
+            );
+            return (0, 0);
+        };
+        let numbers: Vec<u64> = line
+            .split(what)
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|word| word.replace(',', "").parse().ok())
+            .collect();
+        assert_eq!(numbers.len(), 2, "bytes and blocks in {line:?}");
+        (numbers[0], numbers[1])
+    };
+    [amount("definitely lost:"), amount("indirectly lost:")]
+}
+
 pub fn memleak_raw(args: &[&str]) -> Output {
     Command::new(cargo_memleak())
         .args(args)

@@ -139,11 +139,11 @@ fn text_report_uses_bcc_wording() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let line = marker_line(&c_fixture_source(), "malloc");
     assert!(
-        stderr.contains("] Top 1 stacks with outstanding allocations:"),
+        stderr.contains("] Top 1 stacks with lost allocations:"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("\t30000 bytes in 1 allocations from stack\n"),
+        stderr.contains("\t30000 bytes in 1 allocations from stack (definitely lost)\n"),
         "{stderr}"
     );
     let frame = stderr
@@ -160,7 +160,9 @@ fn text_report_uses_bcc_wording() {
     let summary = stderr.lines().last().expect("a summary line");
     assert!(summary.starts_with("memleak: `"), "{summary}");
     assert!(
-        summary.contains("exit code 0: 30000 bytes outstanding in 1 allocations"),
+        summary.contains(
+            "exit code 0: 30000 bytes lost in 1 blocks, 30000 bytes outstanding in 1 allocations"
+        ),
         "{summary}"
     );
     assert!(summary.ends_with("dropped: none"), "{summary}");
@@ -341,5 +343,24 @@ fn missing_privileges_are_exit_77() {
     assert!(
         stderr.starts_with("error: missing privileges: CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn the_program_runs_with_a_fixed_layout_so_reports_repeat() {
+    if !privileged("the_program_runs_with_a_fixed_layout_so_reports_repeat") {
+        return;
+    }
+    let fixture = c_fixture().to_str().expect("utf-8 path");
+    let addr = || {
+        let run = memleak(&["exec", "--show-allocs", "--", fixture, "malloc"]);
+        run.stacks()[0]["allocs"][0]["addr"]
+            .as_u64()
+            .expect("an address")
+    };
+    assert_eq!(
+        addr(),
+        addr(),
+        "address-space randomization is off for the program"
     );
 }

@@ -154,7 +154,8 @@ fn bootstrap() -> Result<()> {
     step("rust-src for nightly", ensure_rust_src)?;
     step("bpf-linker", ensure_bpf_linker)?;
     step("Debian packages", || {
-        ensure_debian_packages(&["gcc", "libc6-dev"])
+        // valgrind: the classification tests compare with memcheck.
+        ensure_debian_packages(&["gcc", "libc6-dev", "valgrind"])
     })?;
     Ok(())
 }
@@ -318,14 +319,19 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
     let root = workspace_root();
     let target = root.join("target/xtask");
     std::fs::create_dir_all(&target)?;
-    let workload = target.join("pairs");
-    run(
-        Command::new("cc")
-            .args(["-O2", "-fno-omit-frame-pointer", "-o"])
-            .arg(&workload)
-            .arg(root.join("xtask/bench/pairs.c")),
-        "cc xtask/bench/pairs.c",
-    )?;
+    let compile = |name: &str| -> Result<PathBuf> {
+        let binary = target.join(name);
+        run(
+            Command::new("cc")
+                .args(["-O2", "-fno-omit-frame-pointer", "-o"])
+                .arg(&binary)
+                .arg(root.join(format!("xtask/bench/{name}.c"))),
+            &format!("cc xtask/bench/{name}.c"),
+        )?;
+        Ok(binary)
+    };
+    let workload = compile("pairs")?;
+    let live = compile("live")?;
     run(
         cargo()
             .args([
@@ -364,11 +370,12 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
         output(&mut command, "short process")?;
         Ok(start.elapsed())
     };
-    // cargo-memleak's own account of a traced short process (`--timings`), in ms.
-    let phases = || -> Result<Vec<(String, f64)>> {
+    // cargo-memleak's own account of a traced process (`--timings`), in ms.
+    let phases = |program: &Path, args: &[&str]| -> Result<Vec<(String, f64)>> {
         let out = Command::new(&memleak)
             .args(["exec", "--timings", "--output", "/dev/null", "--"])
-            .arg(&workload)
+            .arg(program)
+            .args(args)
             .output()
             .context("running cargo-memleak --timings")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -399,8 +406,23 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
             .args(["exec", "--output", "/dev/null", "--"])
             .arg(&workload);
         short_traced.push(wall(command)?);
-        phase_runs.push(phases()?);
+        phase_runs.push(phases(&workload, &[])?);
     }
+    // The exit scan over a million live blocks, all reachable or all lost.
+    const BLOCKS: u64 = 1_000_000;
+    const BLOCK_SIZE: u64 = 32;
+    let scan_ms = |fate: &str| -> Result<f64> {
+        let n = BLOCKS.to_string();
+        let size = BLOCK_SIZE.to_string();
+        let mut times = Vec::new();
+        for _ in 0..runs.min(3) {
+            let run = phases(&live, &[&n, &size, fate])?;
+            let scan = run.iter().find(|(name, _)| name == "scan");
+            times.push(scan.context("a scan phase in --timings")?.1);
+        }
+        Ok(median(times))
+    };
+    let (scan_keep, scan_lose) = (scan_ms("keep")?, scan_ms("lose")?);
     let (untraced, traced) = (median(untraced), median(traced));
     let (short_untraced, short_traced) = (median(short_untraced), median(short_traced));
     println!("cargo xtask bench: median of {runs} runs, {pairs} malloc(64)+free pairs each");
@@ -433,6 +455,14 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
         println!("  {name:<34} {ms:>11.1} ms");
     }
     println!("  {:<34} {until_report:>11.1} ms", "report written after");
+    let megabytes = (BLOCKS * BLOCK_SIZE) as f64 / 1e6;
+    println!("exit scan of {BLOCKS} live {BLOCK_SIZE}-byte blocks ({megabytes:.0} MB of heap):");
+    for (fate, ms) in [("all reachable", scan_keep), ("all lost", scan_lose)] {
+        println!(
+            "  {fate:<34} {ms:>11.1} ms {:>9.0} MB/s",
+            megabytes / (ms / 1e3)
+        );
+    }
     Ok(())
 }
 

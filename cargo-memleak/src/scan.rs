@@ -1,0 +1,422 @@
+//! The leak scan of a process held at its exit stop: where it may keep pointers (its roots),
+//! and its memory, read through `process_vm_readv`.
+//!
+//! Roots are every readable and writable mapping that holds the program's data, which is every
+//! one except:
+//! - the allocator's heaps: `[heap]` and glibc's arenas, whose free chunks keep stale pointers;
+//! - stacks of threads that are gone: glibc caches them, old contents and all;
+//! - mappings holding outstanding blocks: they are blocks, scanned only once reached.
+//!
+//! The stopped thread adds its registers and its stack from its stack pointer (less the
+//! 128-byte red zone). Other live threads add their whole stack and thread-local storage (the
+//! exit has already killed them, so their registers are gone). A dead thread's cached stack
+//! adds one word: its descriptor's pointer to its TLS vector, which glibc keeps allocated for
+//! reuse. The allocator's own data is a root where only pointers to a block's start count (see
+//! [`Roots::allocator_regions`]).
+//!
+//! Invariants: a mapping is read only if it is readable; a read that fails is the caller's to
+//! count, never fatal.
+
+use std::{
+    collections::BTreeMap,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use nix::{sys::ptrace, unistd::Pid};
+use procfs::process::{MMPermissions, MMapPath, Process};
+
+use crate::classify::{Block, Memory, Roots};
+
+/// The red zone below the stack pointer (x86-64 SysV ABI): a leaf function's locals live there.
+const RED_ZONE: u64 = 128;
+/// glibc reserves each arena's address space aligned to this (`HEAP_MAX_SIZE` on 64-bit).
+const ARENA_ALIGN: u64 = 64 << 20;
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub range: Range<u64>,
+    pub readable: bool,
+    pub writable: bool,
+    pub kind: Kind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File(PathBuf),
+    Anonymous,
+    Heap,
+    /// The main thread's stack.
+    Stack,
+    /// `[vdso]`, `[vvar]` and other kernel-provided mappings.
+    Special,
+}
+
+/// The memory map of process `pid`.
+pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
+    let maps = Process::new(pid as i32)
+        .and_then(|process| process.maps())
+        .map_err(std::io::Error::other)?;
+    Ok(maps
+        .into_iter()
+        .map(|map| Mapping {
+            range: map.address.0..map.address.1,
+            readable: map.perms.contains(MMPermissions::READ),
+            writable: map.perms.contains(MMPermissions::WRITE),
+            kind: match map.pathname {
+                MMapPath::Path(path) => Kind::File(path),
+                MMapPath::Anonymous => Kind::Anonymous,
+                MMapPath::Heap => Kind::Heap,
+                MMapPath::Stack => Kind::Stack,
+                _ => Kind::Special,
+            },
+        })
+        .collect())
+}
+
+/// The threads of a process at its exit stop.
+#[derive(Clone, Debug)]
+pub struct Threads {
+    /// The process (its main thread's id).
+    pub pid: u32,
+    /// The thread held at the exit stop.
+    pub stopped: u32,
+    /// Other live threads, other than the main one, and where their stack was when they
+    /// started (`None` when unknown).
+    pub others: Vec<(u32, Option<u64>)>,
+}
+
+/// The roots of the process, and why some may be missing (each reason makes the scan
+/// incomplete).
+pub fn roots(
+    maps: &[Mapping],
+    blocks: &[Block],
+    threads: &Threads,
+    allocator: &Path,
+    memory: &mut impl Memory,
+) -> (Roots, Vec<String>) {
+    let mut roots = Roots::default();
+    let mut missing = Vec::new();
+    let containing = |addr: u64| maps.iter().position(|map| map.range.contains(&addr));
+    // Mappings that are some live thread's stack: scanned as such, never skipped as dead.
+    let mut live_stacks = Vec::new();
+
+    match ptrace::getregs(Pid::from_raw(threads.stopped as i32)) {
+        Ok(regs) => {
+            roots.words = vec![
+                regs.r15,
+                regs.r14,
+                regs.r13,
+                regs.r12,
+                regs.rbp,
+                regs.rbx,
+                regs.r11,
+                regs.r10,
+                regs.r9,
+                regs.r8,
+                regs.rax,
+                regs.rcx,
+                regs.rdx,
+                regs.rsi,
+                regs.rdi,
+                regs.rsp,
+                regs.fs_base,
+                regs.gs_base,
+            ];
+            if let Some(at) = containing(regs.rsp) {
+                let map = &maps[at];
+                roots
+                    .regions
+                    .push(regs.rsp.saturating_sub(RED_ZONE).max(map.range.start)..map.range.end);
+                live_stacks.push(at);
+            }
+        }
+        Err(err) => missing.push(format!(
+            "the registers of thread {} could not be read ({err})",
+            threads.stopped
+        )),
+    }
+    if threads.stopped != threads.pid
+        && let Some(at) = maps.iter().position(|map| map.kind == Kind::Stack)
+    {
+        // The main thread is alive but not stopped: all of its stack.
+        live_stacks.push(at);
+        roots.regions.push(maps[at].range.clone());
+    }
+    for &(tid, start_sp) in &threads.others {
+        match start_sp.and_then(containing) {
+            Some(at) if !live_stacks.contains(&at) => {
+                live_stacks.push(at);
+                roots.regions.push(maps[at].range.clone());
+            }
+            Some(_) => {}
+            None => missing.push(format!("the stack of live thread {tid} could not be found")),
+        }
+    }
+
+    let allocator = std::fs::canonicalize(allocator).unwrap_or_else(|_| allocator.to_owned());
+    let is_allocator = |kind: &Kind| match kind {
+        Kind::File(path) => {
+            path == &allocator || std::fs::canonicalize(path).is_ok_and(|path| path == allocator)
+        }
+        _ => false,
+    };
+    let mut sorted_blocks: Vec<Range<u64>> = blocks
+        .iter()
+        .map(|block| block.addr..block.addr.saturating_add(block.size.max(1)))
+        .collect();
+    sorted_blocks.sort_by_key(|range| range.start);
+    let holds_block = |range: &Range<u64>| {
+        let after = sorted_blocks.partition_point(|block| block.start < range.end);
+        after
+            .checked_sub(1)
+            .is_some_and(|last| sorted_blocks[last].end > range.start)
+    };
+    let guard = |at: Option<usize>, adjacent_to: u64| {
+        at.and_then(|at| maps.get(at)).is_some_and(|map| {
+            map.kind == Kind::Anonymous
+                && !map.readable
+                && !map.writable
+                && (map.range.end == adjacent_to || map.range.start == adjacent_to)
+        })
+    };
+
+    let mut allocator_file_end = None;
+    for (at, map) in maps.iter().enumerate() {
+        if is_allocator(&map.kind) {
+            allocator_file_end = Some(map.range.end);
+        }
+        if !map.readable || !map.writable || live_stacks.contains(&at) {
+            continue;
+        }
+        let range = map.range.clone();
+        match &map.kind {
+            Kind::Heap | Kind::Stack | Kind::Special => continue,
+            Kind::Anonymous => {
+                // Below it a guard page: a thread's stack, and its thread is gone.
+                let dead_stack = guard(at.checked_sub(1), range.start);
+                // 64 MiB-aligned with its reserve after it: a glibc arena.
+                let arena = range.start % ARENA_ALIGN == 0 && guard(Some(at + 1), range.end);
+                if dead_stack && !holds_block(&range) {
+                    roots.words.extend(cached_thread_dtv(&range, memory));
+                }
+                if dead_stack || arena || holds_block(&range) {
+                    continue;
+                }
+                if allocator_file_end == Some(range.start) {
+                    // The allocator's .bss, past the end of its file.
+                    roots.allocator_regions.push(range);
+                } else {
+                    roots.regions.push(range);
+                }
+            }
+            Kind::File(_) if holds_block(&range) => continue,
+            kind if is_allocator(kind) => roots.allocator_regions.push(range),
+            Kind::File(_) => roots.regions.push(range),
+        }
+    }
+    (roots, missing)
+}
+
+/// The TLS vector of the thread descriptor at the top of a cached stack.
+///
+/// glibc puts the descriptor (`struct pthread`, starting with `tcbhead_t { tcb, dtv, self }`)
+/// at the top of the stack mapping; `tcb` and `self` point at the descriptor itself, which is
+/// how it is found. Only the `dtv` word is taken: the rest of a dead thread's descriptor holds
+/// stale pointers (its start argument, its result) that may now point into new blocks.
+fn cached_thread_dtv(stack: &Range<u64>, memory: &mut impl Memory) -> Option<u64> {
+    const SEARCH: u64 = 8 * 1024;
+    let start = stack.end.checked_sub(SEARCH)?.max(stack.start);
+    let mut bytes = vec![0u8; (stack.end - start) as usize];
+    if !memory.read(start, &mut bytes) {
+        return None;
+    }
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    (0..bytes.len()).step_by(8).find_map(|at| {
+        let addr = start + at as u64;
+        (word(at)? == addr && word(at + 16)? == addr)
+            .then(|| word(at + 8))
+            .flatten()
+    })
+}
+
+/// Reads a stopped process's memory, caching small reads by window: the scan reads many
+/// small blocks, mostly packed together.
+pub struct ProcessMemory {
+    pid: Pid,
+    /// Readable mappings, by start.
+    readable: Vec<Range<u64>>,
+    /// Mappings that cannot be read on purpose (guard pages, reserved address space).
+    inaccessible: Vec<Range<u64>>,
+    /// Window start → its bytes.
+    cache: BTreeMap<u64, Vec<u8>>,
+    cached_bytes: usize,
+}
+
+/// Reads at least this long bypass the cache.
+const DIRECT_READ: usize = 64 * 1024;
+const WINDOW: u64 = 256 * 1024;
+/// Above this the cache is emptied and starts over.
+const CACHE_LIMIT: usize = 512 << 20;
+
+impl ProcessMemory {
+    pub fn new(pid: u32, maps: &[Mapping]) -> Self {
+        let ranges = |readable: bool| {
+            maps.iter()
+                .filter(|map| map.readable == readable)
+                .map(|map| map.range.clone())
+                .collect()
+        };
+        Self {
+            pid: Pid::from_raw(pid as i32),
+            readable: ranges(true),
+            inaccessible: ranges(false),
+            cache: BTreeMap::new(),
+            cached_bytes: 0,
+        }
+    }
+
+    fn read_direct(&self, addr: u64, buf: &mut [u8]) -> bool {
+        use nix::sys::uio::{RemoteIoVec, process_vm_readv};
+        let len = buf.len();
+        let Ok(base) = usize::try_from(addr) else {
+            return false;
+        };
+        let remote = [RemoteIoVec { base, len }];
+        let mut local = [std::io::IoSliceMut::new(buf)];
+        process_vm_readv(self.pid, &mut local, &remote).is_ok_and(|read| read == len)
+    }
+
+    /// The cached window holding `addr`, read first if needed.
+    fn window(&mut self, addr: u64) -> Option<(u64, &[u8])> {
+        let cached = self
+            .cache
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(&start, bytes)| addr < start + bytes.len() as u64);
+        if !cached {
+            let at = self.readable.partition_point(|map| map.start <= addr);
+            let map = self.readable.get(at.checked_sub(1)?)?.clone();
+            if addr >= map.end {
+                return None;
+            }
+            let start = (addr / WINDOW * WINDOW).max(map.start);
+            let end = (addr / WINDOW * WINDOW + WINDOW).min(map.end);
+            let mut bytes = vec![0; (end - start) as usize];
+            if !self.read_direct(start, &mut bytes) {
+                return None;
+            }
+            if self.cached_bytes + bytes.len() > CACHE_LIMIT {
+                self.cache.clear();
+                self.cached_bytes = 0;
+            }
+            self.cached_bytes += bytes.len();
+            self.cache.insert(start, bytes);
+        }
+        let (&start, bytes) = self.cache.range(..=addr).next_back()?;
+        Some((start, bytes))
+    }
+}
+
+impl Memory for ProcessMemory {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        if buf.len() >= DIRECT_READ {
+            return self.read_direct(addr, buf);
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let at = addr + done as u64;
+            let Some((start, bytes)) = self.window(at) else {
+                return false;
+            };
+            let from = (at - start) as usize;
+            let n = (bytes.len() - from).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&bytes[from..from + n]);
+            done += n;
+        }
+        true
+    }
+
+    fn clip(&self, range: Range<u64>, parts: &mut Vec<Range<u64>>) {
+        let mut at = range.start;
+        let first = self.inaccessible.partition_point(|map| map.end <= at);
+        for hole in &self.inaccessible[first..] {
+            if hole.start >= range.end {
+                break;
+            }
+            if hole.start > at {
+                parts.push(at..hole.start);
+            }
+            at = at.max(hole.end);
+        }
+        if at < range.end {
+            parts.push(at..range.end);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Category, classify};
+
+    #[test]
+    fn process_memory_reads_a_live_process() {
+        // This process, read through process_vm_readv like a traced one.
+        let target: Box<[u64; 4]> = Box::new([7, 0x1234_5678, u64::MAX, 42]);
+        let addr = target.as_ptr() as u64;
+        let maps = mappings(std::process::id()).expect("own maps");
+        let mut memory = ProcessMemory::new(std::process::id(), &maps);
+        let mut buf = [0u8; 32];
+        assert!(memory.read(addr, &mut buf));
+        assert_eq!(
+            u64::from_ne_bytes(buf[8..16].try_into().unwrap()),
+            0x1234_5678
+        );
+        // Unmapped memory is reported, not fatal.
+        assert!(!memory.read(8, &mut buf));
+        // A large read goes around the cache and reads the same bytes.
+        let big = vec![0x5au8; 2 * DIRECT_READ];
+        let mut copy = vec![0u8; big.len()];
+        assert!(memory.read(big.as_ptr() as u64, &mut copy));
+        assert_eq!(copy, big);
+        // And the classifier finds a block through it: the boxed array points at nothing, a
+        // root holding its address keeps it reachable.
+        // (A new reader: the old one's cache predates the root. A traced process is stopped.)
+        let root: Box<u64> = Box::new(addr);
+        let root_addr = &*root as *const u64 as u64;
+        let maps = mappings(std::process::id()).expect("own maps");
+        let mut memory = ProcessMemory::new(std::process::id(), &maps);
+        let blocks = [Block { addr, size: 32 }];
+        let roots = Roots {
+            regions: std::iter::once(root_addr..root_addr + 8).collect(),
+            ..Roots::default()
+        };
+        let result = classify(&blocks, &roots, &mut memory);
+        assert_eq!(result.categories, [Category::StillReachable]);
+    }
+
+    #[test]
+    fn clip_leaves_out_inaccessible_mappings_only() {
+        let maps = [
+            (0x1000..0x2000, true),
+            (0x2000..0x3000, false),
+            (0x3000..0x5000, true),
+            (0x6000..0x7000, false),
+        ]
+        .map(|(range, readable)| Mapping {
+            range,
+            readable,
+            writable: readable,
+            kind: Kind::Anonymous,
+        });
+        let memory = ProcessMemory::new(std::process::id(), &maps);
+        let mut parts = Vec::new();
+        memory.clip(0x1800..0x8000, &mut parts);
+        // The gap at 0x5000 is unmapped, not inaccessible: it stays, so reading it fails.
+        assert_eq!(parts, [0x1800..0x2000, 0x3000..0x6000, 0x7000..0x8000]);
+    }
+}
