@@ -61,14 +61,17 @@ pub struct AllocatorProbes {
 /// the same one, found the same way by the dynamic loader.
 pub fn find_libc() -> Result<PathBuf> {
     let maps =
-        std::fs::read_to_string("/proc/self/maps").map_err(Error::io("reading /proc/self/maps"))?;
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| {
-            let name = path.rsplit('/').next().unwrap_or(path);
-            name == "libc.so.6" || (name.starts_with("libc-") && name.ends_with(".so"))
+        crate::scan::mappings(std::process::id()).map_err(Error::io("reading /proc/self/maps"))?;
+    maps.into_iter()
+        .find_map(|map| match map.kind {
+            crate::scan::Kind::File(path) => {
+                let name = path.file_name()?.to_str()?;
+                let libc =
+                    name == "libc.so.6" || (name.starts_with("libc-") && name.ends_with(".so"));
+                libc.then_some(path)
+            }
+            _ => None,
         })
-        .map(PathBuf::from)
         .ok_or(Error::NoLibc)
 }
 

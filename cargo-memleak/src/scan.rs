@@ -18,7 +18,7 @@
 //! count, never fatal.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -75,6 +75,25 @@ pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
         .collect())
 }
 
+/// The mapped paths that are `file`: by path, or by the file a mapped path resolves to (each
+/// distinct path is resolved once).
+pub fn paths_of<'m>(maps: &'m [Mapping], file: &Path) -> BTreeSet<&'m Path> {
+    let wanted = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let mapped: BTreeSet<&Path> = maps
+        .iter()
+        .filter_map(|map| match &map.kind {
+            Kind::File(path) => Some(path.as_path()),
+            _ => None,
+        })
+        .collect();
+    mapped
+        .into_iter()
+        .filter(|path| {
+            *path == file || std::fs::canonicalize(path).is_ok_and(|path| path == wanted)
+        })
+        .collect()
+}
+
 /// The threads of a process at its exit stop.
 #[derive(Clone, Debug)]
 pub struct Threads {
@@ -88,12 +107,13 @@ pub struct Threads {
 }
 
 /// The roots of the process, and why some may be missing (each reason makes the scan
-/// incomplete).
+/// incomplete). `allocator` holds the mapped paths of the allocator's object
+/// ([`paths_of`]).
 pub fn roots(
     maps: &[Mapping],
     blocks: &[Block],
     threads: &Threads,
-    allocator: &Path,
+    allocator: &BTreeSet<&Path>,
     memory: &mut impl Memory,
 ) -> (Roots, Vec<String>) {
     let mut roots = Roots::default();
@@ -155,13 +175,8 @@ pub fn roots(
         }
     }
 
-    let allocator = std::fs::canonicalize(allocator).unwrap_or_else(|_| allocator.to_owned());
-    let is_allocator = |kind: &Kind| match kind {
-        Kind::File(path) => {
-            path == &allocator || std::fs::canonicalize(path).is_ok_and(|path| path == allocator)
-        }
-        _ => false,
-    };
+    let is_allocator =
+        |kind: &Kind| matches!(kind, Kind::File(path) if allocator.contains(path.as_path()));
     let mut sorted_blocks: Vec<Range<u64>> = blocks
         .iter()
         .map(|block| block.addr..block.addr.saturating_add(block.size.max(1)))

@@ -114,17 +114,8 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
                 addrs.sort_unstable();
                 addrs.dedup();
                 frames = symbolizer.symbolize(tid, &addrs);
-                if !maps_object(tid, &tracer.probes().object) {
-                    incomplete.push(format!(
-                        "the program never loaded {}, so its allocations were not traced \
-                         (statically linked, or another allocator? see --allocator-object)",
-                        tracer.probes().object.display()
-                    ));
-                }
-            }
-            timings.symbolize = start.elapsed();
-            let start = Instant::now();
-            if let Ok(trace) = &trace {
+                timings.symbolize = start.elapsed();
+                let start = Instant::now();
                 let threads = Threads {
                     pid,
                     stopped: tid,
@@ -136,8 +127,8 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
                     &tracer.probes().object,
                     &mut incomplete,
                 ));
+                timings.scan = start.elapsed();
             }
-            timings.scan = start.elapsed();
             tracer.detach(attachment);
             (trace.map(Some), running.finish())
         }
@@ -170,8 +161,8 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
     })
 }
 
-/// Classifies the outstanding allocations of the stopped process; what could not be scanned
-/// goes to `incomplete`.
+/// Classifies the outstanding allocations of the stopped process; what could not be scanned,
+/// and a program that never loaded the allocator, go to `incomplete`.
 fn scan_for_leaks(
     trace: &ProcessTrace,
     threads: &Threads,
@@ -198,8 +189,16 @@ fn scan_for_leaks(
             };
         }
     };
+    let allocator_paths = scan::paths_of(&maps, allocator);
+    if allocator_paths.is_empty() {
+        incomplete.push(format!(
+            "the program never loaded {}, so its allocations were not traced \
+             (statically linked, or another allocator? see --allocator-object)",
+            allocator.display()
+        ));
+    }
     let mut memory = ProcessMemory::new(threads.pid, &maps);
-    let (roots, missing) = scan::roots(&maps, &blocks, threads, allocator, &mut memory);
+    let (roots, missing) = scan::roots(&maps, &blocks, threads, &allocator_paths, &mut memory);
     incomplete.extend(missing);
     let classification = classify::classify(&blocks, &roots, &mut memory);
     if classification.unreadable_regions > 0 {
@@ -209,22 +208,4 @@ fn scan_for_leaks(
         ));
     }
     classification
-}
-
-/// Whether the stopped thread's memory map contains `object` (by path, or by the file a
-/// mapped path resolves to).
-fn maps_object(tid: u32, object: &std::path::Path) -> bool {
-    let Ok(maps) = std::fs::read_to_string(format!("/proc/{tid}/maps")) else {
-        return true;
-    };
-    let mapped: std::collections::BTreeSet<&str> = maps
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .filter(|path| path.starts_with('/'))
-        .collect();
-    let wanted = std::fs::canonicalize(object).unwrap_or_else(|_| object.to_owned());
-    mapped
-        .into_iter()
-        .map(std::path::Path::new)
-        .any(|path| path == object || std::fs::canonicalize(path).is_ok_and(|path| path == wanted))
 }
