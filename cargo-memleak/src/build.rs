@@ -16,26 +16,13 @@ use cargo_metadata::{Message, Metadata, MetadataCommand, TargetKind};
 
 use crate::error::{Error, Result};
 
-/// Cargo's package and target selection, as `cargo run`/`cargo build` take it.
+/// How to build, shared by `run` and `test`: manifest, features, profile, target dir, lock
+/// flags, as cargo takes them.
 #[derive(Clone, Debug, Default, clap::Args)]
-pub struct CargoOptions {
+pub struct BuildOptions {
     /// Path to Cargo.toml.
     #[arg(long, value_name = "PATH", help_heading = "Package selection")]
     pub manifest_path: Option<PathBuf>,
-    /// Package to build.
-    #[arg(short, long, value_name = "SPEC", help_heading = "Package selection")]
-    pub package: Option<String>,
-    /// Name of the bin target to run.
-    #[arg(
-        long,
-        value_name = "NAME",
-        help_heading = "Target selection",
-        conflicts_with = "example"
-    )]
-    pub bin: Option<String>,
-    /// Name of the example target to run.
-    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
-    pub example: Option<String>,
     /// Space or comma separated list of features to activate.
     #[arg(
         short = 'F',
@@ -75,15 +62,90 @@ pub struct CargoOptions {
     pub offline: bool,
 }
 
+/// `cargo run`'s selection: one package, one bin or example.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RunSelection {
+    /// Package with the target to run.
+    #[arg(short, long, value_name = "SPEC", help_heading = "Package selection")]
+    pub package: Option<String>,
+    /// Name of the bin target to run.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Target selection",
+        conflicts_with = "example"
+    )]
+    pub bin: Option<String>,
+    /// Name of the example target to run.
+    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
+    pub example: Option<String>,
+}
+
+/// `cargo test`'s selection of packages and targets.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TestSelection {
+    /// Package to test (repeatable).
+    #[arg(short, long, value_name = "SPEC", help_heading = "Package selection")]
+    pub package: Vec<String>,
+    /// Test all packages in the workspace.
+    #[arg(long, help_heading = "Package selection")]
+    pub workspace: bool,
+    /// Exclude packages from the test (with --workspace).
+    #[arg(long, value_name = "SPEC", help_heading = "Package selection")]
+    pub exclude: Vec<String>,
+    /// Test only this package's library.
+    #[arg(long, help_heading = "Target selection")]
+    pub lib: bool,
+    /// Test all binaries.
+    #[arg(long, help_heading = "Target selection")]
+    pub bins: bool,
+    /// Test only the specified binary.
+    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
+    pub bin: Vec<String>,
+    /// Test all integration test targets.
+    #[arg(long, help_heading = "Target selection")]
+    pub tests: bool,
+    /// Test only the specified integration test target.
+    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
+    pub test: Vec<String>,
+    /// Test all examples.
+    #[arg(long, help_heading = "Target selection")]
+    pub examples: bool,
+    /// Test only the specified example.
+    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
+    pub example: Vec<String>,
+}
+
 /// A built executable and what `cargo run` would tell it about its package.
 #[derive(Clone, Debug)]
 pub struct Executable {
     pub path: PathBuf,
-    /// Environment `cargo run` sets (CARGO_MANIFEST_DIR, CARGO_PKG_*).
+    /// nextest's binary id: `pkg` (library), `pkg::name` (integration test),
+    /// `pkg::bin/name`, `pkg::example/name`, `pkg::bench/name`.
+    pub id: String,
+    /// The package's directory (where `cargo test` runs the binary).
+    pub package_dir: PathBuf,
+    /// Environment cargo sets (CARGO_MANIFEST_DIR, CARGO_PKG_*, and for tests
+    /// CARGO_BIN_EXE_<name>).
     pub env: Vec<(OsString, OsString)>,
 }
 
-impl CargoOptions {
+/// What cargo built, and where the workspace is.
+#[derive(Debug)]
+pub struct Built {
+    pub executables: Vec<Executable>,
+    pub workspace_root: PathBuf,
+}
+
+/// One artifact from cargo's JSON messages.
+struct Artifact {
+    package_id: cargo_metadata::PackageId,
+    target: cargo_metadata::Target,
+    test: bool,
+    path: PathBuf,
+}
+
+impl BuildOptions {
     /// `--locked`, `--frozen`, `--offline`, as given.
     fn lock_flags(&self) -> Vec<String> {
         [
@@ -97,7 +159,7 @@ impl CargoOptions {
         .collect()
     }
 
-    fn metadata(&self) -> Result<Metadata> {
+    pub fn metadata(&self) -> Result<Metadata> {
         let mut command = MetadataCommand::new();
         command.no_deps();
         if let Some(path) = &self.manifest_path {
@@ -114,32 +176,29 @@ impl CargoOptions {
         })
     }
 
-    /// Builds the binary `cargo run` would run, with frame pointers.
-    pub fn build_binary(&self) -> Result<Executable> {
-        let metadata = self.metadata()?;
+    /// Runs `cargo <subcommand> <selection>` with frame pointers and returns the executables
+    /// it reported.
+    fn cargo(
+        &self,
+        metadata: &Metadata,
+        subcommand: &[&str],
+        selection: &[String],
+    ) -> Result<Vec<Artifact>> {
         let target_dir = self.target_dir.clone().unwrap_or_else(|| {
             metadata
                 .target_directory
                 .join("memleak")
                 .into_std_path_buf()
         });
-
         let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        command.args(["build", "--message-format=json-render-diagnostics"]);
+        command.args(subcommand);
+        command.arg("--message-format=json-render-diagnostics");
         if let Some(path) = &self.manifest_path {
             command.arg("--manifest-path").arg(path);
         }
         command.args(self.lock_flags());
         command.arg("--target-dir").arg(&target_dir);
-        if let Some(package) = &self.package {
-            command.args(["--package", package]);
-        }
-        if let Some(bin) = &self.bin {
-            command.args(["--bin", bin]);
-        }
-        if let Some(example) = &self.example {
-            command.args(["--example", example]);
-        }
+        command.args(selection);
         if !self.features.is_empty() {
             command.args(["--features", &self.features.join(",")]);
         }
@@ -162,27 +221,27 @@ impl CargoOptions {
         command.stdout(Stdio::piped()).stderr(Stdio::inherit());
 
         let mut child = command.spawn().map_err(|source| Error::Io {
-            context: "running cargo build".into(),
+            context: format!("running cargo {}", subcommand.join(" ")),
             source,
         })?;
-        let mut executables = Vec::new();
+        let mut artifacts = Vec::new();
         if let Some(stdout) = child.stdout.take() {
             for message in Message::parse_stream(BufReader::new(stdout)) {
                 let Ok(Message::CompilerArtifact(artifact)) = message else {
                     continue;
                 };
-                let runnable = artifact
-                    .target
-                    .kind
-                    .iter()
-                    .any(|kind| matches!(kind, TargetKind::Bin | TargetKind::Example));
-                if let (true, Some(path)) = (runnable, artifact.executable) {
-                    executables.push((artifact.package_id, artifact.target.name, path));
+                if let Some(path) = artifact.executable {
+                    artifacts.push(Artifact {
+                        package_id: artifact.package_id,
+                        target: artifact.target,
+                        test: artifact.profile.test,
+                        path: path.into_std_path_buf(),
+                    });
                 }
             }
         }
         let status = child.wait().map_err(|source| Error::Io {
-            context: "waiting for cargo build".into(),
+            context: format!("waiting for cargo {}", subcommand.join(" ")),
             source,
         })?;
         if !status.success() {
@@ -190,7 +249,33 @@ impl CargoOptions {
                 detail: String::new(),
             });
         }
+        Ok(artifacts)
+    }
 
+    /// Builds the binary `cargo run` would run, with frame pointers.
+    pub fn build_binary(&self, selection: &RunSelection) -> Result<Built> {
+        let metadata = self.metadata()?;
+        let mut args = Vec::new();
+        if let Some(package) = &selection.package {
+            args.extend(["--package".to_owned(), package.clone()]);
+        }
+        if let Some(bin) = &selection.bin {
+            args.extend(["--bin".to_owned(), bin.clone()]);
+        }
+        if let Some(example) = &selection.example {
+            args.extend(["--example".to_owned(), example.clone()]);
+        }
+        let mut executables: Vec<Artifact> = self
+            .cargo(&metadata, &["build"], &args)?
+            .into_iter()
+            .filter(|artifact| {
+                artifact
+                    .target
+                    .kind
+                    .iter()
+                    .any(|kind| matches!(kind, TargetKind::Bin | TargetKind::Example))
+            })
+            .collect();
         let chosen = match executables.len() {
             0 => {
                 return Err(Error::Selection(
@@ -206,13 +291,13 @@ impl CargoOptions {
                     .collect::<Vec<_>>();
                 match executables
                     .iter()
-                    .position(|(_, name, _)| default_run.contains(name))
+                    .position(|artifact| default_run.contains(&artifact.target.name))
                 {
                     Some(index) => executables.remove(index),
                     None => {
                         let names: Vec<_> = executables
                             .iter()
-                            .map(|(_, name, _)| name.as_str())
+                            .map(|artifact| artifact.target.name.as_str())
                             .collect();
                         return Err(Error::Selection(format!(
                             "`cargo memleak run` could not determine which binary to run; use \
@@ -223,25 +308,136 @@ impl CargoOptions {
                 }
             }
         };
-        let (package_id, _, path) = chosen;
-        let mut env = Vec::new();
-        if let Some(package) = metadata.packages.iter().find(|p| p.id == package_id) {
-            let dir = package
-                .manifest_path
-                .parent()
-                .map(|dir| dir.to_string())
-                .unwrap_or_default();
-            env.push(("CARGO_MANIFEST_DIR".into(), dir.into()));
-            env.push(("CARGO_PKG_NAME".into(), package.name.to_string().into()));
-            env.push((
-                "CARGO_PKG_VERSION".into(),
-                package.version.to_string().into(),
-            ));
-        }
-        Ok(Executable {
-            path: path.into_std_path_buf(),
-            env,
+        Ok(Built {
+            executables: vec![executable(&metadata, chosen, &[])],
+            workspace_root: metadata.workspace_root.clone().into_std_path_buf(),
         })
+    }
+
+    /// Builds test targets like `cargo test --no-run`, with frame pointers.
+    pub fn build_tests(&self, selection: &TestSelection) -> Result<Built> {
+        let metadata = self.metadata()?;
+        let mut args = Vec::new();
+        let mut flag = |name: &str, on: bool| {
+            if on {
+                args.push(name.to_owned());
+            }
+        };
+        flag("--workspace", selection.workspace);
+        flag("--lib", selection.lib);
+        flag("--bins", selection.bins);
+        flag("--tests", selection.tests);
+        flag("--examples", selection.examples);
+        for (name, values) in [
+            ("--package", &selection.package),
+            ("--exclude", &selection.exclude),
+            ("--bin", &selection.bin),
+            ("--test", &selection.test),
+            ("--example", &selection.example),
+        ] {
+            for value in values {
+                args.extend([name.to_owned(), value.clone()]);
+            }
+        }
+        let artifacts = self.cargo(&metadata, &["test", "--no-run"], &args)?;
+        // Integration tests find their package's binaries through CARGO_BIN_EXE_<name>.
+        let bins: Vec<(cargo_metadata::PackageId, String, PathBuf)> = artifacts
+            .iter()
+            .filter(|artifact| !artifact.test && artifact.target.kind.contains(&TargetKind::Bin))
+            .map(|artifact| {
+                (
+                    artifact.package_id.clone(),
+                    artifact.target.name.clone(),
+                    artifact.path.clone(),
+                )
+            })
+            .collect();
+        let mut executables: Vec<Executable> = artifacts
+            .into_iter()
+            .filter(|artifact| artifact.test)
+            .map(|artifact| {
+                let package_bins: Vec<(OsString, OsString)> = bins
+                    .iter()
+                    .filter(|(package, _, _)| *package == artifact.package_id)
+                    .map(|(_, name, path)| {
+                        (
+                            format!("CARGO_BIN_EXE_{name}").into(),
+                            path.clone().into_os_string(),
+                        )
+                    })
+                    .collect();
+                executable(&metadata, artifact, &package_bins)
+            })
+            .collect();
+        executables.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Built {
+            executables,
+            workspace_root: metadata.workspace_root.clone().into_std_path_buf(),
+        })
+    }
+}
+
+/// An artifact with its binary id and the environment cargo gives it.
+fn executable(
+    metadata: &Metadata,
+    artifact: Artifact,
+    extra_env: &[(OsString, OsString)],
+) -> Executable {
+    let package = metadata
+        .packages
+        .iter()
+        .find(|package| package.id == artifact.package_id);
+    let package_name = package
+        .map(|package| package.name.to_string())
+        .unwrap_or_else(|| artifact.target.name.clone());
+    let kind = &artifact.target.kind;
+    let id = if kind
+        .iter()
+        .any(|kind| matches!(kind, TargetKind::Lib | TargetKind::ProcMacro | TargetKind::RLib
+            | TargetKind::DyLib | TargetKind::CDyLib | TargetKind::StaticLib))
+    {
+        package_name.clone()
+    } else if kind.contains(&TargetKind::Test) {
+        format!("{package_name}::{}", artifact.target.name)
+    } else if kind.contains(&TargetKind::Example) {
+        format!("{package_name}::example/{}", artifact.target.name)
+    } else if kind.contains(&TargetKind::Bench) {
+        format!("{package_name}::bench/{}", artifact.target.name)
+    } else {
+        format!("{package_name}::bin/{}", artifact.target.name)
+    };
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let mut package_dir = PathBuf::from(".");
+    if let Some(package) = package {
+        if let Some(dir) = package.manifest_path.parent() {
+            package_dir = dir.to_path_buf().into_std_path_buf();
+        }
+        let version = &package.version;
+        let text = |value: Option<&String>| value.cloned().unwrap_or_default();
+        for (name, value) in [
+            ("CARGO_MANIFEST_DIR", package_dir.display().to_string()),
+            ("CARGO_MANIFEST_PATH", package.manifest_path.to_string()),
+            ("CARGO_PKG_NAME", package.name.to_string()),
+            ("CARGO_PKG_VERSION", version.to_string()),
+            ("CARGO_PKG_VERSION_MAJOR", version.major.to_string()),
+            ("CARGO_PKG_VERSION_MINOR", version.minor.to_string()),
+            ("CARGO_PKG_VERSION_PATCH", version.patch.to_string()),
+            ("CARGO_PKG_VERSION_PRE", version.pre.to_string()),
+            ("CARGO_PKG_AUTHORS", package.authors.join(":")),
+            ("CARGO_PKG_DESCRIPTION", text(package.description.as_ref())),
+            ("CARGO_PKG_HOMEPAGE", text(package.homepage.as_ref())),
+            ("CARGO_PKG_REPOSITORY", text(package.repository.as_ref())),
+            ("CARGO_PKG_LICENSE", text(package.license.as_ref())),
+        ] {
+            env.push((name.into(), value.into()));
+        }
+    }
+    env.extend(extra_env.iter().cloned());
+    Executable {
+        path: artifact.path,
+        id,
+        package_dir,
+        env,
     }
 }
 

@@ -12,8 +12,10 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    build::CargoOptions,
+    baseline::{self, FailOn},
+    build::{BuildOptions, RunSelection, TestSelection},
     error::{Error, Result, exit},
+    testrun::{self, Gate, LoadedGate, MessageFormat, TestFilters, TestOptions},
     report::{self, Format, SortKey},
     session::{self, TraceOptions},
     spawn::Command,
@@ -31,8 +33,10 @@ use crate::{
                   on libc's allocator, attached before the program execs) and reports what it \
                   never freed, grouped by call stack, when it exits.",
     after_help = "Exit codes: 0 ok, 1 the program failed, 2 usage, 3 trace incomplete, \
-                  69 kernel support or allocator missing, 77 privileges, 101 build failed, \
-                  102 cargo metadata failed, 126 not executable, 127 program not found."
+                  4 no tests matched, 69 kernel support or allocator missing, 70 internal \
+                  error, 77 privileges, 96 malformed baseline or suppressions, 100 tests failed \
+                  or leaks over budget, 101 build failed, 102 cargo metadata failed, \
+                  104 listing tests failed, 126 not executable, 127 program not found."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -43,8 +47,153 @@ pub struct Cli {
 pub enum Commands {
     /// Trace any program: cargo memleak exec [OPTIONS] -- PROGRAM [ARGS]...
     Exec(ExecArgs),
-    /// Build a bin target with frame pointers and trace it: cargo memleak run [OPTIONS] [-- ARGS]...
-    Run(RunArgs),
+    /// Build a bin target with frame pointers, trace it, and check its leaks against the
+    /// baseline: cargo memleak run [OPTIONS] [-- ARGS]...
+    Run(Box<RunArgs>),
+    /// Build the test targets with frame pointers and run every test as its own traced
+    /// process; a test fails if it fails or loses more than its budget. Doc tests are not run.
+    #[command(
+        after_help = "Builds like `cargo test --no-run` (doc tests are not built or run: they \
+                      are compiled by rustdoc at test time, outside the traced build). Each \
+                      test runs as `BIN --exact NAME --nocapture` in its package's directory, \
+                      in a process group of its own.\n\nExit codes: 0 all passed, 100 a test \
+                      failed or lost more than its budget, 101 build failed, 102 cargo \
+                      metadata failed, 104 listing tests failed, 4 no tests matched, 96 \
+                      malformed baseline or suppressions, 2 usage, 69/70/77 tool errors."
+    )]
+    Test(Box<TestArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub build: BuildOptions,
+    #[command(flatten)]
+    pub selection: TestSelection,
+    #[command(flatten)]
+    pub filters: TestFilters,
+    #[command(flatten)]
+    pub gate: GateArgs,
+    /// Run this many tests at once [default: the number of CPUs].
+    #[arg(short, long, value_name = "N", help_heading = "Test run")]
+    pub jobs: Option<usize>,
+    /// Kill a test (and its process group) that runs longer than this, and fail it.
+    #[arg(long, value_name = "SECS", help_heading = "Test run")]
+    pub timeout: Option<f64>,
+    /// Write JUnit XML here: one testsuite per test binary, one testcase per test.
+    #[arg(long, value_name = "PATH", help_heading = "Test run")]
+    pub junit: Option<PathBuf>,
+    /// Output: libtest's (human), or one JSON object per event on stdout.
+    #[arg(long, value_enum, default_value_t = MessageFormat::Human, help_heading = "Test run")]
+    pub message_format: MessageFormat,
+    /// Show this many lost stacks under a failed test.
+    #[arg(short = 'T', long, default_value_t = 10, value_name = "N", help_heading = "Test run")]
+    pub top: usize,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// libtest-style filters after `--`: TESTNAME, --exact, --skip, --ignored, --include-ignored.
+    #[arg(last = true, value_name = "ARGS")]
+    pub libtest_args: Vec<String>,
+}
+
+/// The leak gate's options, shared by `run` and `test`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Leak gate")]
+pub struct GateArgs {
+    /// Leak budgets [default: memleak-baseline.json at the workspace root; absent: none].
+    #[arg(long, value_name = "PATH")]
+    pub baseline: Option<PathBuf>,
+    /// LeakSanitizer-style suppressions, one `leak:PATTERN` per line (function, module or
+    /// file), on top of the baseline's.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Option<PathBuf>,
+    /// What fails the gate: lost memory, or lost and still-reachable memory.
+    #[arg(long, value_enum, default_value_t = FailOn::Lost)]
+    pub fail_on: FailOn,
+    /// Report an incomplete trace (drops, unreadable memory) but do not fail for it.
+    #[arg(long)]
+    pub allow_incomplete: bool,
+    /// Write what this run lost as the budgets (atomically; refused if a test could not be
+    /// measured), then pass.
+    #[arg(long)]
+    pub bless: bool,
+}
+
+impl GateArgs {
+    fn gate(&self) -> Gate {
+        Gate {
+            baseline: self.baseline.clone(),
+            suppressions: self.suppressions.clone(),
+            fail_on: self.fail_on,
+            allow_incomplete: self.allow_incomplete,
+            bless: self.bless,
+        }
+    }
+}
+
+/// The libtest arguments `cargo memleak test -- ...` accepts.
+#[derive(Debug, Parser)]
+#[command(name = "cargo memleak test --", no_binary_name = true)]
+struct TrailingFilters {
+    #[command(flatten)]
+    filters: TestFilters,
+    /// Accepted for libtest compatibility: output is always captured per test.
+    #[arg(long)]
+    nocapture: bool,
+}
+
+impl TestArgs {
+    fn options(&self) -> Result<TestOptions> {
+        let mut filters = self.filters.clone();
+        if !self.libtest_args.is_empty() {
+            let trailing = TrailingFilters::try_parse_from(&self.libtest_args)
+                .map_err(|err| Error::Selection(err.to_string().trim().replace('\n', " ")))?;
+            let more = trailing.filters;
+            if let Some(filter) = more.filter {
+                if filters.filter.is_some() {
+                    return Err(Error::Selection(
+                        "give one TESTNAME filter, before or after `--`, not both".into(),
+                    ));
+                }
+                filters.filter = Some(filter);
+            }
+            filters.exact |= more.exact;
+            filters.skip.extend(more.skip);
+            filters.ignored |= more.ignored;
+            filters.include_ignored |= more.include_ignored;
+        }
+        if filters.ignored && filters.include_ignored {
+            return Err(Error::Selection(
+                "--ignored and --include-ignored exclude each other; pick one".into(),
+            ));
+        }
+        let timeout = match self.timeout {
+            None => None,
+            Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+            Some(secs) => {
+                return Err(Error::Selection(format!(
+                    "--timeout {secs} is not a positive number of seconds"
+                )));
+            }
+        };
+        let jobs = match self.jobs {
+            Some(0) => {
+                return Err(Error::Selection("--jobs must be at least 1".into()));
+            }
+            Some(jobs) => jobs,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        Ok(TestOptions {
+            filters,
+            jobs,
+            timeout,
+            gate: self.gate.gate(),
+            junit: self.junit.clone(),
+            message_format: self.message_format,
+            top: self.top,
+            trace: self.trace.options(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -66,9 +215,13 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub cargo: CargoOptions,
+    pub build: BuildOptions,
+    #[command(flatten)]
+    pub selection: RunSelection,
     #[command(flatten)]
     pub report: ReportArgs,
+    #[command(flatten)]
+    pub gate: GateArgs,
     #[command(flatten)]
     pub trace: TraceArgs,
     /// Arguments for the binary.
@@ -190,40 +343,46 @@ fn run(cli: Cli) -> Result<u8> {
                     "no program given; usage: cargo memleak exec -- PROGRAM [ARGS]...".into(),
                 )
             })?;
-            let command = Command {
-                program: program.clone(),
-                args: rest.to_vec(),
-                cwd: None,
-                env: Vec::new(),
-            };
-            trace_and_report(&command, &args.report, &args.trace)
+            let command = Command::new(program.clone(), rest.to_vec());
+            trace_and_report(&command, &args.report, &args.trace, None)
         }
         Commands::Run(args) => {
             // Validate everything before the (slow) build.
             args.report.options()?;
-            let executable = args.cargo.build_binary()?;
-            let command = Command {
-                program: executable.path.into_os_string(),
-                args: args.args,
-                cwd: None,
-                env: executable.env,
+            let built = args.build.build_binary(&args.selection)?;
+            let gate = args.gate.gate().load(&built.workspace_root)?;
+            let Some(executable) = built.executables.into_iter().next() else {
+                return Err(Error::Selection("cargo built no binary to run".into()));
             };
-            trace_and_report(&command, &args.report, &args.trace)
+            let mut command = Command::new(executable.path.into_os_string(), args.args);
+            command.env = executable.env;
+            trace_and_report(
+                &command,
+                &args.report,
+                &args.trace,
+                Some((&gate, &executable.id)),
+            )
+        }
+        Commands::Test(args) => {
+            let options = args.options()?;
+            testrun::run(&args.build, &args.selection, options)
         }
     }
 }
 
+/// Traces `command`, writes its report, and (for `run`) checks it against the leak gate.
 fn trace_and_report(
     command: &Command,
     report_args: &ReportArgs,
     trace_args: &TraceArgs,
+    gate: Option<(&LoadedGate, &str)>,
 ) -> Result<u8> {
     let options = report_args.options()?;
     let start = Instant::now();
-    let mut tracer = session::load_tracer(&trace_args.options())?;
+    let tracer = std::sync::Mutex::new(session::load_tracer(&trace_args.options())?);
     let load = start.elapsed();
     let symbolizer = Symbolizer::new();
-    let run = session::trace(&mut tracer, &symbolizer, command)?;
+    let run = session::trace(&tracer, &symbolizer, command)?;
     let report = report::build(&run, &options);
     let rendered = report::render(&report, report_args.format);
     match &report_args.output {
@@ -250,13 +409,61 @@ fn trace_and_report(
             ms(start.elapsed())
         );
     }
-    Ok(if !report.exit.success() {
-        exit::PROGRAM_FAILED
-    } else if !report.is_complete() {
-        exit::INCOMPLETE
-    } else {
-        exit::OK
-    })
+    let allow_incomplete = gate.is_some_and(|(gate, _)| gate.options.allow_incomplete);
+    if !report.exit.success() {
+        return Ok(exit::PROGRAM_FAILED);
+    }
+    if !report.is_complete() && !allow_incomplete {
+        return Ok(exit::INCOMPLETE);
+    }
+    let Some((gate, binary_id)) = gate else {
+        return Ok(exit::OK);
+    };
+    judge_run(&run, gate, binary_id)
+}
+
+/// `cargo memleak run`'s leak gate: the run's lost memory against `runs[binary_id]`.
+fn judge_run(run: &session::TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<u8> {
+    let all = report::build(
+        run,
+        &report::Options {
+            top: usize::MAX,
+            show_reachable: true,
+            ..report::Options::default()
+        },
+    );
+    let fail_on = gate.options.fail_on;
+    let judgement = baseline::judge(
+        &all,
+        gate.baseline.runs.get(binary_id),
+        &gate.suppressions,
+        fail_on,
+    );
+    if gate.options.bless {
+        let mut blessed = gate.baseline.clone();
+        if judgement.needs_budget(fail_on) {
+            blessed
+                .runs
+                .insert(binary_id.to_owned(), judgement.as_budget(fail_on));
+        } else {
+            blessed.runs.remove(binary_id);
+        }
+        blessed.write(&gate.path)?;
+        eprintln!(
+            "memleak: blessed {}: {binary_id} may lose {} bytes in {} blocks",
+            gate.path.display(),
+            judgement.lost.bytes,
+            judgement.lost.blocks
+        );
+        return Ok(exit::OK);
+    }
+    if judgement.over_budget.is_empty() {
+        return Ok(exit::OK);
+    }
+    for reason in &judgement.over_budget {
+        eprintln!("memleak: {binary_id}: {reason} (baseline {})", gate.path.display());
+    }
+    Ok(exit::FAILED)
 }
 
 /// Writes a regular file through a temporary file in the same directory, so a reader never

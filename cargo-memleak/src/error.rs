@@ -15,6 +15,14 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The trace is incomplete: the tracer dropped data (see the summary's counters).
     pub const INCOMPLETE: u8 = 3;
+    /// `cargo memleak test`: no test matched the filters.
+    pub const NO_TESTS: u8 = 4;
+    /// The baseline or a suppressions file is malformed.
+    pub const BAD_BASELINE: u8 = 96;
+    /// Tests failed, or lost memory over its budget (`test`, and `run` over budget).
+    pub const FAILED: u8 = 100;
+    /// Listing a test binary's tests failed.
+    pub const LISTING_FAILED: u8 = 104;
     /// Not enough privileges (root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).
     pub const PRIVILEGES: u8 = 77;
     /// The kernel cannot do what is needed (BPF, uprobes), or the allocator was not found.
@@ -90,6 +98,17 @@ pub enum Error {
     #[error("{0}")]
     Selection(String),
 
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Baseline {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
+    #[error("listing the tests of {} failed: {detail}", binary.display())]
+    Listing { binary: PathBuf, detail: String },
+
     #[error("writing {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -116,6 +135,8 @@ impl Error {
             Error::Metadata { .. } => exit::METADATA_FAILED,
             Error::Build { .. } => exit::BUILD_FAILED,
             Error::Selection(_) => exit::USAGE,
+            Error::Baseline { .. } => exit::BAD_BASELINE,
+            Error::Listing { .. } => exit::LISTING_FAILED,
             Error::MapRead { .. }
             | Error::Ptrace { .. }
             | Error::Spawn { .. }

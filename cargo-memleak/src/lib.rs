@@ -7,6 +7,7 @@
 //! [`session`] strings one traced run together; [`cli`] parses and dispatches.
 
 pub mod allocator;
+pub mod baseline;
 pub mod build;
 pub mod classify;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod scan;
 pub mod session;
 pub mod spawn;
 pub mod symbolize;
+pub mod testrun;
 pub mod tracer;
 
 pub use cli::main_with_args;

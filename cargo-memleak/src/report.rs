@@ -114,7 +114,8 @@ impl LeakSummary {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Amount {
     pub bytes: u64,
     pub blocks: u64,

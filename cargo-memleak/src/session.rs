@@ -7,6 +7,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -42,6 +43,10 @@ pub struct TracedRun {
     pub classification: Option<Classification>,
     /// Reasons the trace is incomplete, other than the drop counters.
     pub incomplete: Vec<String>,
+    /// An isolated command's stdout and stderr.
+    pub output: Option<String>,
+    /// The command's timeout killed it.
+    pub timed_out: bool,
     pub timings: Timings,
 }
 
@@ -70,8 +75,13 @@ pub fn load_tracer(options: &TraceOptions) -> Result<Tracer> {
     Tracer::load(probes, options.limits)
 }
 
-/// Runs `command` traced to its end.
-pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) -> Result<TracedRun> {
+/// Runs `command` traced to its end. The tracer is shared: several threads may each trace a
+/// command at once, when its probes are attached everywhere.
+pub fn trace(
+    tracer: &Mutex<Tracer>,
+    symbolizer: &Symbolizer,
+    command: &Command,
+) -> Result<TracedRun> {
     let program = std::iter::once(&command.program)
         .chain(&command.args)
         .map(|arg| arg.to_string_lossy())
@@ -80,7 +90,7 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
     let mut timings = Timings::default();
     let start = Instant::now();
     let gated = spawn::spawn(command)?;
-    let attachment = match tracer.attach(gated.pid()) {
+    let attachment = match lock(tracer).attach(gated.pid()) {
         Ok(attachment) => attachment,
         Err(err) => {
             gated.abort();
@@ -93,6 +103,7 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
     let mut running = match gated.release() {
         Ok(running) => running,
         Err(err) => {
+            let mut tracer = lock(tracer);
             tracer.detach(attachment);
             let _ = tracer.forget(pid);
             return Err(err);
@@ -106,7 +117,10 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
         Ok(Event::ExitStop { tid }) => {
             timings.program = start.elapsed();
             let start = Instant::now();
-            let trace = tracer.read(pid);
+            let (trace, allocator) = {
+                let tracer = lock(tracer);
+                (tracer.read(pid), tracer.probes().object.clone())
+            };
             timings.read = start.elapsed();
             let start = Instant::now();
             if let Ok(trace) = &trace {
@@ -121,33 +135,33 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
                     stopped: tid,
                     others: running.other_threads(tid),
                 };
-                classification = Some(scan_for_leaks(
-                    trace,
-                    &threads,
-                    &tracer.probes().object,
-                    &mut incomplete,
-                ));
+                classification = Some(scan_for_leaks(trace, &threads, &allocator, &mut incomplete));
                 timings.scan = start.elapsed();
             }
-            tracer.detach(attachment);
+            lock(tracer).detach(attachment);
             (trace.map(Some), running.finish())
         }
         Ok(Event::Exited(status)) => {
             timings.program = start.elapsed();
-            tracer.detach(attachment);
-            incomplete.push(
-                "the process ended without an exit stop (killed by SIGKILL?): its outstanding \
-                 allocations could not be read"
-                    .into(),
-            );
+            lock(tracer).detach(attachment);
+            if !running.timed_out() {
+                incomplete.push(
+                    "the process ended without an exit stop (killed by SIGKILL?): its \
+                     outstanding allocations could not be read"
+                        .into(),
+                );
+            }
             (Ok(None), Ok(status))
         }
         Err(err) => {
-            tracer.detach(attachment);
+            lock(tracer).detach(attachment);
             (Ok(None), Err(err))
         }
     };
-    let forgotten = tracer.forget(pid);
+    let timed_out = running.timed_out();
+    let output = running.output();
+    drop(running);
+    let forgotten = lock(tracer).forget(pid);
     let (trace, status) = (trace?, status?);
     forgotten?;
     Ok(TracedRun {
@@ -157,8 +171,16 @@ pub fn trace(tracer: &mut Tracer, symbolizer: &Symbolizer, command: &Command) ->
         frames,
         classification,
         incomplete,
+        output,
+        timed_out,
         timings,
     })
+}
+
+/// The tracer, even if another thread panicked while holding it (its maps stay consistent:
+/// every update is a single map operation).
+fn lock(tracer: &Mutex<Tracer>) -> MutexGuard<'_, Tracer> {
+    tracer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Classifies the outstanding allocations of the stopped process; what could not be scanned,

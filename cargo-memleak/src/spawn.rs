@@ -12,6 +12,10 @@
 //!   its threads stops at `PTRACE_EVENT_EXIT` with the address space still intact. That stop is
 //!   reported once, as [`Event::ExitStop`]; everything else is resumed transparently, signals
 //!   re-injected.
+//! - Every wait is `__WNOTHREAD`: a thread waits only for the children it forked and the
+//!   tracees it seized. ptrace ties a tracee to the thread that seized it anyway, so one child
+//!   lives on one thread from `spawn` to reap, and several threads can each run their own
+//!   child at once (`cargo memleak test -j N`).
 
 use std::{
     ffi::{CString, OsString},
@@ -20,6 +24,12 @@ use std::{
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::Duration,
 };
 
 use nix::{
@@ -33,6 +43,9 @@ use nix::{
     },
     unistd::{ForkResult, Pid, fork, pipe2},
 };
+
+/// Waits for any of this thread's children or tracees (see the module's invariants).
+const WAIT_ALL: WaitPidFlag = WaitPidFlag::__WALL.union(WaitPidFlag::__WNOTHREAD);
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -47,6 +60,26 @@ pub struct Command {
     pub cwd: Option<PathBuf>,
     /// Variables set on top of the inherited environment.
     pub env: Vec<(OsString, OsString)>,
+    /// Run it as a test: in a process group of its own (killed whole on timeout), stdin from
+    /// /dev/null, stdout and stderr captured together (see [`Running::take_output`]).
+    /// Otherwise it shares our terminal, and Ctrl-C reaches it rather than us.
+    pub isolated: bool,
+    /// Kill its process group after this long (isolated commands only).
+    pub timeout: Option<Duration>,
+}
+
+impl Command {
+    /// A command with the inherited environment and working directory, sharing our terminal.
+    pub fn new(program: impl Into<OsString>, args: Vec<OsString>) -> Self {
+        Self {
+            program: program.into(),
+            args,
+            cwd: None,
+            env: Vec::new(),
+            isolated: false,
+            timeout: None,
+        }
+    }
 }
 
 /// How the traced program ended.
@@ -102,6 +135,9 @@ pub struct Gated {
     program: PathBuf,
     gate: OwnedFd,
     exec_errors: OwnedFd,
+    output: Option<OwnedFd>,
+    isolated: bool,
+    timeout: Option<Duration>,
 }
 
 /// Everything the child needs after `fork`, prepared before it.
@@ -110,6 +146,8 @@ struct Prepared {
     cwd: Option<CString>,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// For isolated commands: /dev/null (stdin) and the memfd that takes stdout and stderr.
+    stdio: Option<(OwnedFd, OwnedFd)>,
 }
 
 fn c_string(bytes: &[u8], what: &str) -> Result<CString> {
@@ -142,11 +180,28 @@ impl Prepared {
             )?),
             None => None,
         };
+        let stdio = if command.isolated {
+            let null = std::fs::File::open("/dev/null")
+                .map_err(Error::io("opening /dev/null for the test's stdin"))?;
+            // SAFETY: a NUL-terminated name and valid flags; the fd is owned from here on.
+            let fd = unsafe { libc::memfd_create(c"memleak-output".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(Error::io("creating a memfd for the test's output")(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            // SAFETY: `fd` was just created and nothing else owns it.
+            let output = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            Some((OwnedFd::from(null), output))
+        } else {
+            None
+        };
         Ok(Self {
             program: c_string(program.as_os_str().as_bytes(), "the program path")?,
             cwd,
             argv,
             envp,
+            stdio,
         })
     }
 }
@@ -154,7 +209,7 @@ impl Prepared {
 /// Forks the child and seizes it; it waits at the gate until [`Gated::release`].
 pub fn spawn(command: &Command) -> Result<Gated> {
     let program = resolve_program(&command.program)?;
-    let prepared = Prepared::new(&program, command)?;
+    let mut prepared = Prepared::new(&program, command)?;
     let argv: Vec<*const libc::c_char> = prepared
         .argv
         .iter()
@@ -189,12 +244,13 @@ pub fn spawn(command: &Command) -> Result<Gated> {
         ForkResult::Parent { child } => {
             drop(gate_read);
             drop(errors_write);
+            let output = prepared.stdio.take().map(|(_, output)| output);
             let options = Options::PTRACE_O_TRACEEXIT
                 | Options::PTRACE_O_EXITKILL
                 | Options::PTRACE_O_TRACECLONE;
             if let Err(source) = ptrace::seize(child, options) {
                 let _ = signal::kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
+                let _ = waitpid(child, Some(WAIT_ALL));
                 return Err(Error::Ptrace {
                     operation: "PTRACE_SEIZE",
                     pid: child.as_raw(),
@@ -206,6 +262,9 @@ pub fn spawn(command: &Command) -> Result<Gated> {
                 program,
                 gate: gate_write,
                 exec_errors: errors_read,
+                output,
+                isolated: command.isolated,
+                timeout: command.timeout,
             })
         }
     }
@@ -229,6 +288,13 @@ unsafe fn exec_child(
         // The parent ignores interrupts while it waits; the program must not inherit that.
         libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+        if let Some((null, output)) = &prepared.stdio {
+            // A group of its own, so a timeout kills whatever it started too.
+            libc::setpgid(0, 0);
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(output.as_raw_fd(), 1);
+            libc::dup2(output.as_raw_fd(), 2);
+        }
         // A fixed address-space layout (as under gdb and valgrind): the same program gives the
         // same pointer scan, so a report does not change from run to run by chance.
         let persona = libc::personality(0xffff_ffff);
@@ -271,14 +337,19 @@ impl Gated {
             program,
             gate,
             exec_errors,
+            output,
+            isolated,
+            timeout,
         } = self;
-        let running = Running {
+        let mut running = Running {
             pid,
             exit_stop_seen: false,
             held: None,
             reaped: false,
             threads: std::collections::BTreeMap::new(),
-            _interrupts: IgnoreInterrupts::install(),
+            output,
+            watchdog: None,
+            _interrupts: (!isolated).then(IgnoreInterrupts::install),
         };
         nix::unistd::write(&gate, &[1]).map_err(|source| Error::Spawn {
             program: program.clone(),
@@ -306,13 +377,18 @@ impl Gated {
                 },
             });
         }
+        if let Some(timeout) = timeout {
+            // Isolated children lead their own process group: kill it all.
+            let target = if isolated { Pid::from_raw(-pid.as_raw()) } else { pid };
+            running.watchdog = Some(Watchdog::start(target, timeout));
+        }
         Ok(running)
     }
 
     /// Kills the child before it ran anything (probes could not be attached).
     pub fn abort(self) {
         let _ = signal::kill(self.pid, Signal::SIGKILL);
-        let _ = waitpid(self.pid, Some(WaitPidFlag::__WALL));
+        let _ = waitpid(self.pid, Some(WAIT_ALL));
     }
 }
 
@@ -337,7 +413,10 @@ pub struct Running {
     /// Threads other than the main one that have not exited, with their stack pointer at
     /// their first stop (which locates their stack).
     threads: std::collections::BTreeMap<Pid, Option<u64>>,
-    _interrupts: IgnoreInterrupts,
+    /// Where an isolated child's stdout and stderr went.
+    output: Option<OwnedFd>,
+    watchdog: Option<Watchdog>,
+    _interrupts: Option<IgnoreInterrupts>,
 }
 
 impl Drop for Running {
@@ -348,7 +427,7 @@ impl Drop for Running {
             if let Some(tid) = self.held.take() {
                 resume(tid, None);
             }
-            while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+            while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WAIT_ALL)) {
                 if matches!(status, WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) if pid == self.pid)
                 {
                     break;
@@ -364,9 +443,29 @@ impl Running {
         loop {
             if let Some(event) = self.step()? {
                 self.reaped = matches!(event, Event::Exited(_));
+                // The program is done; reading it at its exit stop must not race the timeout.
+                if let Some(watchdog) = &mut self.watchdog {
+                    watchdog.cancel();
+                }
                 return Ok(event);
             }
         }
+    }
+
+    /// Whether the timeout killed the process.
+    pub fn timed_out(&self) -> bool {
+        self.watchdog.as_ref().is_some_and(Watchdog::fired)
+    }
+
+    /// What an isolated child wrote to stdout and stderr so far (lossy UTF-8).
+    pub fn output(&self) -> Option<String> {
+        use std::io::{Read as _, Seek as _};
+        let fd = self.output.as_ref()?.try_clone().ok()?;
+        let mut file = std::fs::File::from(fd);
+        let mut bytes = Vec::new();
+        file.rewind().ok()?;
+        file.read_to_end(&mut bytes).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Threads of the process still alive at its exit stop, other than the main thread and
@@ -380,7 +479,7 @@ impl Running {
     }
 
     /// Lets the process finish and reaps it.
-    pub fn finish(mut self) -> Result<ExitStatus> {
+    pub fn finish(&mut self) -> Result<ExitStatus> {
         self.exit_stop_seen = true;
         if let Some(tid) = self.held.take() {
             resume(tid, None);
@@ -395,7 +494,7 @@ impl Running {
 
     /// Handles one wait status. Returns an event for the exit stop and the final exit.
     fn step(&mut self) -> Result<Option<Event>> {
-        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+        let status = match waitpid(Pid::from_raw(-1), Some(WAIT_ALL)) {
             Ok(status) => status,
             Err(Errno::EINTR) => return Ok(None),
             Err(source) => {
@@ -494,6 +593,40 @@ fn thread_group_of(tid: Pid) -> Option<Pid> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     let tgid = status.lines().find_map(|line| line.strip_prefix("Tgid:"))?;
     tgid.trim().parse().ok().map(Pid::from_raw)
+}
+
+/// Kills a process (or, given a negative pid, a process group) when its time is up, unless
+/// cancelled first.
+struct Watchdog {
+    cancel: Option<mpsc::Sender<()>>,
+    fired: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(target: Pid, timeout: Duration) -> Self {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&fired);
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(timeout) {
+                flag.store(true, Ordering::SeqCst);
+                let _ = signal::kill(target, Signal::SIGKILL);
+            }
+        });
+        Self {
+            cancel: Some(cancel),
+            fired,
+        }
+    }
+
+    fn cancel(&mut self) {
+        // Dropping the sender wakes the watchdog, which then returns.
+        self.cancel.take();
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
 }
 
 /// While a program runs in our foreground process group, Ctrl-C and Ctrl-\ reach it directly;

@@ -66,13 +66,23 @@ fn main() -> Result<()> {
                 "cargo-memleak",
                 "--",
                 "memleak",
-                "run",
+                "test",
             ])
             .arg("--manifest-path")
-            .arg(root.join("fixtures/leaky/Cargo.toml"))
-            .args(["--", "malloc", "thread", "inlined", "churn"])
+            .arg(root.join("fixtures/workspace/Cargo.toml"))
+            .args(["--package", "alpha"])
             .current_dir(&root);
-            run(&mut demo, "cargo memleak run on fixtures/leaky")
+            let status = demo
+                .status()
+                .context("cargo memleak test on fixtures/workspace: could not start")?;
+            // The fixture's leaky tests have no budget: failing them is the demo.
+            ensure!(
+                status.code() == Some(100),
+                "cargo memleak test on fixtures/workspace: expected exit 100 (three leaky \
+                 tests fail the gate), got {status}"
+            );
+            println!("xtask demo: the three leaking tests failed the leak gate, as they should");
+            Ok(())
         }
         Task::Bench { pairs, runs } => {
             bootstrap()?;

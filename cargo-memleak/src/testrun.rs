@@ -1,0 +1,685 @@
+//! `cargo memleak test`: build the test targets, list their tests, run every test as its own
+//! traced process (several at once), judge each against its leak budget, and report the lot as
+//! a test run (libtest-mimic), with JUnit XML, JSON events and `--bless` on the side.
+//!
+//! Invariants: one eBPF object is loaded and attached to every process once per run; each test
+//! process is registered with it before it execs, and forgotten after its exit stop. A test
+//! passes only if it passed, its trace is complete (unless `--allow-incomplete`), and what it
+//! lost is within its budget. The baseline is written only by a `--bless` run in which every
+//! test ran to completion and was traced completely.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::OsString,
+    fmt::Write as _,
+    io::Write as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde::Serialize;
+
+use crate::{
+    baseline::{self, Baseline, Budget, FailOn, Judgement, Suppression},
+    build::{BuildOptions, Executable, TestSelection},
+    error::{Error, Result, exit},
+    report::{self, Amount, LeakSummary, StackReport},
+    session::{self, TraceOptions},
+    spawn::{Command, ExitStatus},
+    symbolize::Symbolizer,
+    tracer::Tracer,
+};
+
+/// Which tests run, as `cargo test` takes it after the options.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Test filters")]
+pub struct TestFilters {
+    /// Run only tests whose name (or `[binary id] name`) contains this.
+    #[arg(value_name = "TESTNAME")]
+    pub filter: Option<String>,
+    /// Match the filter (and --skip) exactly rather than as a substring.
+    #[arg(long)]
+    pub exact: bool,
+    /// Skip tests whose name contains this (repeatable).
+    #[arg(long, value_name = "FILTER")]
+    pub skip: Vec<String>,
+    /// Run only ignored tests.
+    #[arg(long, conflicts_with = "include_ignored")]
+    pub ignored: bool,
+    /// Run ignored tests too.
+    #[arg(long)]
+    pub include_ignored: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageFormat {
+    /// libtest's output.
+    #[default]
+    Human,
+    /// One JSON object per line and event on stdout (and no libtest output).
+    Json,
+}
+
+/// Everything `cargo memleak test` was asked to do besides building.
+#[derive(Clone, Debug)]
+pub struct TestOptions {
+    pub filters: TestFilters,
+    pub jobs: usize,
+    pub timeout: Option<Duration>,
+    pub gate: Gate,
+    pub junit: Option<PathBuf>,
+    pub message_format: MessageFormat,
+    /// Stacks shown under a failed test.
+    pub top: usize,
+    pub trace: TraceOptions,
+}
+
+/// The leak gate: budgets, suppressions, and what fails a run. Shared with `cargo memleak run`.
+#[derive(Clone, Debug, Default)]
+pub struct Gate {
+    /// `--baseline PATH`; the workspace root's `memleak-baseline.json` when `None`.
+    pub baseline: Option<PathBuf>,
+    pub suppressions: Option<PathBuf>,
+    pub fail_on: FailOn,
+    pub allow_incomplete: bool,
+    pub bless: bool,
+}
+
+/// The gate with its files read.
+#[derive(Debug)]
+pub struct LoadedGate {
+    pub path: PathBuf,
+    pub baseline: Baseline,
+    /// The baseline's suppressions and the `--suppressions` file's.
+    pub suppressions: Vec<Suppression>,
+    pub options: Gate,
+}
+
+impl Gate {
+    /// Reads the baseline (missing is empty) and the suppressions file.
+    pub fn load(&self, workspace_root: &std::path::Path) -> Result<LoadedGate> {
+        let path = baseline::path(self.baseline.as_deref(), workspace_root);
+        let baseline = Baseline::read(&path)?;
+        let mut suppressions = baseline.suppressions.clone();
+        if let Some(file) = &self.suppressions {
+            suppressions.extend(baseline::read_suppressions(file)?);
+        }
+        Ok(LoadedGate {
+            path,
+            baseline,
+            suppressions,
+            options: self.clone(),
+        })
+    }
+}
+
+/// One test to run.
+#[derive(Clone, Debug)]
+struct TestCase {
+    binary: Arc<Executable>,
+    name: String,
+    ignored: bool,
+}
+
+/// How one test went.
+#[derive(Clone, Debug, Serialize)]
+pub struct TestResult {
+    pub binary_id: String,
+    pub test: String,
+    /// Why it failed; empty when it passed.
+    pub failures: Vec<String>,
+    /// Failures that are not about leaks (the test failed, timed out, was not fully traced, or
+    /// could not be run): such a run cannot be blessed.
+    #[serde(skip)]
+    pub unmeasured: bool,
+    pub exit: Option<ExitStatus>,
+    pub timed_out: bool,
+    pub duration_ms: f64,
+    pub lost: Amount,
+    pub reachable: Amount,
+    pub suppressed: Amount,
+    pub leak_summary: LeakSummary,
+    /// Lost stacks, unsuppressed, with their frames.
+    pub stacks: Vec<StackReport>,
+    pub incomplete: Vec<String>,
+    pub budget: Option<Budget>,
+    #[serde(skip)]
+    pub judgement: Judgement,
+    /// The test's stdout and stderr.
+    pub output: Option<String>,
+}
+
+/// Events of `--message-format json`, one per line.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+enum JsonEvent<'a> {
+    RunStarted {
+        tests: usize,
+        jobs: usize,
+    },
+    TestFinished {
+        result: &'static str,
+        #[serde(flatten)]
+        test: &'a TestResult,
+    },
+    StaleEntry {
+        binary_id: &'a str,
+        test: Option<&'a str>,
+    },
+    RunFinished {
+        passed: u64,
+        failed: u64,
+        ignored: u64,
+        filtered_out: u64,
+        exit_code: u8,
+    },
+}
+
+fn emit(event: &JsonEvent) {
+    let mut line = serde_json::to_string(event).unwrap_or_default();
+    line.push('\n');
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+}
+
+/// What the worker threads share.
+struct Shared {
+    tracer: Mutex<Tracer>,
+    gate: LoadedGate,
+    options: TestOptions,
+    results: Mutex<Vec<TestResult>>,
+}
+
+thread_local! {
+    /// One symbolizer per worker thread: it caches each binary's symbols and line tables.
+    static SYMBOLIZER: Symbolizer = Symbolizer::new();
+}
+
+/// Builds, lists, runs and judges; returns the exit code.
+pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions) -> Result<u8> {
+    // Fail on privileges and kernel support before the (slow) build.
+    let tracer = session::load_tracer(&options.trace)?;
+    let built = build.build_tests(selection)?;
+    let workspace_members: BTreeSet<String> = build
+        .metadata()?
+        .workspace_packages()
+        .iter()
+        .map(|package| package.name.to_string())
+        .collect();
+    let gate = options.gate.load(&built.workspace_root)?;
+    let mut cases = Vec::new();
+    let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for executable in built.executables {
+        let binary = Arc::new(executable);
+        let tests = list(&binary)?;
+        let names = listed.entry(binary.id.clone()).or_default();
+        for (name, ignored) in tests {
+            names.insert(name.clone());
+            cases.push(TestCase {
+                binary: Arc::clone(&binary),
+                name,
+                ignored,
+            });
+        }
+    }
+
+    let arguments = Arguments {
+        filter: options.filters.filter.clone(),
+        exact: options.filters.exact,
+        skip: options.filters.skip.clone(),
+        ignored: options.filters.ignored,
+        include_ignored: options.filters.include_ignored,
+        test_threads: Some(options.jobs.max(1)),
+        logfile: (options.message_format == MessageFormat::Json).then(|| "/dev/null".into()),
+        ..Arguments::default()
+    };
+    let mut tracer = tracer;
+    tracer.attach_everywhere()?;
+    let shared = Arc::new(Shared {
+        tracer: Mutex::new(tracer),
+        gate,
+        options: options.clone(),
+        results: Mutex::new(Vec::new()),
+    });
+    let trials: Vec<Trial> = cases
+        .iter()
+        .map(|case| {
+            let shared = Arc::clone(&shared);
+            let runner_case = case.clone();
+            Trial::test(case.name.clone(), move || {
+                let result = run_one(&shared, &runner_case);
+                let failure = failure_message(&result, shared.options.top);
+                if shared.options.message_format == MessageFormat::Json {
+                    emit(&JsonEvent::TestFinished {
+                        result: if result.failures.is_empty() { "ok" } else { "failed" },
+                        test: &result,
+                    });
+                }
+                lock(&shared.results).push(result);
+                failure.map_or(Ok(()), |message| Err(Failed::from(message)))
+            })
+            .with_kind(case.binary.id.clone())
+            .with_ignored_flag(case.ignored)
+        })
+        .collect();
+    let selected: Vec<(String, String)> = trials
+        .iter()
+        .filter(|trial| !arguments.is_filtered_out(trial))
+        .map(|trial| (trial.kind().to_owned(), trial.name().to_owned()))
+        .collect();
+    let skipped: Vec<(String, String)> = trials
+        .iter()
+        .filter(|trial| !arguments.is_filtered_out(trial) && arguments.is_ignored(trial))
+        .map(|trial| (trial.kind().to_owned(), trial.name().to_owned()))
+        .collect();
+    if options.message_format == MessageFormat::Json {
+        emit(&JsonEvent::RunStarted {
+            tests: selected.len(),
+            jobs: options.jobs,
+        });
+    }
+
+    let conclusion = libtest_mimic::run(&arguments, trials);
+    let results = std::mem::take(&mut *lock(&shared.results));
+    let shared = match Arc::try_unwrap(shared) {
+        Ok(shared) => shared,
+        Err(_) => {
+            return Err(Error::Selection(
+                "internal: a test runner outlived the run".into(),
+            ));
+        }
+    };
+    // Probes come off here (a couple of seconds, in the kernel).
+    drop(shared.tracer);
+    let gate = shared.gate;
+
+    let stale = stale_entries(&gate.baseline, &listed, &workspace_members);
+    for (binary_id, test) in &stale {
+        match options.message_format {
+            MessageFormat::Json => emit(&JsonEvent::StaleEntry {
+                binary_id,
+                test: test.as_deref(),
+            }),
+            MessageFormat::Human => eprintln!(
+                "memleak: stale baseline entry {binary_id}{}: no such {} any more; --bless \
+                 removes it",
+                test.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
+                if test.is_some() { "test" } else { "test binary" },
+            ),
+        }
+    }
+    if let Some(path) = &options.junit {
+        crate::cli::write_atomically(path, junit(&results, &skipped)?.as_bytes())?;
+    }
+
+    let mut code = if conclusion.num_failed > 0 {
+        exit::FAILED
+    } else if conclusion.num_passed == 0 && conclusion.num_ignored == 0 {
+        eprintln!("memleak: no tests matched; check the filters and target selection");
+        exit::NO_TESTS
+    } else {
+        exit::OK
+    };
+    if gate.options.bless {
+        code = bless(&gate, &results, &stale, code)?;
+    }
+    if options.message_format == MessageFormat::Json {
+        emit(&JsonEvent::RunFinished {
+            passed: conclusion.num_passed,
+            failed: conclusion.num_failed,
+            ignored: conclusion.num_ignored,
+            filtered_out: conclusion.num_filtered_out,
+            exit_code: code,
+        });
+    }
+    Ok(code)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `BIN --list --format terse` (and `--ignored`): every test, and whether it is ignored.
+fn list(binary: &Executable) -> Result<Vec<(String, bool)>> {
+    let run = |extra: &[&str]| -> Result<Vec<String>> {
+        let output = std::process::Command::new(&binary.path)
+            .args(["--list", "--format", "terse"])
+            .args(extra)
+            .current_dir(&binary.package_dir)
+            .envs(binary.env.iter().map(|(name, value)| (name, value)))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|err| Error::Listing {
+                binary: binary.path.clone(),
+                detail: err.to_string(),
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(Error::Listing {
+                binary: binary.path.clone(),
+                detail: format!(
+                    "{}: {}",
+                    output.status,
+                    stderr.trim().lines().last().unwrap_or_default()
+                ),
+            });
+        }
+        // The custom-harness contract: every line is `NAME: test` or `NAME: benchmark`.
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.strip_suffix(": test"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let all = run(&[])?;
+    let ignored: BTreeSet<String> = run(&["--ignored"])?.into_iter().collect();
+    Ok(all
+        .into_iter()
+        .map(|name| {
+            let is_ignored = ignored.contains(&name);
+            (name, is_ignored)
+        })
+        .collect())
+}
+
+/// Runs one test traced and judges it.
+fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
+    let options = &shared.options;
+    let gate = &shared.gate;
+    let mut args: Vec<OsString> = vec!["--exact".into(), case.name.clone().into(), "--nocapture".into()];
+    if case.ignored {
+        args.push("--ignored".into());
+    }
+    let mut command = Command::new(case.binary.path.clone().into_os_string(), args);
+    command.cwd = Some(case.binary.package_dir.clone());
+    command.env = case.binary.env.clone();
+    command.isolated = true;
+    command.timeout = options.timeout;
+    let budget = gate
+        .baseline
+        .tests
+        .get(&case.binary.id)
+        .and_then(|tests| tests.get(&case.name))
+        .cloned();
+    let mut result = TestResult {
+        binary_id: case.binary.id.clone(),
+        test: case.name.clone(),
+        failures: Vec::new(),
+        unmeasured: false,
+        exit: None,
+        timed_out: false,
+        duration_ms: 0.0,
+        lost: Amount::default(),
+        reachable: Amount::default(),
+        suppressed: Amount::default(),
+        leak_summary: LeakSummary::default(),
+        stacks: Vec::new(),
+        incomplete: Vec::new(),
+        budget,
+        judgement: Judgement::default(),
+        output: None,
+    };
+    let start = Instant::now();
+    let traced = SYMBOLIZER.with(|symbolizer| session::trace(&shared.tracer, symbolizer, &command));
+    result.duration_ms = start.elapsed().as_secs_f64() * 1e3;
+    let run = match traced {
+        Ok(run) => run,
+        Err(err) => {
+            result.unmeasured = true;
+            result.failures.push(format!("cargo-memleak could not run it: {err}"));
+            return result;
+        }
+    };
+    let report = report::build(
+        &run,
+        &report::Options {
+            top: usize::MAX,
+            show_reachable: true,
+            ..report::Options::default()
+        },
+    );
+    let judgement = baseline::judge(
+        &report,
+        result.budget.as_ref(),
+        &gate.suppressions,
+        gate.options.fail_on,
+    );
+    result.exit = Some(run.status.clone());
+    result.timed_out = run.timed_out;
+    result.output = run.output.clone();
+    result.lost = judgement.lost;
+    result.reachable = judgement.reachable;
+    result.suppressed = judgement.suppressed;
+    result.leak_summary = report.leak_summary;
+    result.incomplete = report.incomplete.clone();
+    result.stacks = baseline::lost_stacks(&report, &gate.suppressions)
+        .cloned()
+        .collect();
+
+    if run.timed_out {
+        result.unmeasured = true;
+        result.failures.push(format!(
+            "timed out after {} s; its process group was killed",
+            options.timeout.unwrap_or_default().as_secs_f64()
+        ));
+    } else if !run.status.success() {
+        result.unmeasured = true;
+        result.failures.push(format!("the test failed: {}", run.status));
+    }
+    if !report.is_complete() && !run.timed_out {
+        if gate.options.allow_incomplete {
+            // Reported, not failed.
+        } else {
+            result.unmeasured = true;
+            result.failures.push(format!(
+                "the trace is incomplete ({}); --allow-incomplete accepts that",
+                report.incomplete.join("; ")
+            ));
+        }
+    }
+    if !gate.options.bless && !run.timed_out {
+        result.failures.extend(judgement.over_budget.iter().cloned());
+    }
+    result.judgement = judgement;
+    result
+}
+
+/// What libtest prints under a failed test: the reasons, the lost stacks, the summary and,
+/// when the test itself failed, its output.
+fn failure_message(result: &TestResult, top: usize) -> Option<String> {
+    if result.failures.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    // libtest's heading names the test only; several binaries may have one of that name.
+    let _ = writeln!(out, "in test binary {}", result.binary_id);
+    for failure in &result.failures {
+        let _ = writeln!(out, "memleak: {failure}");
+    }
+    if result.lost.blocks > 0 {
+        for stack in result.stacks.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "\t{} bytes in {} allocations from stack ({})",
+                stack.bytes,
+                stack.allocations,
+                report::category_words(stack.category)
+            );
+            // Below the test's own frames lies libtest's harness: leave it out.
+            let shown = stack
+                .frames
+                .iter()
+                .take_while(|frame| {
+                    !frame
+                        .symbol
+                        .as_deref()
+                        .is_some_and(|symbol| symbol.starts_with("test::"))
+                })
+                .collect::<Vec<_>>();
+            for frame in &shown {
+                let _ = writeln!(out, "\t\t{}", report::render_frame(frame));
+            }
+            if shown.len() < stack.frames.len() {
+                let _ = writeln!(
+                    out,
+                    "\t\t... {} frames of the test harness",
+                    stack.frames.len() - shown.len()
+                );
+            }
+        }
+        if result.stacks.len() > top {
+            let _ = writeln!(out, "\t({} more stacks)", result.stacks.len() - top);
+        }
+    }
+    let summary = &result.leak_summary;
+    for (words, amount) in [
+        ("definitely lost", summary.definitely_lost),
+        ("indirectly lost", summary.indirectly_lost),
+        ("still reachable", summary.still_reachable),
+        ("suppressed", result.suppressed),
+    ] {
+        let _ = writeln!(out, "{words:>19}: {} bytes in {} blocks", amount.bytes, amount.blocks);
+    }
+    if result.unmeasured
+        && let Some(output) = &result.output
+        && !output.is_empty()
+    {
+        out.push_str("---- output ----\n");
+        out.push_str(output);
+        if !output.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Some(out)
+}
+
+/// Baseline entries for tests (in binaries that were listed) and binaries (of packages that
+/// are not in the workspace any more) that no longer exist.
+fn stale_entries(
+    baseline: &Baseline,
+    listed: &BTreeMap<String, BTreeSet<String>>,
+    workspace_members: &BTreeSet<String>,
+) -> Vec<(String, Option<String>)> {
+    let mut stale = Vec::new();
+    for (binary_id, tests) in &baseline.tests {
+        match listed.get(binary_id) {
+            Some(names) => {
+                for test in tests.keys().filter(|test| !names.contains(*test)) {
+                    stale.push((binary_id.clone(), Some(test.clone())));
+                }
+            }
+            None => {
+                let package = binary_id.split("::").next().unwrap_or_default();
+                if !workspace_members.contains(package) {
+                    stale.push((binary_id.clone(), None));
+                }
+            }
+        }
+    }
+    stale
+}
+
+/// Writes the budgets this run measured; refuses when a test could not be measured.
+fn bless(
+    gate: &LoadedGate,
+    results: &[TestResult],
+    stale: &[(String, Option<String>)],
+    code: u8,
+) -> Result<u8> {
+    let unmeasured: Vec<String> = results
+        .iter()
+        .filter(|result| result.unmeasured)
+        .map(|result| format!("[{}] {}", result.binary_id, result.test))
+        .collect();
+    if !unmeasured.is_empty() {
+        eprintln!(
+            "memleak: not blessing {}: {} tests failed or were not fully traced ({}); fix or \
+             --skip them and bless again",
+            gate.path.display(),
+            unmeasured.len(),
+            unmeasured.join(", ")
+        );
+        return Ok(exit::FAILED);
+    }
+    let mut baseline = gate.baseline.clone();
+    let fail_on = gate.options.fail_on;
+    for result in results {
+        let tests = baseline.tests.entry(result.binary_id.clone()).or_default();
+        if result.judgement.needs_budget(fail_on) {
+            tests.insert(result.test.clone(), result.judgement.as_budget(fail_on));
+        } else {
+            tests.remove(&result.test);
+        }
+    }
+    for (binary_id, test) in stale {
+        match test {
+            Some(test) => {
+                if let Some(tests) = baseline.tests.get_mut(binary_id) {
+                    tests.remove(test);
+                }
+            }
+            None => {
+                baseline.tests.remove(binary_id);
+            }
+        }
+    }
+    baseline.tests.retain(|_, tests| !tests.is_empty());
+    baseline.write(&gate.path)?;
+    let budgets: usize = baseline.tests.values().map(BTreeMap::len).sum();
+    eprintln!(
+        "memleak: blessed {}: {budgets} tests with leak budgets",
+        gate.path.display()
+    );
+    Ok(code)
+}
+
+/// JUnit XML: one testsuite per test binary, one testcase per test.
+fn junit(results: &[TestResult], skipped: &[(String, String)]) -> Result<String> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut suites: BTreeMap<&str, TestSuite> = BTreeMap::new();
+    let mut total = Duration::ZERO;
+    for result in results {
+        let status = match failure_message(result, usize::MAX) {
+            None => TestCaseStatus::success(),
+            Some(message) => {
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                status
+                    .set_message(result.failures.join("; "))
+                    .set_type(if result.unmeasured {
+                        "test failure"
+                    } else {
+                        "leak over budget"
+                    })
+                    .set_description(message);
+                status
+            }
+        };
+        let mut case = TestCase::new(result.test.clone(), status);
+        let time = Duration::from_secs_f64(result.duration_ms / 1e3);
+        total += time;
+        case.set_classname(result.binary_id.clone()).set_time(time);
+        if let Some(output) = &result.output {
+            case.set_system_out_lossy(output.as_bytes());
+        }
+        suites
+            .entry(&result.binary_id)
+            .or_insert_with(|| TestSuite::new(result.binary_id.clone()))
+            .add_test_case(case);
+    }
+    for (binary_id, name) in skipped {
+        let mut case = TestCase::new(name.clone(), TestCaseStatus::skipped());
+        case.set_classname(binary_id.clone());
+        suites
+            .entry(binary_id)
+            .or_insert_with(|| TestSuite::new(binary_id.clone()))
+            .add_test_case(case);
+    }
+    let mut report = Report::new("cargo-memleak");
+    report.set_time(total);
+    report.add_test_suites(suites.into_values());
+    report.to_string().map_err(|err| Error::Io {
+        context: "writing JUnit XML".into(),
+        source: std::io::Error::other(err.to_string()),
+    })
+}

@@ -1,0 +1,596 @@
+//! `cargo memleak test` on the fixture workspace (fixtures/workspace): every test in its own
+//! traced process, judged against a baseline. `EXPECTED` is the table of outcomes; the tests
+//! check every verdict and figure against it, the exit codes, JUnit, JSON, `--bless`, stale
+//! entries, suppressions, malformed files and filters.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use memleak_tests::{cargo_memleak, privileged, workspace_root};
+use serde_json::Value;
+
+/// How a test ends under `cargo memleak test` with no budgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Passes: the test passes and loses nothing.
+    Ok,
+    /// Passes as a test, fails the leak gate.
+    Leaks,
+    /// The test itself fails (exit code 101).
+    Fails,
+    /// Killed by SIGABRT.
+    Aborts,
+    /// Killed by the timeout.
+    TimesOut,
+}
+
+use Verdict::*;
+
+/// (binary id, test, verdict, lost bytes, lost blocks) with `--include-ignored`.
+const EXPECTED: &[(&str, &str, Verdict, u64, u64)] = &[
+    ("alpha", "tests::leaks_in_a_unit_test", Leaks, 2048, 1),
+    ("alpha", "tests::sums_without_leaking", Ok, 0, 0),
+    ("alpha::gate", "adds_numbers", Ok, 0, 0),
+    ("alpha::gate", "fills_statics", Ok, 0, 0),
+    ("alpha::gate", "leaks_a_vec", Leaks, 4000, 1),
+    ("alpha::gate", "leaks_an_rc_cycle", Leaks, 2064, 2),
+    ("alpha::gate", "panics_as_expected", Ok, 0, 0),
+    ("alpha::gate", "prints", Ok, 0, 0),
+    ("alpha::gate", "spawns_threads", Ok, 0, 0),
+    ("beta", "tests::aborts", Aborts, 0, 0),
+    ("beta", "tests::hangs", TimesOut, 0, 0),
+    ("beta", "tests::ignored_leak", Leaks, 512, 1),
+    ("beta", "tests::panics", Fails, 0, 0),
+    ("beta::bin/beta", "tests::runs_in_the_package_dir", Ok, 0, 0),
+    ("beta::env", "sees_cargo_env", Ok, 0, 0),
+];
+
+const TIMEOUT: &str = "3";
+
+fn manifest() -> PathBuf {
+    workspace_root().join("fixtures/workspace/Cargo.toml")
+}
+
+/// A scratch directory for baselines and reports, unique to this test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = workspace_root()
+        .join("target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+#[derive(Debug)]
+struct TestRun {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl TestRun {
+    /// The JSON events (with `--message-format json`).
+    fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+            .collect()
+    }
+
+    /// `test-finished` events by (binary id, test).
+    fn finished(&self) -> BTreeMap<(String, String), Value> {
+        self.events()
+            .into_iter()
+            .filter(|event| event["event"] == "test-finished")
+            .map(|event| {
+                let key = (
+                    event["binary_id"].as_str().unwrap_or_default().to_owned(),
+                    event["test"].as_str().unwrap_or_default().to_owned(),
+                );
+                (key, event)
+            })
+            .collect()
+    }
+}
+
+/// `cargo memleak test --manifest-path fixtures/workspace/Cargo.toml ARGS`.
+fn memleak_test(args: &[&str], env: &[(&str, &str)]) -> TestRun {
+    let output = Command::new(cargo_memleak())
+        .args(["memleak", "test", "--manifest-path"])
+        .arg(manifest())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("cargo-memleak runs");
+    TestRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// The whole workspace, ignored tests included, no budgets, JSON and JUnit: shared.
+fn full_run() -> &'static (TestRun, String) {
+    static RUN: OnceLock<(TestRun, String)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = scratch("full");
+        let junit = dir.join("junit.xml");
+        let run = memleak_test(
+            &[
+                "--workspace",
+                "--timeout",
+                TIMEOUT,
+                "--baseline",
+                path_str(&dir.join("none.json")),
+                "--junit",
+                path_str(&junit),
+                "--message-format",
+                "json",
+                "--include-ignored",
+            ],
+            &[],
+        );
+        let xml = std::fs::read_to_string(&junit).unwrap_or_default();
+        (run, xml)
+    })
+}
+
+#[test]
+fn every_test_gets_the_expected_verdict_and_figures() {
+    if !privileged("every_test_gets_the_expected_verdict_and_figures") {
+        return;
+    }
+    let (run, _) = full_run();
+    assert_eq!(run.code, 100, "tests failed: exit 100; stderr: {}", run.stderr);
+    let finished = run.finished();
+    let names: Vec<_> = finished.keys().cloned().collect();
+    let expected: Vec<_> = EXPECTED
+        .iter()
+        .map(|(binary, test, ..)| (binary.to_string(), test.to_string()))
+        .collect();
+    assert_eq!(names, expected, "every test ran once");
+    for &(binary, test, verdict, bytes, blocks) in EXPECTED {
+        let event = &finished[&(binary.to_owned(), test.to_owned())];
+        let context = format!("[{binary}] {test}: {event:#}");
+        let result = event["result"].as_str().unwrap_or_default();
+        assert_eq!(result == "ok", verdict == Ok, "{context}");
+        assert_eq!(event["lost"]["bytes"], bytes, "{context}");
+        assert_eq!(event["lost"]["blocks"], blocks, "{context}");
+        let failures: Vec<&str> = event["failures"]
+            .as_array()
+            .expect("failures")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let first = failures.first().copied().unwrap_or_default();
+        match verdict {
+            Ok => assert!(failures.is_empty(), "{context}"),
+            Leaks => {
+                assert_eq!(
+                    failures,
+                    [format!(
+                        "lost {bytes} bytes in {blocks} blocks, over its budget of 0 bytes in 0 blocks"
+                    )],
+                    "{context}"
+                );
+                assert_eq!(event["exit"], serde_json::json!({"kind": "exited", "code": 0}));
+            }
+            Fails => assert_eq!(first, "the test failed: exit code 101", "{context}"),
+            Aborts => assert_eq!(first, "the test failed: killed by SIGABRT", "{context}"),
+            TimesOut => {
+                assert_eq!(
+                    first,
+                    format!("timed out after {TIMEOUT} s; its process group was killed"),
+                    "{context}"
+                );
+                assert_eq!(event["timed_out"], true);
+            }
+        }
+        if verdict == Leaks {
+            assert!(!event["stacks"].as_array().expect("stacks").is_empty(), "{context}");
+        }
+    }
+    // The captured output of a failed test comes with it.
+    let aborted = &finished[&("beta".to_owned(), "tests::aborts".to_owned())];
+    assert!(
+        aborted["output"].as_str().unwrap_or_default().contains("about to abort"),
+        "{aborted:#}"
+    );
+    let summary = run.events().pop().expect("events");
+    assert_eq!(summary["event"], "run-finished");
+    assert_eq!(summary["passed"], 8);
+    assert_eq!(summary["failed"], 7);
+    assert_eq!(summary["exit_code"], 100);
+}
+
+#[test]
+fn leaking_tests_show_their_stack_with_file_and_line() {
+    if !privileged("leaking_tests_show_their_stack_with_file_and_line") {
+        return;
+    }
+    let (run, _) = full_run();
+    let finished = run.finished();
+    let event = &finished[&("alpha::gate".to_owned(), "leaks_a_vec".to_owned())];
+    let stack = &event["stacks"][0];
+    assert_eq!(stack["category"], "definitely_lost");
+    assert_eq!(stack["bytes"], 4000);
+    let frames = stack["frames"].as_array().expect("frames");
+    let leaker = frames
+        .iter()
+        .find(|frame| frame["symbol"] == "alpha::leak_bytes")
+        .unwrap_or_else(|| panic!("alpha::leak_bytes in {stack:#}"));
+    let source = workspace_root().join("fixtures/workspace/alpha/src/lib.rs");
+    let line = memleak_tests::marker_line(&source, "leak_bytes");
+    assert_eq!(leaker["line"], line);
+    assert!(
+        leaker["file"].as_str().unwrap_or_default().ends_with("alpha/src/lib.rs"),
+        "{leaker:#}"
+    );
+    assert!(
+        frames.iter().any(|frame| frame["symbol"] == "gate::leaks_a_vec"),
+        "the test's own frame: {stack:#}"
+    );
+}
+
+#[test]
+fn junit_has_a_suite_per_binary_and_a_case_per_test() {
+    if !privileged("junit_has_a_suite_per_binary_and_a_case_per_test") {
+        return;
+    }
+    let (_, xml) = full_run();
+    let document = roxmltree::Document::parse(xml).expect("the JUnit file parses as XML");
+    let suites: Vec<_> = document
+        .descendants()
+        .filter(|node| node.has_tag_name("testsuite"))
+        .collect();
+    let suite_names: Vec<&str> = suites.iter().filter_map(|s| s.attribute("name")).collect();
+    assert_eq!(
+        suite_names,
+        ["alpha", "alpha::gate", "beta", "beta::bin/beta", "beta::env"]
+    );
+    let mut cases = Vec::new();
+    for suite in &suites {
+        for case in suite.children().filter(|node| node.has_tag_name("testcase")) {
+            let failure = case
+                .children()
+                .find(|node| node.has_tag_name("failure"))
+                .map(|node| node.text().unwrap_or_default().to_owned());
+            cases.push((
+                suite.attribute("name").unwrap_or_default().to_owned(),
+                case.attribute("name").unwrap_or_default().to_owned(),
+                failure,
+            ));
+        }
+    }
+    assert_eq!(cases.len(), EXPECTED.len());
+    for (binary, test, failure) in &cases {
+        let &(_, _, verdict, bytes, _) = EXPECTED
+            .iter()
+            .find(|(b, t, ..)| b == binary && t == test)
+            .unwrap_or_else(|| panic!("unexpected case [{binary}] {test}"));
+        assert_eq!(failure.is_none(), verdict == Ok, "[{binary}] {test}");
+        if verdict == Leaks {
+            let text = failure.as_deref().unwrap_or_default();
+            assert!(
+                text.contains(&format!("lost {bytes} bytes")) && text.contains("from stack"),
+                "the leak report is in the failure text: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn libtest_output_lists_each_test_and_the_leaking_stack() {
+    if !privileged("libtest_output_lists_each_test_and_the_leaking_stack") {
+        return;
+    }
+    let dir = scratch("human");
+    let run = memleak_test(
+        &[
+            "-p",
+            "alpha",
+            "--baseline",
+            path_str(&dir.join("none.json")),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 100, "{}", run.stderr);
+    let line = |test: &str| {
+        run.stdout
+            .lines()
+            .find(|line| line.starts_with("test ") && line.contains(&format!("] {test} ")))
+            .unwrap_or_else(|| panic!("a line for {test}: {}", run.stdout))
+            .to_owned()
+    };
+    assert!(line("leaks_a_vec").ends_with("FAILED"), "{}", line("leaks_a_vec"));
+    assert!(line("adds_numbers").ends_with("ok"));
+    assert!(line("leaks_a_vec").starts_with("test [alpha::gate] leaks_a_vec"));
+    let failure = run
+        .stdout
+        .split("---- leaks_a_vec ----\nin test binary alpha::gate\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a failure section: {}", run.stdout));
+    assert!(
+        failure.contains("memleak: lost 4000 bytes in 1 blocks, over its budget of 0 bytes in 0 blocks"),
+        "{failure}"
+    );
+    assert!(failure.contains("4000 bytes in 1 allocations from stack (definitely lost)"));
+    assert!(failure.contains("alpha::leak_bytes+0x"), "{failure}");
+    assert!(
+        run.stdout.contains("test result: FAILED. 6 passed; 3 failed; 0 ignored"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn bless_then_pass_until_a_new_leak() {
+    if !privileged("bless_then_pass_until_a_new_leak") {
+        return;
+    }
+    let dir = scratch("bless");
+    let baseline = dir.join("memleak-baseline.json");
+    let base = ["-p", "alpha", "--baseline", path_str(&baseline)];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        base.iter().chain(extra).map(|arg| arg.to_string()).collect()
+    };
+
+    let blessed = memleak_test(&strs(&with(&["--bless"])), &[]);
+    assert_eq!(blessed.code, 0, "{}", blessed.stderr);
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).expect("written")).expect("JSON");
+    assert_eq!(file["version"], 1);
+    let budget = |binary: &str, test: &str| file["tests"][binary][test]["lost"].clone();
+    assert_eq!(
+        budget("alpha::gate", "leaks_a_vec"),
+        serde_json::json!({"bytes": 4000, "blocks": 1})
+    );
+    assert_eq!(
+        budget("alpha::gate", "leaks_an_rc_cycle"),
+        serde_json::json!({"bytes": 2064, "blocks": 2})
+    );
+    assert_eq!(
+        budget("alpha", "tests::leaks_in_a_unit_test"),
+        serde_json::json!({"bytes": 2048, "blocks": 1})
+    );
+    let budgets: usize = file["tests"]
+        .as_object()
+        .expect("tests")
+        .values()
+        .map(|tests| tests.as_object().map_or(0, |t| t.len()))
+        .sum();
+    assert_eq!(budgets, 3, "only leaking tests get budgets: {file:#}");
+    assert_eq!(
+        file["tests"]["alpha::gate"]["leaks_a_vec"]["stacks"][0]["frames"][0],
+        "alpha::leak_bytes",
+        "stacks are keyed by symbol names"
+    );
+
+    let rerun = memleak_test(&strs(&with(&["--message-format", "json"])), &[]);
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    assert!(rerun.finished().values().all(|event| event["result"] == "ok"));
+
+    // A new leak in a test that had none fails that test, and only that one.
+    let leaky = memleak_test(
+        &strs(&with(&["--message-format", "json"])),
+        &[("MEMLEAK_FIXTURE_EXTRA_LEAK", "777")],
+    );
+    assert_eq!(leaky.code, 100, "{}", leaky.stderr);
+    let failed: Vec<_> = leaky
+        .finished()
+        .into_iter()
+        .filter(|(_, event)| event["result"] != "ok")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    let ((binary, test), event) = &failed[0];
+    assert_eq!((binary.as_str(), test.as_str()), ("alpha::gate", "adds_numbers"));
+    assert_eq!(event["lost"], serde_json::json!({"bytes": 777, "blocks": 1}));
+    let after = std::fs::read_to_string(&baseline).expect("still there");
+    assert_eq!(serde_json::from_str::<Value>(&after).expect("JSON"), file, "a failed run never writes");
+}
+
+#[test]
+fn stale_entries_are_reported_and_blessing_drops_them() {
+    if !privileged("stale_entries_are_reported_and_blessing_drops_them") {
+        return;
+    }
+    let dir = scratch("stale");
+    let baseline = dir.join("memleak-baseline.json");
+    std::fs::write(
+        &baseline,
+        r#"{
+  "version": 1,
+  "tests": {
+    "alpha::gate": {
+      "leaks_a_vec": { "lost": { "bytes": 4000, "blocks": 1 } },
+      "was_renamed": { "lost": { "bytes": 10, "blocks": 1 } }
+    },
+    "gone::it": { "old": { "lost": { "bytes": 1, "blocks": 1 } } }
+  }
+}
+"#,
+    )
+    .expect("baseline written");
+    let args = ["-p", "alpha", "--test", "gate", "--baseline", path_str(&baseline), "leaks_a_vec"];
+    let run = memleak_test(&args, &[]);
+    assert_eq!(run.code, 0, "within its budget: {}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "memleak: stale baseline entry alpha::gate was_renamed: no such test any more; \
+             --bless removes it"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("memleak: stale baseline entry gone::it: no such test binary any more"),
+        "{}",
+        run.stderr
+    );
+    let blessed = memleak_test(&[&args[..], &["--bless"]].concat(), &[]);
+    assert_eq!(blessed.code, 0, "{}", blessed.stderr);
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).expect("kept")).expect("JSON");
+    assert_eq!(
+        file["tests"].as_object().expect("tests").keys().collect::<Vec<_>>(),
+        ["alpha::gate"]
+    );
+    assert_eq!(
+        file["tests"]["alpha::gate"].as_object().expect("gate").keys().collect::<Vec<_>>(),
+        ["leaks_a_vec"]
+    );
+}
+
+#[test]
+fn a_malformed_baseline_is_an_error_with_its_position_and_is_left_alone() {
+    if !privileged("a_malformed_baseline_is_an_error_with_its_position_and_is_left_alone") {
+        return;
+    }
+    let dir = scratch("malformed");
+    let baseline = dir.join("memleak-baseline.json");
+    let text = "{\n  \"version\": 1,\n  \"tests\": { \"alpha\": 3 }\n}\n";
+    std::fs::write(&baseline, text).expect("written");
+    for extra in [&[][..], &["--bless"][..]] {
+        let args = [&["-p", "alpha", "--baseline", path_str(&baseline)][..], extra].concat();
+        let run = memleak_test(&args, &[]);
+        assert_eq!(run.code, 96, "{}", run.stderr);
+        let last = run.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("error: {}:3:", baseline.display())),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(std::fs::read_to_string(&baseline).expect("kept"), text);
+    }
+    let suppressions = dir.join("suppressions.txt");
+    std::fs::write(&suppressions, "# ours\nleak:fine\nrace:nope\n").expect("written");
+    let run = memleak_test(
+        &["-p", "alpha", "--suppressions", path_str(&suppressions)],
+        &[],
+    );
+    assert_eq!(run.code, 96, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("{}:3:1: `race:` suppressions are not supported", suppressions.display())),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn suppressions_match_functions_like_leak_sanitizer() {
+    if !privileged("suppressions_match_functions_like_leak_sanitizer") {
+        return;
+    }
+    let dir = scratch("suppress");
+    let suppressions = dir.join("suppressions.txt");
+    std::fs::write(&suppressions, "# alpha's helper leaks on purpose\nleak:^alpha::leak_bytes$\n")
+        .expect("written");
+    let run = memleak_test(
+        &[
+            "-p",
+            "alpha",
+            "--baseline",
+            path_str(&dir.join("none.json")),
+            "--suppressions",
+            path_str(&suppressions),
+            "--message-format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 100, "the Rc cycle still fails: {}", run.stderr);
+    let failed: Vec<String> = run
+        .finished()
+        .into_iter()
+        .filter(|(_, event)| event["result"] != "ok")
+        .map(|((_, test), _)| test)
+        .collect();
+    assert_eq!(failed, ["leaks_an_rc_cycle"]);
+    let finished = run.finished();
+    let suppressed = &finished[&("alpha::gate".to_owned(), "leaks_a_vec".to_owned())];
+    assert_eq!(suppressed["suppressed"], serde_json::json!({"bytes": 4000, "blocks": 1}));
+    assert_eq!(suppressed["lost"], serde_json::json!({"bytes": 0, "blocks": 0}));
+}
+
+#[test]
+fn filters_select_tests_like_cargo_test() {
+    if !privileged("filters_select_tests_like_cargo_test") {
+        return;
+    }
+    let dir = scratch("filters");
+    let none = dir.join("none.json");
+    let ran = |args: &[&str]| -> (i32, Vec<String>) {
+        let args = [&["--baseline", path_str(&none), "--message-format", "json"][..], args].concat();
+        let run = memleak_test(&args, &[]);
+        let tests = run.finished().into_keys().map(|(_, test)| test).collect();
+        (run.code, tests)
+    };
+    assert_eq!(ran(&["-p", "alpha", "leaks_a_v"]), (100, vec!["leaks_a_vec".to_owned()]));
+    assert_eq!(
+        ran(&["-p", "alpha", "--", "--exact", "adds_numbers"]),
+        (0, vec!["adds_numbers".to_owned()])
+    );
+    let (code, tests) = ran(&["-p", "alpha", "--test", "gate", "--skip", "leaks", "--skip", "print"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        tests,
+        ["adds_numbers", "fills_statics", "panics_as_expected", "spawns_threads"]
+    );
+    assert_eq!(
+        ran(&["-p", "beta", "--lib", "--ignored"]),
+        (100, vec!["tests::ignored_leak".to_owned()])
+    );
+    assert_eq!(ran(&["-p", "alpha", "no_such_test"]), (4, vec![]));
+}
+
+#[test]
+fn run_checks_its_binary_against_the_baseline() {
+    if !privileged("run_checks_its_binary_against_the_baseline") {
+        return;
+    }
+    let dir = scratch("run-gate");
+    let baseline = dir.join("memleak-baseline.json");
+    let manifest = workspace_root().join("fixtures/leaky/Cargo.toml");
+    let run = |extra: &[&str]| {
+        let output = Command::new(cargo_memleak())
+            .args(["memleak", "run", "--manifest-path"])
+            .arg(&manifest)
+            .args(["--baseline", path_str(&baseline)])
+            .args(extra)
+            .args(["--", "malloc"])
+            .output()
+            .expect("runs");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, 100, "30000 bytes lost, no budget: {stderr}");
+    assert!(
+        stderr.contains("memleak: leaky::bin/leaky: lost 30000 bytes in 1 blocks, over its budget of 0 bytes in 0 blocks"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["--bless"]);
+    assert_eq!(code, 0, "{stderr}");
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).expect("written")).expect("JSON");
+    assert_eq!(
+        file["runs"]["leaky::bin/leaky"]["lost"],
+        serde_json::json!({"bytes": 30000, "blocks": 1})
+    );
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, 0, "within budget now: {stderr}");
+}
