@@ -189,6 +189,73 @@ struct Shared {
     gate: LoadedGate,
     options: TestOptions,
     results: Mutex<Vec<TestResult>>,
+    progress: Progress,
+}
+
+/// A progress line on stderr for long runs (stderr a terminal, human output): redrawn every
+/// half second once a run has lasted two, and erased before libtest prints each result.
+struct Progress {
+    enabled: bool,
+    start: Instant,
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    done: usize,
+    /// Tests that will run (selected, not ignored).
+    total: usize,
+    drawn: bool,
+    /// No redraw before this: libtest is about to print a result line.
+    quiet_until: Option<Instant>,
+    finished: bool,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            start: Instant::now(),
+            state: Mutex::new(ProgressState::default()),
+        }
+    }
+
+    /// A test finished: erase the line so libtest's result line starts clean.
+    fn test_done(&self) {
+        let mut state = lock(&self.state);
+        state.done += 1;
+        if state.drawn {
+            eprint!("\r\x1b[K");
+            state.drawn = false;
+        }
+        state.quiet_until = Some(Instant::now() + Duration::from_millis(200));
+    }
+
+    fn draw(&self) {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        if state.finished
+            || now.duration_since(self.start) < Duration::from_secs(2)
+            || state.quiet_until.is_some_and(|until| now < until)
+        {
+            return;
+        }
+        eprint!(
+            "\r\x1b[Kmemleak: {}/{} tests done, {:.0} s",
+            state.done,
+            state.total,
+            now.duration_since(self.start).as_secs_f64()
+        );
+        state.drawn = true;
+    }
+
+    fn finish(&self) {
+        let mut state = lock(&self.state);
+        if state.drawn {
+            eprint!("\r\x1b[K");
+        }
+        state.finished = true;
+    }
 }
 
 thread_local! {
@@ -236,11 +303,14 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
     };
     let mut tracer = tracer;
     tracer.attach_everywhere()?;
+    let progress_wanted = options.message_format == MessageFormat::Human
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let shared = Arc::new(Shared {
         tracer: Mutex::new(tracer),
         gate,
         options: options.clone(),
         results: Mutex::new(Vec::new()),
+        progress: Progress::new(progress_wanted),
     });
     let trials: Vec<Trial> = cases
         .iter()
@@ -257,6 +327,7 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
                     });
                 }
                 lock(&shared.results).push(result);
+                shared.progress.test_done();
                 failure.map_or(Ok(()), |message| Err(Failed::from(message)))
             })
             .with_kind(case.binary.id.clone())
@@ -273,6 +344,7 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
         .filter(|trial| !arguments.is_filtered_out(trial) && arguments.is_ignored(trial))
         .map(|trial| (trial.kind().to_owned(), trial.name().to_owned()))
         .collect();
+    lock(&shared.progress.state).total = selected.len() - skipped.len();
     if options.message_format == MessageFormat::Json {
         emit(&JsonEvent::RunStarted {
             tests: selected.len(),
@@ -280,7 +352,20 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
         });
     }
 
-    let conclusion = libtest_mimic::run(&arguments, trials);
+    let conclusion = std::thread::scope(|scope| {
+        if shared.progress.enabled {
+            let progress = &shared.progress;
+            scope.spawn(move || {
+                while !lock(&progress.state).finished {
+                    std::thread::sleep(Duration::from_millis(500));
+                    progress.draw();
+                }
+            });
+        }
+        let conclusion = libtest_mimic::run(&arguments, trials);
+        shared.progress.finish();
+        conclusion
+    });
     let results = std::mem::take(&mut *lock(&shared.results));
     let shared = match Arc::try_unwrap(shared) {
         Ok(shared) => shared,
@@ -290,8 +375,9 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
             ));
         }
     };
-    // Probes come off here (a couple of seconds, in the kernel).
-    drop(shared.tracer);
+    // The probes come off when this goes out of scope, after every result is out: removing
+    // them takes the kernel a couple of seconds (see Tracer::detach).
+    let _tracer = shared.tracer;
     let gate = shared.gate;
 
     let stale = stale_entries(&gate.baseline, &listed, &workspace_members);

@@ -473,6 +473,120 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
             megabytes / (ms / 1e3)
         );
     }
+    bench_suite(&memleak, runs)
+}
+
+/// The fixture workspace's tests (all but the one that hangs), each as its own process, as
+/// many at once as there are CPUs: plainly, then under `cargo memleak test`.
+fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
+    let root = workspace_root();
+    let manifest = root.join("fixtures/workspace/Cargo.toml");
+    let jobs = std::thread::available_parallelism().map_or(1, usize::from);
+    // The same build cargo memleak makes (its target dir, frame pointers): nothing rebuilds.
+    let built = output(
+        cargo()
+            .args(["test", "--no-run", "--workspace", "--message-format=json", "--quiet"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", root.join("fixtures/workspace/target/memleak"))
+            .env("CARGO_ENCODED_RUSTFLAGS", "-Cforce-frame-pointers=yes")
+            .env_remove("RUSTFLAGS"),
+        "cargo test --no-run on fixtures/workspace",
+    )?;
+    let mut tests: Vec<(PathBuf, PathBuf, String)> = Vec::new();
+    for line in built.lines() {
+        let message: serde_json::Value = serde_json::from_str(line)?;
+        let (Some(exe), Some(true)) = (
+            message["executable"].as_str(),
+            message["profile"]["test"].as_bool(),
+        ) else {
+            continue;
+        };
+        let manifest_path = message["manifest_path"].as_str().context("manifest_path")?;
+        let dir = Path::new(manifest_path).parent().context("package dir")?;
+        let listed = output(
+            Command::new(exe).args(["--list", "--format", "terse"]),
+            "listing tests",
+        )?;
+        for name in listed.lines().filter_map(|line| line.strip_suffix(": test")) {
+            if name != "tests::hangs" {
+                tests.push((exe.into(), dir.to_owned(), name.to_owned()));
+            }
+        }
+    }
+    let plain = || -> Duration {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(|| {
+                    while let Some((exe, dir, name)) =
+                        tests.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        let _ = Command::new(exe)
+                            .args(["--exact", name, "--nocapture"])
+                            .current_dir(dir)
+                            .output();
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    };
+    // Wall time until the results are out (the run-finished event), and until exit (after the
+    // kernel has removed the probes).
+    let traced = || -> Result<(Duration, Duration)> {
+        let start = Instant::now();
+        let mut child = Command::new(memleak)
+            .args(["memleak", "test", "--workspace", "--skip", "tests::hangs", "--exact"])
+            .args(["--baseline", "/nonexistent/memleak-baseline.json"])
+            .args(["--message-format", "json", "--manifest-path"])
+            .arg(&manifest)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cargo memleak test")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut results = None;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if line?.contains("\"event\":\"run-finished\"") {
+                results = Some(start.elapsed());
+            }
+        }
+        let status = child.wait()?;
+        ensure!(
+            status.code() == Some(100),
+            "cargo memleak test on the fixture: expected exit 100 (its leaky tests), got {status}"
+        );
+        Ok((results.context("a run-finished event")?, start.elapsed()))
+    };
+    traced()?; // warm: builds if needed
+    let (mut plain_runs, mut results_runs, mut exit_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        plain_runs.push(plain());
+        let (results, exit) = traced()?;
+        results_runs.push(results);
+        exit_runs.push(exit);
+    }
+    let (plain, results, exit) = (median(plain_runs), median(results_runs), median(exit_runs));
+    println!(
+        "fixture suite: {} tests, each its own process, {jobs} at once (median of {runs}):",
+        tests.len()
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("  {:<34} {:>11.1} ms", "plain processes", ms(plain));
+    println!(
+        "  {:<34} {:>11.1} ms {:>9.1}x",
+        "cargo memleak test, results out",
+        ms(results),
+        ms(results) / ms(plain)
+    );
+    println!(
+        "  {:<34} {:>11.1} ms {:>9.1}x",
+        "cargo memleak test, exited",
+        ms(exit),
+        ms(exit) / ms(plain)
+    );
     Ok(())
 }
 
