@@ -280,10 +280,10 @@ pub fn path(given: Option<&Path>, workspace_root: &Path) -> PathBuf {
         .unwrap_or_else(|| workspace_root.join(FILE_NAME))
 }
 
-/// A stack's key in the baseline: up to [`STACK_KEY_FRAMES`] symbol names from the first frame
-/// that is not the allocator or the standard library's allocation plumbing (`alloc::`,
-/// `core::`, `std::`, `__rust_alloc`, ...), so it names the code that allocated and survives
-/// toolchain changes below it. Unknown frames are `??`.
+/// A stack's key in the baseline: the first [`STACK_KEY_FRAMES`] symbol names above libtest's
+/// harness that are not the standard library's (`alloc::`, `core::`, `std::`, their trait
+/// impls, `__rust_alloc`, ...), so it names the code that allocated and survives toolchain
+/// changes. A stack of standard-library frames only is keyed by those. Unknown frames are `??`.
 pub fn stack_key(frames: &[Frame]) -> Vec<String> {
     let names: Vec<String> = frames
         .iter()
@@ -299,17 +299,18 @@ pub fn stack_key(frames: &[Frame]) -> Vec<String> {
             .iter()
             .any(|prefix| name.starts_with(prefix))
     };
-    let first = names
-        .iter()
-        .position(|name| !plumbing(name))
-        .unwrap_or(0);
-    names
-        .into_iter()
-        .skip(first)
-        // libtest's harness is below the test: not part of what leaked.
-        .take_while(|name| !name.starts_with("test::"))
+    // libtest's harness is below the test: not part of what leaked.
+    let before_harness = || names.iter().take_while(|name| !name.starts_with("test::"));
+    let key: Vec<String> = before_harness()
+        .filter(|name| !plumbing(name))
         .take(STACK_KEY_FRAMES)
-        .collect()
+        .cloned()
+        .collect();
+    if key.is_empty() {
+        // Only the standard library's own frames (its runtime allocating): key by those.
+        return before_harness().take(STACK_KEY_FRAMES).cloned().collect();
+    }
+    key
 }
 
 /// What counts toward the gate.
@@ -510,13 +511,23 @@ mod tests {
             "alloc::vec::from_elem",
             "alpha::leak_bytes",
             "gate::leaks_a_vec",
+            "core::ops::function::FnOnce::call_once",
+            "gate::leaks_a_vec::{{closure}}",
             "test::run_test",
+            "main",
             "std::rt::lang_start",
         ]
         .into_iter()
         .map(named)
         .collect();
-        assert_eq!(stack_key(&frames), ["alpha::leak_bytes", "gate::leaks_a_vec"]);
+        assert_eq!(
+            stack_key(&frames),
+            ["alpha::leak_bytes", "gate::leaks_a_vec", "gate::leaks_a_vec::{{closure}}"]
+        );
+        assert_eq!(
+            stack_key(&frames[..2]),
+            ["<std::alloc::System as core::alloc::global::GlobalAlloc>::alloc", "__rust_alloc"]
+        );
         let suppression = Suppression::parse("leak:gate-*").unwrap();
         assert!(suppression.matches(&frames), "module names match");
         let suppression = Suppression::parse("leak:alpha/src/lib.rs$").unwrap();
