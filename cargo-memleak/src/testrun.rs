@@ -156,7 +156,10 @@ pub struct TestResult {
 #[serde(tag = "event", rename_all = "kebab-case")]
 enum JsonEvent<'a> {
     RunStarted {
+        /// Tests that will run.
         tests: usize,
+        /// Selected but ignored: they will not run.
+        ignored: usize,
         jobs: usize,
     },
     TestFinished {
@@ -334,20 +337,20 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
             .with_ignored_flag(case.ignored)
         })
         .collect();
-    let selected: Vec<(String, String)> = trials
+    let selected = trials
         .iter()
         .filter(|trial| !arguments.is_filtered_out(trial))
-        .map(|trial| (trial.kind().to_owned(), trial.name().to_owned()))
-        .collect();
+        .count();
     let skipped: Vec<(String, String)> = trials
         .iter()
         .filter(|trial| !arguments.is_filtered_out(trial) && arguments.is_ignored(trial))
         .map(|trial| (trial.kind().to_owned(), trial.name().to_owned()))
         .collect();
-    lock(&shared.progress.state).total = selected.len() - skipped.len();
+    lock(&shared.progress.state).total = selected - skipped.len();
     if options.message_format == MessageFormat::Json {
         emit(&JsonEvent::RunStarted {
-            tests: selected.len(),
+            tests: selected - skipped.len(),
+            ignored: skipped.len(),
             jobs: options.jobs,
         });
     }
@@ -370,9 +373,10 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
     let shared = match Arc::try_unwrap(shared) {
         Ok(shared) => shared,
         Err(_) => {
-            return Err(Error::Selection(
-                "internal: a test runner outlived the run".into(),
-            ));
+            return Err(Error::Io {
+                context: "finishing the test run".into(),
+                source: std::io::Error::other("a test runner outlived the run"),
+            });
         }
     };
     // The probes come off when this goes out of scope, after every result is out: removing

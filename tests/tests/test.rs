@@ -208,6 +208,10 @@ fn every_test_gets_the_expected_verdict_and_figures() {
         aborted["output"].as_str().unwrap_or_default().contains("about to abort"),
         "{aborted:#}"
     );
+    let started = &run.events()[0];
+    assert_eq!(started["event"], "run-started");
+    assert_eq!(started["tests"], 15, "{started}");
+    assert_eq!(started["ignored"], 0, "--include-ignored runs them: {started}");
     let summary = run.events().pop().expect("events");
     assert_eq!(summary["event"], "run-finished");
     assert_eq!(summary["passed"], 8);
