@@ -221,14 +221,13 @@ pub fn read_suppressions(path: &Path) -> Result<Vec<Suppression>> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let suppression = Suppression::parse(trimmed).map_err(|(column, message)| {
-            Error::Baseline {
+        let suppression =
+            Suppression::parse(trimmed).map_err(|(column, message)| Error::Baseline {
                 path: path.to_owned(),
                 line: index + 1,
                 column: indent + column + 1,
                 message,
-            }
-        })?;
+            })?;
         suppressions.push(suppression);
     }
     Ok(suppressions)
@@ -293,11 +292,12 @@ pub fn stack_key(frames: &[Frame]) -> Vec<String> {
     // `alloc::vec::from_elem`, and `<u8 as alloc::vec::SpecFromElem>::from_elem` too.
     let plumbing = |name: &str| {
         let name = name.trim_start_matches('<');
-        CRATES.iter().any(|krate| {
-            name.starts_with(krate) || name.contains(&format!(" as {krate}"))
-        }) || ["__rust", "__rdl", "__rg_"]
+        CRATES
             .iter()
-            .any(|prefix| name.starts_with(prefix))
+            .any(|krate| name.starts_with(krate) || name.contains(&format!(" as {krate}")))
+            || ["__rust", "__rdl", "__rg_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
     };
     // libtest's harness is below the test: not part of what leaked.
     let before_harness = || names.iter().take_while(|name| !name.starts_with("test::"));
@@ -522,17 +522,28 @@ mod tests {
         .collect();
         assert_eq!(
             stack_key(&frames),
-            ["alpha::leak_bytes", "gate::leaks_a_vec", "gate::leaks_a_vec::{{closure}}"]
+            [
+                "alpha::leak_bytes",
+                "gate::leaks_a_vec",
+                "gate::leaks_a_vec::{{closure}}"
+            ]
         );
         assert_eq!(
             stack_key(&frames[..2]),
-            ["<std::alloc::System as core::alloc::global::GlobalAlloc>::alloc", "__rust_alloc"]
+            [
+                "<std::alloc::System as core::alloc::global::GlobalAlloc>::alloc",
+                "__rust_alloc"
+            ]
         );
         let suppression = Suppression::parse("leak:gate-*").unwrap();
         assert!(suppression.matches(&frames), "module names match");
         let suppression = Suppression::parse("leak:alpha/src/lib.rs$").unwrap();
         assert!(suppression.matches(&frames), "file names match");
-        assert!(!Suppression::parse("leak:^leaks_a_vec").unwrap().matches(&frames));
+        assert!(
+            !Suppression::parse("leak:^leaks_a_vec")
+                .unwrap()
+                .matches(&frames)
+        );
     }
 
     #[test]

@@ -391,11 +391,17 @@ fn executable(
         .map(|package| package.name.to_string())
         .unwrap_or_else(|| artifact.target.name.clone());
     let kind = &artifact.target.kind;
-    let id = if kind
-        .iter()
-        .any(|kind| matches!(kind, TargetKind::Lib | TargetKind::ProcMacro | TargetKind::RLib
-            | TargetKind::DyLib | TargetKind::CDyLib | TargetKind::StaticLib))
-    {
+    let id = if kind.iter().any(|kind| {
+        matches!(
+            kind,
+            TargetKind::Lib
+                | TargetKind::ProcMacro
+                | TargetKind::RLib
+                | TargetKind::DyLib
+                | TargetKind::CDyLib
+                | TargetKind::StaticLib
+        )
+    }) {
         package_name.clone()
     } else if kind.contains(&TargetKind::Test) {
         format!("{package_name}::{}", artifact.target.name)

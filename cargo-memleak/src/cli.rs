@@ -15,11 +15,11 @@ use crate::{
     baseline::{self, FailOn},
     build::{BuildOptions, RunSelection, TestSelection},
     error::{Error, Result, exit},
-    testrun::{self, Gate, LoadedGate, MessageFormat, TestFilters, TestOptions},
     report::{self, Format, SortKey},
     session::{self, TraceOptions},
     spawn::Command,
     symbolize::Symbolizer,
+    testrun::{self, Gate, LoadedGate, MessageFormat, TestFilters, TestOptions},
     tracer::Limits,
 };
 
@@ -87,7 +87,13 @@ pub struct TestArgs {
     #[arg(long, value_enum, default_value_t = MessageFormat::Human, help_heading = "Test run")]
     pub message_format: MessageFormat,
     /// Show this many lost stacks under a failed test.
-    #[arg(short = 'T', long, default_value_t = 10, value_name = "N", help_heading = "Test run")]
+    #[arg(
+        short = 'T',
+        long,
+        default_value_t = 10,
+        value_name = "N",
+        help_heading = "Test run"
+    )]
     pub top: usize,
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -461,7 +467,10 @@ fn judge_run(run: &session::TracedRun, gate: &LoadedGate, binary_id: &str) -> Re
         return Ok(exit::OK);
     }
     for reason in &judgement.over_budget {
-        eprintln!("memleak: {binary_id}: {reason} (baseline {})", gate.path.display());
+        eprintln!(
+            "memleak: {binary_id}: {reason} (baseline {})",
+            gate.path.display()
+        );
     }
     Ok(exit::FAILED)
 }

@@ -325,7 +325,11 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
                 let failure = failure_message(&result, shared.options.top);
                 if shared.options.message_format == MessageFormat::Json {
                     emit(&JsonEvent::TestFinished {
-                        result: if result.failures.is_empty() { "ok" } else { "failed" },
+                        result: if result.failures.is_empty() {
+                            "ok"
+                        } else {
+                            "failed"
+                        },
                         test: &result,
                     });
                 }
@@ -395,7 +399,11 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
                 "memleak: stale baseline entry {binary_id}{}: no such {} any more; --bless \
                  removes it",
                 test.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
-                if test.is_some() { "test" } else { "test binary" },
+                if test.is_some() {
+                    "test"
+                } else {
+                    "test binary"
+                },
             ),
         }
     }
@@ -427,7 +435,9 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `BIN --list --format terse` (and `--ignored`): every test, and whether it is ignored.
@@ -477,7 +487,11 @@ fn list(binary: &Executable) -> Result<Vec<(String, bool)>> {
 fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     let options = &shared.options;
     let gate = &shared.gate;
-    let mut args: Vec<OsString> = vec!["--exact".into(), case.name.clone().into(), "--nocapture".into()];
+    let mut args: Vec<OsString> = vec![
+        "--exact".into(),
+        case.name.clone().into(),
+        "--nocapture".into(),
+    ];
     if case.ignored {
         args.push("--ignored".into());
     }
@@ -517,7 +531,9 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         Ok(run) => run,
         Err(err) => {
             result.unmeasured = true;
-            result.failures.push(format!("cargo-memleak could not run it: {err}"));
+            result
+                .failures
+                .push(format!("cargo-memleak could not run it: {err}"));
             return result;
         }
     };
@@ -555,7 +571,9 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         ));
     } else if !run.status.success() {
         result.unmeasured = true;
-        result.failures.push(format!("the test failed: {}", run.status));
+        result
+            .failures
+            .push(format!("the test failed: {}", run.status));
     }
     if !report.is_complete() && !run.timed_out {
         if gate.options.allow_incomplete {
@@ -569,7 +587,9 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         }
     }
     if !gate.options.bless && !run.timed_out {
-        result.failures.extend(judgement.over_budget.iter().cloned());
+        result
+            .failures
+            .extend(judgement.over_budget.iter().cloned());
     }
     result.judgement = judgement;
     result
@@ -629,7 +649,11 @@ fn failure_message(result: &TestResult, top: usize) -> Option<String> {
         ("still reachable", summary.still_reachable),
         ("suppressed", result.suppressed),
     ] {
-        let _ = writeln!(out, "{words:>19}: {} bytes in {} blocks", amount.bytes, amount.blocks);
+        let _ = writeln!(
+            out,
+            "{words:>19}: {} bytes in {} blocks",
+            amount.bytes, amount.blocks
+        );
     }
     if result.unmeasured
         && let Some(output) = &result.output

@@ -153,7 +153,11 @@ fn every_test_gets_the_expected_verdict_and_figures() {
         return;
     }
     let (run, _) = full_run();
-    assert_eq!(run.code, 100, "tests failed: exit 100; stderr: {}", run.stderr);
+    assert_eq!(
+        run.code, 100,
+        "tests failed: exit 100; stderr: {}",
+        run.stderr
+    );
     let finished = run.finished();
     let names: Vec<_> = finished.keys().cloned().collect();
     let expected: Vec<_> = EXPECTED
@@ -185,7 +189,10 @@ fn every_test_gets_the_expected_verdict_and_figures() {
                     )],
                     "{context}"
                 );
-                assert_eq!(event["exit"], serde_json::json!({"kind": "exited", "code": 0}));
+                assert_eq!(
+                    event["exit"],
+                    serde_json::json!({"kind": "exited", "code": 0})
+                );
             }
             Fails => assert_eq!(first, "the test failed: exit code 101", "{context}"),
             Aborts => assert_eq!(first, "the test failed: killed by SIGABRT", "{context}"),
@@ -199,19 +206,28 @@ fn every_test_gets_the_expected_verdict_and_figures() {
             }
         }
         if verdict == Leaks {
-            assert!(!event["stacks"].as_array().expect("stacks").is_empty(), "{context}");
+            assert!(
+                !event["stacks"].as_array().expect("stacks").is_empty(),
+                "{context}"
+            );
         }
     }
     // The captured output of a failed test comes with it.
     let aborted = &finished[&("beta".to_owned(), "tests::aborts".to_owned())];
     assert!(
-        aborted["output"].as_str().unwrap_or_default().contains("about to abort"),
+        aborted["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("about to abort"),
         "{aborted:#}"
     );
     let started = &run.events()[0];
     assert_eq!(started["event"], "run-started");
     assert_eq!(started["tests"], 15, "{started}");
-    assert_eq!(started["ignored"], 0, "--include-ignored runs them: {started}");
+    assert_eq!(
+        started["ignored"], 0,
+        "--include-ignored runs them: {started}"
+    );
     let summary = run.events().pop().expect("events");
     assert_eq!(summary["event"], "run-finished");
     assert_eq!(summary["passed"], 8);
@@ -239,11 +255,16 @@ fn leaking_tests_show_their_stack_with_file_and_line() {
     let line = memleak_tests::marker_line(&source, "leak_bytes");
     assert_eq!(leaker["line"], line);
     assert!(
-        leaker["file"].as_str().unwrap_or_default().ends_with("alpha/src/lib.rs"),
+        leaker["file"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("alpha/src/lib.rs"),
         "{leaker:#}"
     );
     assert!(
-        frames.iter().any(|frame| frame["symbol"] == "gate::leaks_a_vec"),
+        frames
+            .iter()
+            .any(|frame| frame["symbol"] == "gate::leaks_a_vec"),
         "the test's own frame: {stack:#}"
     );
 }
@@ -262,11 +283,20 @@ fn junit_has_a_suite_per_binary_and_a_case_per_test() {
     let suite_names: Vec<&str> = suites.iter().filter_map(|s| s.attribute("name")).collect();
     assert_eq!(
         suite_names,
-        ["alpha", "alpha::gate", "beta", "beta::bin/beta", "beta::env"]
+        [
+            "alpha",
+            "alpha::gate",
+            "beta",
+            "beta::bin/beta",
+            "beta::env"
+        ]
     );
     let mut cases = Vec::new();
     for suite in &suites {
-        for case in suite.children().filter(|node| node.has_tag_name("testcase")) {
+        for case in suite
+            .children()
+            .filter(|node| node.has_tag_name("testcase"))
+        {
             let failure = case
                 .children()
                 .find(|node| node.has_tag_name("failure"))
@@ -318,7 +348,11 @@ fn libtest_output_lists_each_test_and_the_leaking_stack() {
             .unwrap_or_else(|| panic!("a line for {test}: {}", run.stdout))
             .to_owned()
     };
-    assert!(line("leaks_a_vec").ends_with("FAILED"), "{}", line("leaks_a_vec"));
+    assert!(
+        line("leaks_a_vec").ends_with("FAILED"),
+        "{}",
+        line("leaks_a_vec")
+    );
     assert!(line("adds_numbers").ends_with("ok"));
     assert!(line("leaks_a_vec").starts_with("test [alpha::gate] leaks_a_vec"));
     let failure = run
@@ -327,13 +361,16 @@ fn libtest_output_lists_each_test_and_the_leaking_stack() {
         .nth(1)
         .unwrap_or_else(|| panic!("a failure section: {}", run.stdout));
     assert!(
-        failure.contains("memleak: lost 4000 bytes in 1 blocks, over its budget of 0 bytes in 0 blocks"),
+        failure.contains(
+            "memleak: lost 4000 bytes in 1 blocks, over its budget of 0 bytes in 0 blocks"
+        ),
         "{failure}"
     );
     assert!(failure.contains("4000 bytes in 1 allocations from stack (definitely lost)"));
     assert!(failure.contains("alpha::leak_bytes+0x"), "{failure}");
     assert!(
-        run.stdout.contains("test result: FAILED. 6 passed; 3 failed; 0 ignored"),
+        run.stdout
+            .contains("test result: FAILED. 6 passed; 3 failed; 0 ignored"),
         "{}",
         run.stdout
     );
@@ -348,7 +385,10 @@ fn bless_then_pass_until_a_new_leak() {
     let baseline = dir.join("memleak-baseline.json");
     let base = ["-p", "alpha", "--baseline", path_str(&baseline)];
     let with = |extra: &[&'static str]| -> Vec<String> {
-        base.iter().chain(extra).map(|arg| arg.to_string()).collect()
+        base.iter()
+            .chain(extra)
+            .map(|arg| arg.to_string())
+            .collect()
     };
 
     let blessed = memleak_test(&strs(&with(&["--bless"])), &[]);
@@ -377,14 +417,18 @@ fn bless_then_pass_until_a_new_leak() {
         .sum();
     assert_eq!(budgets, 3, "only leaking tests get budgets: {file:#}");
     assert_eq!(
-        file["tests"]["alpha::gate"]["leaks_a_vec"]["stacks"][0]["frames"][0],
-        "alpha::leak_bytes",
+        file["tests"]["alpha::gate"]["leaks_a_vec"]["stacks"][0]["frames"][0], "alpha::leak_bytes",
         "stacks are keyed by symbol names"
     );
 
     let rerun = memleak_test(&strs(&with(&["--message-format", "json"])), &[]);
     assert_eq!(rerun.code, 0, "{}", rerun.stderr);
-    assert!(rerun.finished().values().all(|event| event["result"] == "ok"));
+    assert!(
+        rerun
+            .finished()
+            .values()
+            .all(|event| event["result"] == "ok")
+    );
 
     // A new leak in a test that had none fails that test, and only that one.
     let leaky = memleak_test(
@@ -399,10 +443,20 @@ fn bless_then_pass_until_a_new_leak() {
         .collect();
     assert_eq!(failed.len(), 1, "{failed:#?}");
     let ((binary, test), event) = &failed[0];
-    assert_eq!((binary.as_str(), test.as_str()), ("alpha::gate", "adds_numbers"));
-    assert_eq!(event["lost"], serde_json::json!({"bytes": 777, "blocks": 1}));
+    assert_eq!(
+        (binary.as_str(), test.as_str()),
+        ("alpha::gate", "adds_numbers")
+    );
+    assert_eq!(
+        event["lost"],
+        serde_json::json!({"bytes": 777, "blocks": 1})
+    );
     let after = std::fs::read_to_string(&baseline).expect("still there");
-    assert_eq!(serde_json::from_str::<Value>(&after).expect("JSON"), file, "a failed run never writes");
+    assert_eq!(
+        serde_json::from_str::<Value>(&after).expect("JSON"),
+        file,
+        "a failed run never writes"
+    );
 }
 
 #[test]
@@ -427,7 +481,15 @@ fn stale_entries_are_reported_and_blessing_drops_them() {
 "#,
     )
     .expect("baseline written");
-    let args = ["-p", "alpha", "--test", "gate", "--baseline", path_str(&baseline), "leaks_a_vec"];
+    let args = [
+        "-p",
+        "alpha",
+        "--test",
+        "gate",
+        "--baseline",
+        path_str(&baseline),
+        "leaks_a_vec",
+    ];
     let run = memleak_test(&args, &[]);
     assert_eq!(run.code, 0, "within its budget: {}", run.stderr);
     assert!(
@@ -439,7 +501,8 @@ fn stale_entries_are_reported_and_blessing_drops_them() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("memleak: stale baseline entry gone::it: no such test binary any more"),
+        run.stderr
+            .contains("memleak: stale baseline entry gone::it: no such test binary any more"),
         "{}",
         run.stderr
     );
@@ -448,11 +511,19 @@ fn stale_entries_are_reported_and_blessing_drops_them() {
     let file: Value =
         serde_json::from_str(&std::fs::read_to_string(&baseline).expect("kept")).expect("JSON");
     assert_eq!(
-        file["tests"].as_object().expect("tests").keys().collect::<Vec<_>>(),
+        file["tests"]
+            .as_object()
+            .expect("tests")
+            .keys()
+            .collect::<Vec<_>>(),
         ["alpha::gate"]
     );
     assert_eq!(
-        file["tests"]["alpha::gate"].as_object().expect("gate").keys().collect::<Vec<_>>(),
+        file["tests"]["alpha::gate"]
+            .as_object()
+            .expect("gate")
+            .keys()
+            .collect::<Vec<_>>(),
         ["leaks_a_vec"]
     );
 }
@@ -467,7 +538,11 @@ fn a_malformed_baseline_is_an_error_with_its_position_and_is_left_alone() {
     let text = "{\n  \"version\": 1,\n  \"tests\": { \"alpha\": 3 }\n}\n";
     std::fs::write(&baseline, text).expect("written");
     for extra in [&[][..], &["--bless"][..]] {
-        let args = [&["-p", "alpha", "--baseline", path_str(&baseline)][..], extra].concat();
+        let args = [
+            &["-p", "alpha", "--baseline", path_str(&baseline)][..],
+            extra,
+        ]
+        .concat();
         let run = memleak_test(&args, &[]);
         assert_eq!(run.code, 96, "{}", run.stderr);
         let last = run.stderr.lines().last().unwrap_or_default();
@@ -486,7 +561,10 @@ fn a_malformed_baseline_is_an_error_with_its_position_and_is_left_alone() {
     );
     assert_eq!(run.code, 96, "{}", run.stderr);
     assert!(
-        run.stderr.contains(&format!("{}:3:1: `race:` suppressions are not supported", suppressions.display())),
+        run.stderr.contains(&format!(
+            "{}:3:1: `race:` suppressions are not supported",
+            suppressions.display()
+        )),
         "{}",
         run.stderr
     );
@@ -499,8 +577,11 @@ fn suppressions_match_functions_like_leak_sanitizer() {
     }
     let dir = scratch("suppress");
     let suppressions = dir.join("suppressions.txt");
-    std::fs::write(&suppressions, "# alpha's helper leaks on purpose\nleak:^alpha::leak_bytes$\n")
-        .expect("written");
+    std::fs::write(
+        &suppressions,
+        "# alpha's helper leaks on purpose\nleak:^alpha::leak_bytes$\n",
+    )
+    .expect("written");
     let run = memleak_test(
         &[
             "-p",
@@ -524,8 +605,14 @@ fn suppressions_match_functions_like_leak_sanitizer() {
     assert_eq!(failed, ["leaks_an_rc_cycle"]);
     let finished = run.finished();
     let suppressed = &finished[&("alpha::gate".to_owned(), "leaks_a_vec".to_owned())];
-    assert_eq!(suppressed["suppressed"], serde_json::json!({"bytes": 4000, "blocks": 1}));
-    assert_eq!(suppressed["lost"], serde_json::json!({"bytes": 0, "blocks": 0}));
+    assert_eq!(
+        suppressed["suppressed"],
+        serde_json::json!({"bytes": 4000, "blocks": 1})
+    );
+    assert_eq!(
+        suppressed["lost"],
+        serde_json::json!({"bytes": 0, "blocks": 0})
+    );
 }
 
 #[test]
@@ -536,21 +623,35 @@ fn filters_select_tests_like_cargo_test() {
     let dir = scratch("filters");
     let none = dir.join("none.json");
     let ran = |args: &[&str]| -> (i32, Vec<String>) {
-        let args = [&["--baseline", path_str(&none), "--message-format", "json"][..], args].concat();
+        let args = [
+            &["--baseline", path_str(&none), "--message-format", "json"][..],
+            args,
+        ]
+        .concat();
         let run = memleak_test(&args, &[]);
         let tests = run.finished().into_keys().map(|(_, test)| test).collect();
         (run.code, tests)
     };
-    assert_eq!(ran(&["-p", "alpha", "leaks_a_v"]), (100, vec!["leaks_a_vec".to_owned()]));
+    assert_eq!(
+        ran(&["-p", "alpha", "leaks_a_v"]),
+        (100, vec!["leaks_a_vec".to_owned()])
+    );
     assert_eq!(
         ran(&["-p", "alpha", "--", "--exact", "adds_numbers"]),
         (0, vec!["adds_numbers".to_owned()])
     );
-    let (code, tests) = ran(&["-p", "alpha", "--test", "gate", "--skip", "leaks", "--skip", "print"]);
+    let (code, tests) = ran(&[
+        "-p", "alpha", "--test", "gate", "--skip", "leaks", "--skip", "print",
+    ]);
     assert_eq!(code, 0);
     assert_eq!(
         tests,
-        ["adds_numbers", "fills_statics", "panics_as_expected", "spawns_threads"]
+        [
+            "adds_numbers",
+            "fills_statics",
+            "panics_as_expected",
+            "spawns_threads"
+        ]
     );
     assert_eq!(
         ran(&["-p", "beta", "--lib", "--ignored"]),

@@ -485,10 +485,19 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
     // The same build cargo memleak makes (its target dir, frame pointers): nothing rebuilds.
     let built = output(
         cargo()
-            .args(["test", "--no-run", "--workspace", "--message-format=json", "--quiet"])
+            .args([
+                "test",
+                "--no-run",
+                "--workspace",
+                "--message-format=json",
+                "--quiet",
+            ])
             .arg("--manifest-path")
             .arg(&manifest)
-            .env("CARGO_TARGET_DIR", root.join("fixtures/workspace/target/memleak"))
+            .env(
+                "CARGO_TARGET_DIR",
+                root.join("fixtures/workspace/target/memleak"),
+            )
             .env("CARGO_ENCODED_RUSTFLAGS", "-Cforce-frame-pointers=yes")
             .env_remove("RUSTFLAGS"),
         "cargo test --no-run on fixtures/workspace",
@@ -508,7 +517,10 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
             Command::new(exe).args(["--list", "--format", "terse"]),
             "listing tests",
         )?;
-        for name in listed.lines().filter_map(|line| line.strip_suffix(": test")) {
+        for name in listed
+            .lines()
+            .filter_map(|line| line.strip_suffix(": test"))
+        {
             if name != "tests::hangs" {
                 tests.push((exe.into(), dir.to_owned(), name.to_owned()));
             }
@@ -538,7 +550,14 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
     let traced = || -> Result<(Duration, Duration)> {
         let start = Instant::now();
         let mut child = Command::new(memleak)
-            .args(["memleak", "test", "--workspace", "--skip", "tests::hangs", "--exact"])
+            .args([
+                "memleak",
+                "test",
+                "--workspace",
+                "--skip",
+                "tests::hangs",
+                "--exact",
+            ])
             .args(["--baseline", "/nonexistent/memleak-baseline.json"])
             .args(["--message-format", "json", "--manifest-path"])
             .arg(&manifest)
