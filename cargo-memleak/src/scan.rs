@@ -7,9 +7,10 @@
 //! - stacks of threads that are gone: glibc caches them, old contents and all;
 //! - mappings holding outstanding blocks: they are blocks, scanned only once reached.
 //!
-//! The stopped thread adds its registers and its stack from its stack pointer (less the
-//! 128-byte red zone). Other live threads add their whole stack and thread-local storage (the
-//! exit has already killed them, so their registers are gone). A dead thread's cached stack
+//! Every thread alive at the exit adds its registers and its stack from its stack pointer (less
+//! the 128-byte red zone) up; with the stack pointer elsewhere (a signal or coroutine stack),
+//! its own stack is scanned whole as well. A thread whose registers could not be read adds its
+//! whole stack, and the scan is incomplete. A dead thread's cached stack
 //! adds one word: its descriptor's pointer to its TLS vector, which glibc keeps allocated for
 //! reuse. The allocator's own data is a root where only pointers to a block's start count (see
 //! [`Roots::allocator_regions`]).
@@ -23,10 +24,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use nix::{sys::ptrace, unistd::Pid};
+use nix::{libc::user_regs_struct, unistd::Pid};
 use procfs::process::{MMPermissions, MMapPath, Process};
 
-use crate::classify::{Block, Memory, Roots};
+use crate::{
+    classify::{Block, Memory, Roots},
+    spawn::LiveThread,
+};
 
 /// The red zone below the stack pointer (x86-64 SysV ABI): a leaf function's locals live there.
 const RED_ZONE: u64 = 128;
@@ -99,11 +103,32 @@ pub fn paths_of<'m>(maps: &'m [Mapping], file: &Path) -> BTreeSet<&'m Path> {
 pub struct Threads {
     /// The process (its main thread's id).
     pub pid: u32,
-    /// The thread held at the exit stop.
-    pub stopped: u32,
-    /// Other live threads, other than the main one, and where their stack was when they
-    /// started (`None` when unknown).
-    pub others: Vec<(u32, Option<u64>)>,
+    /// Every thread alive when it began to exit ([`crate::spawn::Running::live_threads`]).
+    pub live: Vec<LiveThread>,
+}
+
+/// The general-purpose registers that can hold a pointer.
+fn register_words(regs: &user_regs_struct) -> [u64; 18] {
+    [
+        regs.r15,
+        regs.r14,
+        regs.r13,
+        regs.r12,
+        regs.rbp,
+        regs.rbx,
+        regs.r11,
+        regs.r10,
+        regs.r9,
+        regs.r8,
+        regs.rax,
+        regs.rcx,
+        regs.rdx,
+        regs.rsi,
+        regs.rdi,
+        regs.rsp,
+        regs.fs_base,
+        regs.gs_base,
+    ]
 }
 
 /// The roots of the process, and why some may be missing (each reason makes the scan
@@ -122,56 +147,44 @@ pub fn roots(
     // Mappings that are some live thread's stack: scanned as such, never skipped as dead.
     let mut live_stacks = Vec::new();
 
-    match ptrace::getregs(Pid::from_raw(threads.stopped as i32)) {
-        Ok(regs) => {
-            roots.words = vec![
-                regs.r15,
-                regs.r14,
-                regs.r13,
-                regs.r12,
-                regs.rbp,
-                regs.rbx,
-                regs.r11,
-                regs.r10,
-                regs.r9,
-                regs.r8,
-                regs.rax,
-                regs.rcx,
-                regs.rdx,
-                regs.rsi,
-                regs.rdi,
-                regs.rsp,
-                regs.fs_base,
-                regs.gs_base,
-            ];
-            if let Some(at) = containing(regs.rsp) {
-                let map = &maps[at];
-                roots
-                    .regions
-                    .push(regs.rsp.saturating_sub(RED_ZONE).max(map.range.start)..map.range.end);
-                live_stacks.push(at);
+    let main_stack = maps.iter().position(|map| map.kind == Kind::Stack);
+    for thread in &threads.live {
+        // Its own stack: where it started, or the process's stack for the main thread.
+        let own = if thread.tid == threads.pid {
+            main_stack
+        } else {
+            thread.start_sp.and_then(containing)
+        };
+        let mut whole = own;
+        match &thread.registers {
+            Some(regs) => {
+                roots.words.extend(register_words(regs));
+                if let Some(at) = containing(regs.rsp) {
+                    let map = &maps[at];
+                    let from = regs.rsp.saturating_sub(RED_ZONE).max(map.range.start);
+                    roots.regions.push(from..map.range.end);
+                    live_stacks.push(at);
+                    if own == Some(at) {
+                        whole = None;
+                    }
+                }
             }
+            None => missing.push(format!(
+                "the registers of thread {} could not be read at its exit",
+                thread.tid
+            )),
         }
-        Err(err) => missing.push(format!(
-            "the registers of thread {} could not be read ({err})",
-            threads.stopped
-        )),
-    }
-    if threads.stopped != threads.pid
-        && let Some(at) = maps.iter().position(|map| map.kind == Kind::Stack)
-    {
-        // The main thread is alive but not stopped: all of its stack.
-        live_stacks.push(at);
-        roots.regions.push(maps[at].range.clone());
-    }
-    for &(tid, start_sp) in &threads.others {
-        match start_sp.and_then(containing) {
+        match whole {
             Some(at) if !live_stacks.contains(&at) => {
                 live_stacks.push(at);
                 roots.regions.push(maps[at].range.clone());
             }
             Some(_) => {}
-            None => missing.push(format!("the stack of live thread {tid} could not be found")),
+            None if own.is_none() && thread.registers.is_none() => missing.push(format!(
+                "the stack of live thread {} could not be found",
+                thread.tid
+            )),
+            None => {}
         }
     }
 

@@ -132,8 +132,7 @@ pub fn trace(
                 let start = Instant::now();
                 let threads = Threads {
                     pid,
-                    stopped: tid,
-                    others: running.other_threads(tid),
+                    live: running.live_threads(),
                 };
                 classification = Some(scan_for_leaks(trace, &threads, &allocator, &mut incomplete));
                 timings.scan = start.elapsed();
@@ -180,7 +179,9 @@ pub fn trace(
 /// The tracer, even if another thread panicked while holding it (its maps stay consistent:
 /// every update is a single map operation).
 fn lock(tracer: &Mutex<Tracer>) -> MutexGuard<'_, Tracer> {
-    tracer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    tracer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Classifies the outstanding allocations of the stopped process; what could not be scanned,

@@ -11,7 +11,9 @@
 //!   (all its threads are followed) and `PTRACE_O_TRACEEXIT`: when the process exits, one of
 //!   its threads stops at `PTRACE_EVENT_EXIT` with the address space still intact. That stop is
 //!   reported once, as [`Event::ExitStop`]; everything else is resumed transparently, signals
-//!   re-injected.
+//!   re-injected. The exit has killed the other threads, and each of them stops at its own
+//!   `PTRACE_EVENT_EXIT` on the way out: [`Running::live_threads`] holds them there too, so
+//!   the scan sees every thread's registers, as LeakSanitizer's stop-the-world does.
 //! - Every wait is `__WNOTHREAD`: a thread waits only for the children it forked and the
 //!   tracees it seized. ptrace ties a tracee to the thread that seized it anyway, so one child
 //!   lives on one thread from `spawn` to reap, and several threads can each run their own
@@ -29,7 +31,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::{
@@ -344,9 +346,10 @@ impl Gated {
         let mut running = Running {
             pid,
             exit_stop_seen: false,
-            held: None,
+            held: Vec::new(),
             reaped: false,
             threads: std::collections::BTreeMap::new(),
+            exited: std::collections::BTreeSet::new(),
             output,
             watchdog: None,
             _interrupts: (!isolated).then(IgnoreInterrupts::install),
@@ -379,7 +382,11 @@ impl Gated {
         }
         if let Some(timeout) = timeout {
             // Isolated children lead their own process group: kill it all.
-            let target = if isolated { Pid::from_raw(-pid.as_raw()) } else { pid };
+            let target = if isolated {
+                Pid::from_raw(-pid.as_raw())
+            } else {
+                pid
+            };
             running.watchdog = Some(Watchdog::start(target, timeout));
         }
         Ok(running)
@@ -402,17 +409,35 @@ pub enum Event {
     Exited(ExitStatus),
 }
 
+/// A thread of a process held at its exit stop.
+#[derive(Clone, Debug)]
+pub struct LiveThread {
+    pub tid: u32,
+    /// Its registers at its exit stop; `None` when they could not be read.
+    pub registers: Option<libc::user_regs_struct>,
+    /// Its stack pointer when it started, which locates its stack (`None` for the main thread
+    /// and when unknown).
+    pub start_sp: Option<u64>,
+}
+
+/// How long the other threads get to reach their exit stops once the process is exiting.
+/// They are already killed, so they take microseconds; one stuck in the kernel is reported.
+const THREADS_DEADLINE: Duration = Duration::from_secs(2);
+
 /// A traced process that has exec'd the program.
 pub struct Running {
     pid: Pid,
     exit_stop_seen: bool,
-    /// The thread held at the exit stop, until [`Running::finish`] lets it go.
-    held: Option<Pid>,
+    /// Threads held at their exit stops (the process's exit stop first), until
+    /// [`Running::finish`] lets them go.
+    held: Vec<Pid>,
     /// Reaped: nothing left to clean up on drop.
     reaped: bool,
     /// Threads other than the main one that have not exited, with their stack pointer at
     /// their first stop (which locates their stack).
     threads: std::collections::BTreeMap<Pid, Option<u64>>,
+    /// Threads that ended on their own (`SYS_exit`) while the process went on.
+    exited: std::collections::BTreeSet<Pid>,
     /// Where an isolated child's stdout and stderr went.
     output: Option<OwnedFd>,
     watchdog: Option<Watchdog>,
@@ -424,7 +449,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         if !self.reaped {
             let _ = signal::kill(self.pid, Signal::SIGKILL);
-            if let Some(tid) = self.held.take() {
+            for tid in self.held.drain(..) {
                 resume(tid, None);
             }
             while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WAIT_ALL)) {
@@ -468,20 +493,76 @@ impl Running {
         Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// Threads of the process still alive at its exit stop, other than the main thread and
-    /// the stopped one, with the stack pointer each had when it started (`None` if unknown).
-    pub fn other_threads(&self, stopped: u32) -> Vec<(u32, Option<u64>)> {
-        self.threads
-            .iter()
-            .filter(|(tid, _)| tid.as_raw() as u32 != stopped)
-            .map(|(tid, sp)| (tid.as_raw() as u32, *sp))
-            .collect()
+    /// Every thread alive when the process began to exit, the stopped one first, each held at
+    /// its exit stop with its registers. Call after [`Event::ExitStop`].
+    ///
+    /// The exit killed the other threads; each stops at its own `PTRACE_EVENT_EXIT` before it
+    /// is gone (measured: microseconds after the process's exit stop, or before it). A thread
+    /// that does not get there within [`THREADS_DEADLINE`] comes back without registers.
+    pub fn live_threads(&mut self) -> Vec<LiveThread> {
+        let Some(&stopped) = self.held.first() else {
+            return Vec::new();
+        };
+        let start_sp = |tid: Pid| self.threads.get(&tid).copied().flatten();
+        let mut live = vec![LiveThread {
+            tid: stopped.as_raw() as u32,
+            registers: ptrace::getregs(stopped).ok(),
+            start_sp: start_sp(stopped),
+        }];
+        // The threads we know of, and any whose first stop has not been seen yet.
+        let mut waiting: std::collections::BTreeSet<Pid> = self.threads.keys().copied().collect();
+        waiting.insert(self.pid);
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
+            waiting.extend(
+                tasks
+                    .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
+                    .map(Pid::from_raw),
+            );
+        }
+        waiting.remove(&stopped);
+        waiting.retain(|tid| !self.exited.contains(tid));
+
+        let deadline = Instant::now() + THREADS_DEADLINE;
+        while !waiting.is_empty() && Instant::now() < deadline {
+            for tid in waiting.clone() {
+                let registers = match waitpid(tid, Some(WAIT_ALL | WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => continue,
+                    Ok(WaitStatus::PtraceEvent(_, _, event))
+                        if event == PtraceEvent::PTRACE_EVENT_EXIT as i32 =>
+                    {
+                        self.held.push(tid);
+                        ptrace::getregs(tid).ok()
+                    }
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => None,
+                    Ok(_) => {
+                        // Some other stop on its way out: it is killed already, let it go on.
+                        resume(tid, None);
+                        continue;
+                    }
+                };
+                waiting.remove(&tid);
+                live.push(LiveThread {
+                    tid: tid.as_raw() as u32,
+                    registers,
+                    start_sp: start_sp(tid),
+                });
+            }
+            if !waiting.is_empty() {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        live.extend(waiting.into_iter().map(|tid| LiveThread {
+            tid: tid.as_raw() as u32,
+            registers: None,
+            start_sp: start_sp(tid),
+        }));
+        live
     }
 
     /// Lets the process finish and reaps it.
     pub fn finish(&mut self) -> Result<ExitStatus> {
         self.exit_stop_seen = true;
-        if let Some(tid) = self.held.take() {
+        for tid in std::mem::take(&mut self.held) {
             resume(tid, None);
         }
         loop {
@@ -535,12 +616,15 @@ impl Running {
             {
                 if !self.exit_stop_seen && self.is_process_exit(tid) {
                     self.exit_stop_seen = true;
-                    self.held = Some(tid);
+                    self.held.push(tid);
                     return Ok(Some(Event::ExitStop {
                         tid: tid.as_raw() as u32,
                     }));
                 }
                 self.threads.remove(&tid);
+                if !self.exit_stop_seen {
+                    self.exited.insert(tid);
+                }
                 resume(tid, None);
                 Ok(None)
             }

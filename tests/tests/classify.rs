@@ -127,6 +127,24 @@ fn a_pointer_on_a_live_threads_stack_keeps_a_block_reachable() {
     }
 }
 
+/// A thread spinning in user space when the process exits holds its pointer in a register
+/// only: every thread is held at its own exit stop and its registers are roots (as
+/// LeakSanitizer's stop-the-world reads them).
+#[test]
+fn a_pointer_only_in_a_live_threads_register_keeps_a_block_reachable() {
+    if privileged("a_pointer_only_in_a_live_threads_register_keeps_a_block_reachable") {
+        let (run, [definite, indirect, _]) = c_summary("keep-thread-register");
+        assert_eq!((definite, indirect), (NOTHING, NOTHING), "{:#}", run.report);
+        let kept = run.stacks_with("spin_keeping_register");
+        assert_eq!(kept.len(), 1, "{:#}", run.report);
+        assert_eq!(kept[0]["bytes"], 30000);
+        assert_eq!(kept[0]["category"], "still_reachable");
+        // The same thread with that register cleared: now it is lost.
+        let (_, [definite, ..]) = c_summary("lose-thread-register");
+        assert_eq!(definite, (30000, 1));
+    }
+}
+
 #[test]
 fn by_default_only_lost_stacks_are_listed_and_the_summary_is_memchecks() {
     if !privileged("by_default_only_lost_stacks_are_listed_and_the_summary_is_memchecks") {
@@ -264,9 +282,10 @@ fn a_test_that_panics_loses_what_it_leaked_and_its_backtrace_caches_stay_reachab
 }
 
 /// memcheck on the same processes: its definitely and indirectly lost figures are ours.
-/// Left out: mmap'd regions, which memcheck does not track, and `keep-register`: memcheck
-/// checks after the exit system call and ignores the exiting thread's registers (as
-/// LeakSanitizer does not), so it calls that block definitely lost.
+/// Left out: mmap'd regions, which memcheck does not track, and `keep-register` and
+/// `keep-thread-register`: memcheck checks after the exit system call, with the other threads
+/// gone, and ignores every thread's registers (as LeakSanitizer does not), so it calls those
+/// blocks definitely lost.
 #[test]
 fn memcheck_agrees_on_every_lost_byte() {
     if !privileged("memcheck_agrees_on_every_lost_byte") {
@@ -300,6 +319,7 @@ fn memcheck_agrees_on_every_lost_byte() {
         "keep-tls",
         "keep-thread-stack",
         "lose-register",
+        "lose-thread-register",
     ];
     for mode in modes {
         let (_, ours) = c_summary(mode);
