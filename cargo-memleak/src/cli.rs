@@ -277,7 +277,8 @@ pub struct TraceArgs {
     /// Room for this many outstanding allocations (across traced processes).
     #[arg(long, default_value_t = Limits::default().max_allocs, value_name = "N")]
     pub max_allocs: u32,
-    /// Room for this many distinct stacks.
+    /// Room for this many distinct stacks, counted per process, across the processes traced at
+    /// once.
     #[arg(long, default_value_t = Limits::default().max_stacks, value_name = "N")]
     pub max_stacks: u32,
 }

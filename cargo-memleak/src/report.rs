@@ -209,9 +209,13 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
         .into_iter()
         .map(|(counter, value)| (counter.name(), value))
         .collect();
-    let mut incomplete: Vec<String> = dropped
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}"))
+    let mut incomplete: Vec<String> = counters
+        .drops()
+        .into_iter()
+        .map(|(counter, value)| match counter.remedy() {
+            Some(remedy) => format!("{}: {value}, {remedy}", counter.name()),
+            None => format!("{}: {value}", counter.name()),
+        })
         .collect();
     incomplete.extend(run.incomplete.iter().cloned());
 

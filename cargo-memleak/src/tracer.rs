@@ -23,7 +23,8 @@ use aya::{
     util::nr_cpus,
 };
 use memleak_common::{
-    AllocInfo, AllocKey, Counter, PendingCall, ProcessStats, STACK_DEPTH, StackFrames, names,
+    AllocInfo, AllocKey, Counter, PendingCall, ProcessStats, STACK_DEPTH, StackFrames, StackKey,
+    names,
 };
 
 use crate::{
@@ -282,16 +283,19 @@ impl Tracer {
         }
         trace.outstanding = outstanding.into_values().collect();
 
-        let stacks: BpfHashMap<&MapData, u64, StackFrames> = self.map(names::STACKS, tgid)?;
+        let stacks: BpfHashMap<&MapData, StackKey, StackFrames> = self.map(names::STACKS, tgid)?;
         for alloc in &trace.outstanding {
             if alloc.stack_id == 0 || trace.stacks.contains_key(&alloc.stack_id) {
                 continue;
             }
-            // A stack id whose entry is missing was evicted by nobody (entries are only removed
-            // by `forget`), so a failure here is a real map error.
-            let frames = stacks
-                .get(&alloc.stack_id, 0)
-                .map_err(|err| map_error(tgid, err))?;
+            // A process's stacks are removed only by `forget`, so a missing one is a real map
+            // error.
+            let key = StackKey {
+                stack_id: alloc.stack_id,
+                tgid,
+                _pad: 0,
+            };
+            let frames = stacks.get(&key, 0).map_err(|err| map_error(tgid, err))?;
             let depth = frames.iter().position(|&ip| ip == 0).unwrap_or(STACK_DEPTH);
             trace
                 .stacks
@@ -306,15 +310,11 @@ impl Tracer {
         Ok(trace)
     }
 
-    /// Removes every map entry of `tgid`: its counters (which stops its tracing), allocations
-    /// and pending calls. Stacks are shared (keyed by content), so they are cleared only when
-    /// no process is traced any more.
+    /// Removes every map entry of `tgid`: its counters (which stops its tracing), allocations,
+    /// pending calls and stacks. The maps then hold only the processes traced at the moment,
+    /// however many came before.
     pub fn forget(&mut self, tgid: u32) -> Result<()> {
-        let others_traced = {
-            let mut stats = self.stats_map()?;
-            let _ = stats.remove(&tgid);
-            stats.keys().next().is_some()
-        };
+        let _ = self.stats_map()?.remove(&tgid);
         {
             let mut allocs: BpfHashMap<&mut MapData, AllocKey, AllocInfo> =
                 self.map_mut(names::ALLOCS, tgid)?;
@@ -339,12 +339,16 @@ impl Tracer {
                 let _ = pending.remove(&key);
             }
         }
-        if !others_traced {
-            let mut stacks: BpfHashMap<&mut MapData, u64, StackFrames> =
+        {
+            let mut stacks: BpfHashMap<&mut MapData, StackKey, StackFrames> =
                 self.map_mut(names::STACKS, tgid)?;
-            let ids: Vec<u64> = stacks.keys().filter_map(|id| id.ok()).collect();
-            for id in ids {
-                let _ = stacks.remove(&id);
+            let keys: Vec<StackKey> = stacks
+                .keys()
+                .filter_map(|key| key.ok())
+                .filter(|key| key.tgid == tgid)
+                .collect();
+            for key in keys {
+                let _ = stacks.remove(&key);
             }
         }
         Ok(())

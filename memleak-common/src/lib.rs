@@ -12,7 +12,7 @@ pub mod names {
     pub const ALLOCS: &str = "ALLOCS";
     /// Allocator calls between entry and return: pid_tgid → [`PendingCall`].
     pub const PENDING: &str = "PENDING";
-    /// User stacks captured at allocation return: stack hash → [`StackFrames`].
+    /// User stacks captured at allocation return: [`StackKey`] → [`StackFrames`].
     pub const STACKS: &str = "STACKS";
     /// Per-CPU scratch buffer the stack is captured into before it is hashed.
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
@@ -55,6 +55,16 @@ pub struct AllocKey {
     pub _pad: u32,
 }
 
+/// Key of a captured stack: the hash of its frames, and the process it was captured in. Keyed
+/// by process so that a process's stacks go when it is forgotten, while others are traced on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub stack_id: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
 /// An outstanding allocation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +73,7 @@ pub struct AllocInfo {
     pub size: u64,
     /// `bpf_ktime_get_ns()` at the allocation's return.
     pub timestamp_ns: u64,
-    /// Key of the stack in the stack map (a hash of its frames), or 0 when the stack could not
+    /// The stack's hash of its frames ([`StackKey::stack_id`]), or 0 when the stack could not
     /// be captured.
     pub stack_id: u64,
 }
@@ -123,8 +133,7 @@ pub enum Counter {
     Frees = 1,
     /// An allocation could not be recorded: the allocation map is full.
     AllocMapFull = 2,
-    /// The user stack of an allocation could not be captured or stored (stack error, or the
-    /// stack map is full).
+    /// The user stack of an allocation could not be captured or stored.
     StackFailed = 3,
     /// `free` of an address that is not outstanding (allocated before tracing, or missed).
     FreeUnknown = 4,
@@ -140,10 +149,12 @@ pub enum Counter {
     /// `free`, called from inside the allocator object, of a block it never handed out through
     /// a probed entry point (glibc frees its per-thread cache this way). Informational.
     AllocatorInternalFree = 9,
+    /// The user stack of an allocation could not be stored: the stack map is full.
+    StackMapFull = 10,
 }
 
 impl Counter {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Allocs,
@@ -156,11 +167,13 @@ impl Counter {
         Counter::ReadFailed,
         Counter::MunmapUntracked,
         Counter::AllocatorInternalFree,
+        Counter::StackMapFull,
     ];
 
     /// Counters whose non-zero value means data was lost.
-    pub const DROPS: [Counter; 6] = [
+    pub const DROPS: [Counter; 7] = [
         Counter::AllocMapFull,
+        Counter::StackMapFull,
         Counter::StackFailed,
         Counter::FreeUnknown,
         Counter::PendingMapFull,
@@ -181,6 +194,16 @@ impl Counter {
             Counter::ReadFailed => "read_failed",
             Counter::MunmapUntracked => "munmap_untracked",
             Counter::AllocatorInternalFree => "allocator_internal_free",
+            Counter::StackMapFull => "stack_map_full",
+        }
+    }
+
+    /// What to do about a drop, when the user can do something.
+    pub const fn remedy(self) -> Option<&'static str> {
+        match self {
+            Counter::AllocMapFull => Some("raise --max-allocs"),
+            Counter::StackMapFull => Some("raise --max-stacks"),
+            _ => None,
         }
     }
 }
@@ -191,6 +214,7 @@ mod pod {
     // pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::AllocKey {}
     unsafe impl aya::Pod for super::AllocInfo {}
+    unsafe impl aya::Pod for super::StackKey {}
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::ProcessStats {}
 }
@@ -199,6 +223,7 @@ mod pod {
 const _: () = {
     assert!(core::mem::size_of::<AllocKey>() == 16);
     assert!(core::mem::size_of::<AllocInfo>() == 24);
+    assert!(core::mem::size_of::<StackKey>() == 16);
     assert!(core::mem::size_of::<PendingCall>() == 40);
     assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
     assert!(Counter::ALL.len() == Counter::COUNT);

@@ -27,6 +27,7 @@ use aya_ebpf::{
 };
 use memleak_common::{
     AllocInfo, AllocKey, CallKind, Counter, PendingCall, ProcessStats, STACK_DEPTH, StackFrames,
+    StackKey,
 };
 
 // Sizes here are defaults; userspace resizes ALLOCS and STACKS at load time.
@@ -37,7 +38,8 @@ static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 20,
 static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
 #[map]
-static STACKS: HashMap<u64, StackFrames> = HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+static STACKS: HashMap<StackKey, StackFrames> =
+    HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
 
 #[map]
 static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
@@ -46,6 +48,9 @@ static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1
 static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries(4096, 0);
 
 const MAP_FAILED: u64 = u64::MAX;
+/// Map update errors (negated errno): the key exists, the map is full.
+const EEXIST: i32 = -17;
+const E2BIG: i32 = -7;
 
 #[inline(always)]
 fn count(tgid: u32, counter: Counter) {
@@ -229,17 +234,28 @@ fn capture_stack(ctx: &RetProbeContext, tgid: u32) -> u64 {
     let frames_len = (copied as usize / 8).min(STACK_DEPTH);
     // SAFETY: the helper filled the buffer (and zeroed its tail).
     let frames = unsafe { &*scratch };
-    let stack_id = hash_frames(frames, frames_len);
-    if STACKS.get_ptr(&stack_id).is_none()
-        && let Err(err) = STACKS.insert(&stack_id, frames, BPF_NOEXIST as u64)
+    let key = StackKey {
+        stack_id: hash_frames(frames, frames_len),
+        tgid,
+        _pad: 0,
+    };
+    if STACKS.get_ptr(&key).is_none()
+        && let Err(err) = STACKS.insert(&key, frames, BPF_NOEXIST as u64)
     {
-        // Another CPU storing the same stack first is fine; anything else is a lost stack.
-        if err != -17 {
-            count(tgid, Counter::StackFailed);
-            return 0;
+        // Another thread storing the same stack first is fine; anything else is a lost stack.
+        match err {
+            EEXIST => {}
+            E2BIG => {
+                count(tgid, Counter::StackMapFull);
+                return 0;
+            }
+            _ => {
+                count(tgid, Counter::StackFailed);
+                return 0;
+            }
         }
     }
-    stack_id
+    key.stack_id
 }
 
 #[inline(always)]

@@ -99,9 +99,14 @@ impl TestRun {
 
 /// `cargo memleak test --manifest-path fixtures/workspace/Cargo.toml ARGS`.
 fn memleak_test(args: &[&str], env: &[(&str, &str)]) -> TestRun {
+    memleak_test_in(&manifest(), args, env)
+}
+
+/// `cargo memleak test --manifest-path MANIFEST ARGS`.
+fn memleak_test_in(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> TestRun {
     let output = Command::new(cargo_memleak())
         .args(["memleak", "test", "--manifest-path"])
-        .arg(manifest())
+        .arg(manifest)
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -698,4 +703,46 @@ fn run_checks_its_binary_against_the_baseline() {
     );
     let (code, stderr) = run(&[]);
     assert_eq!(code, 0, "within budget now: {stderr}");
+}
+
+/// A process's stacks go with it: a run whose tests together capture far more distinct stacks
+/// than `--max-stacks` holds is complete, as long as the tests traced at once fit. In
+/// fixtures/stacks each `distinct_N` test captures about 680 stacks (500 of its own), and
+/// `a_held_open` stays open for the whole run, so there is never a moment with nothing traced.
+#[test]
+fn stacks_of_finished_tests_make_room_for_the_next() {
+    if !privileged("stacks_of_finished_tests_make_room_for_the_next") {
+        return;
+    }
+    let baseline = scratch("room").join("none.json");
+    let run = memleak_test_in(
+        &workspace_root().join("fixtures/stacks/Cargo.toml"),
+        &[
+            "-j",
+            "2",
+            "--max-stacks",
+            "1500",
+            "--message-format",
+            "json",
+            "--baseline",
+            path_str(&baseline),
+        ],
+        &[("MEMLEAK_FIXTURE_HOLD_MS", "3000")],
+    );
+    assert_eq!(run.code, 0, "every test passes, complete: {}", run.stdout);
+    let finished: Vec<Value> = run
+        .events()
+        .into_iter()
+        .filter(|event| event["event"] == "test-finished")
+        .collect();
+    let names: Vec<&str> = finished
+        .iter()
+        .filter_map(|event| event["test"].as_str())
+        .collect();
+    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(
+        names.last(),
+        Some(&"tests::a_held_open"),
+        "the held test ends last: every other test ran while it was traced"
+    );
 }
