@@ -315,42 +315,15 @@ impl Tracer {
     /// however many came before.
     pub fn forget(&mut self, tgid: u32) -> Result<()> {
         let _ = self.stats_map()?.remove(&tgid);
-        {
-            let mut allocs: BpfHashMap<&mut MapData, AllocKey, AllocInfo> =
-                self.map_mut(names::ALLOCS, tgid)?;
-            let keys: Vec<AllocKey> = allocs
-                .keys()
-                .filter_map(|key| key.ok())
-                .filter(|key| key.tgid == tgid)
-                .collect();
-            for key in keys {
-                let _ = allocs.remove(&key);
-            }
-        }
-        {
-            let mut pending: BpfHashMap<&mut MapData, u64, PendingCall> =
-                self.map_mut(names::PENDING, tgid)?;
-            let keys: Vec<u64> = pending
-                .keys()
-                .filter_map(|key| key.ok())
-                .filter(|key| (key >> 32) as u32 == tgid)
-                .collect();
-            for key in keys {
-                let _ = pending.remove(&key);
-            }
-        }
-        {
-            let mut stacks: BpfHashMap<&mut MapData, StackKey, StackFrames> =
-                self.map_mut(names::STACKS, tgid)?;
-            let keys: Vec<StackKey> = stacks
-                .keys()
-                .filter_map(|key| key.ok())
-                .filter(|key| key.tgid == tgid)
-                .collect();
-            for key in keys {
-                let _ = stacks.remove(&key);
-            }
-        }
+        remove_where::<AllocKey, AllocInfo>(self.map_mut(names::ALLOCS, tgid)?, |key| {
+            key.tgid == tgid
+        });
+        remove_where::<u64, PendingCall>(self.map_mut(names::PENDING, tgid)?, |key| {
+            (key >> 32) as u32 == tgid
+        });
+        remove_where::<StackKey, StackFrames>(self.map_mut(names::STACKS, tgid)?, |key| {
+            key.tgid == tgid
+        });
         Ok(())
     }
 
@@ -378,6 +351,22 @@ impl Tracer {
             reason: format!("map {name} missing from the eBPF object"),
         })?;
         T::try_from(map).map_err(|err| map_error(pid, err))
+    }
+}
+
+/// Removes the entries whose key matches. Keys are collected first: removing while walking
+/// would restart the kernel's walk.
+fn remove_where<K: aya::Pod, V: aya::Pod>(
+    mut map: BpfHashMap<&mut MapData, K, V>,
+    matches: impl Fn(&K) -> bool,
+) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(|key| key.ok())
+        .filter(|key| matches(key))
+        .collect();
+    for key in keys {
+        let _ = map.remove(&key);
     }
 }
 
