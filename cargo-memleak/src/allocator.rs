@@ -60,9 +60,16 @@ pub struct AllocatorProbes {
 /// Finds the libc this process runs with: a dynamically linked program started from here uses
 /// the same one, found the same way by the dynamic loader.
 pub fn find_libc() -> Result<PathBuf> {
+    find_libc_of(std::process::id())
+}
+
+/// Finds the libc mapped into process `pid`, as a path that names the same file from here
+/// (through /proc/PID/root, in case the process lives in another mount namespace).
+pub fn find_libc_of(pid: u32) -> Result<PathBuf> {
     let maps =
-        crate::scan::mappings(std::process::id()).map_err(Error::io("reading /proc/self/maps"))?;
-    maps.into_iter()
+        crate::scan::mappings(pid).map_err(Error::io(format!("reading /proc/{pid}/maps")))?;
+    let path = maps
+        .into_iter()
         .find_map(|map| match map.kind {
             crate::scan::Kind::File(path) => {
                 let name = path.file_name()?.to_str()?;
@@ -72,7 +79,17 @@ pub fn find_libc() -> Result<PathBuf> {
             }
             _ => None,
         })
-        .ok_or(Error::NoLibc)
+        .ok_or(Error::NoLibc)?;
+    if pid == std::process::id() {
+        return Ok(path);
+    }
+    let through_root =
+        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
+    Ok(if through_root.exists() {
+        through_root
+    } else {
+        path
+    })
 }
 
 /// Resolves the probe points of `object`.

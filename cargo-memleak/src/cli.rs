@@ -15,12 +15,14 @@ use crate::{
     baseline::{self, FailOn},
     build::{BuildOptions, RunSelection, TestSelection},
     error::{Error, Result, exit},
+    kernel,
     report::{self, Format, SortKey},
     session::{self, TraceOptions},
     spawn::Command,
     symbolize::Symbolizer,
     testrun::{self, Gate, LoadedGate, MessageFormat, TestFilters, TestOptions},
     tracer::Limits,
+    watch,
 };
 
 #[derive(Debug, Parser)]
@@ -36,7 +38,8 @@ use crate::{
                   4 no tests matched, 69 kernel support or allocator missing, 70 internal \
                   error, 77 privileges, 96 malformed baseline or suppressions, 100 tests failed \
                   or leaks over budget, 101 build failed, 102 cargo metadata failed, \
-                  104 listing tests failed, 126 not executable, 127 program not found."
+                  104 listing tests failed, 126 not executable, 127 program (or, for attach, \
+                  process) not found."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -62,6 +65,125 @@ pub enum Commands {
                       malformed baseline or suppressions, 2 usage, 69/70/77 tool errors."
     )]
     Test(Box<TestArgs>),
+    /// Trace a process that is already running and report its outstanding allocations every
+    /// INTERVAL seconds, like BCC's `memleak -p PID`.
+    #[command(
+        after_help = "Allocations made before the probes were attached are not seen, and frees \
+                      of them are counted, not reported; nothing is classified as lost or \
+                      reachable (use `exec` or `run` for that, from the program's start). Ends \
+                      after COUNT reports, on Ctrl-C, or when the process exits.\n\nExit \
+                      codes: 0 ok, 3 a report was incomplete (the tracer dropped data), 2 \
+                      usage, 127 no such process, 69/70/77 tool errors."
+    )]
+    Attach(AttachArgs),
+    /// Trace the kernel's allocators (kmalloc, kmem_cache, pages; or per-CPU with --percpu) and
+    /// report outstanding allocations by kernel stack every INTERVAL seconds, like BCC's
+    /// `memleak` without -p.
+    #[command(
+        after_help = "Uses the kmem and percpu tracepoints (tracefs is mounted if it is not). \
+                      Allocations made before tracing began are not seen. Ends after COUNT \
+                      reports or on Ctrl-C.\n\nExit codes: 0 ok, 3 a report was incomplete \
+                      (the tracer dropped data), 2 usage, 69/70/77 tool errors."
+    )]
+    Kernel(KernelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The process to trace (all its threads).
+    #[arg(short, long)]
+    pub pid: u32,
+    #[command(flatten)]
+    pub periodic: PeriodicArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// Trace per-CPU allocations (percpu_alloc_percpu/percpu_free_percpu) instead of slab and
+    /// page allocations.
+    #[arg(long)]
+    pub percpu: bool,
+    #[command(flatten)]
+    pub periodic: PeriodicArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// BCC memleak's periodic report options.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Report")]
+pub struct PeriodicArgs {
+    /// Seconds between reports.
+    #[arg(default_value_t = 5.0)]
+    pub interval: f64,
+    /// Number of reports [default: until Ctrl-C]
+    pub count: Option<u64>,
+    /// Leave out allocations younger than this many milliseconds.
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    pub older: u64,
+    #[command(flatten)]
+    pub stacks: StackArgs,
+    /// Show the address (pages: frame number), size and age of every outstanding allocation.
+    #[arg(short = 'a', long)]
+    pub show_allocs: bool,
+    /// BCC-style text, or one JSON object per report per line.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+impl PeriodicArgs {
+    fn options(&self) -> Result<watch::Options> {
+        if !(self.interval.is_finite() && self.interval > 0.0) {
+            return Err(Error::Selection(format!(
+                "INTERVAL {} is not a positive number of seconds",
+                self.interval
+            )));
+        }
+        self.stacks.check()?;
+        let stacks = &self.stacks;
+        Ok(watch::Options {
+            interval: Duration::from_secs_f64(self.interval),
+            count: self.count,
+            older: Duration::from_millis(self.older),
+            top: stacks.top,
+            sort: stacks.sort,
+            min_size: stacks.min_size,
+            max_size: stacks.max_size,
+            show_allocs: self.show_allocs,
+            format: self.format,
+        })
+    }
+}
+
+/// Which stacks a report shows, and in what order.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Report")]
+pub struct StackArgs {
+    /// Show this many stacks, largest first.
+    #[arg(short = 'T', long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    /// Order stacks by outstanding bytes or by number of allocations.
+    #[arg(long, value_enum, default_value_t = SortKey::Size)]
+    pub sort: SortKey,
+    /// Only count allocations of at least this many bytes.
+    #[arg(short = 'z', long, value_name = "BYTES")]
+    pub min_size: Option<u64>,
+    /// Only count allocations of at most this many bytes.
+    #[arg(short = 'Z', long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+}
+
+impl StackArgs {
+    fn check(&self) -> Result<()> {
+        match (self.min_size, self.max_size) {
+            (Some(min), Some(max)) if min > max => Err(Error::Selection(format!(
+                "--min-size {min} is larger than --max-size {max}; swap them"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -238,9 +360,8 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Report")]
 pub struct ReportArgs {
-    /// Show this many stacks, largest first.
-    #[arg(short = 'T', long, default_value_t = 10, value_name = "N")]
-    pub top: usize,
+    #[command(flatten)]
+    pub stacks: StackArgs,
     /// Show the address and size of every outstanding allocation.
     #[arg(short = 'a', long)]
     pub show_allocs: bool,
@@ -248,15 +369,6 @@ pub struct ReportArgs {
     /// lost ones.
     #[arg(long)]
     pub show_reachable: bool,
-    /// Order stacks by outstanding bytes or by number of allocations.
-    #[arg(long, value_enum, default_value_t = SortKey::Size)]
-    pub sort: SortKey,
-    /// Only count allocations of at least this many bytes.
-    #[arg(short = 'z', long, value_name = "BYTES")]
-    pub min_size: Option<u64>,
-    /// Only count allocations of at most this many bytes.
-    #[arg(short = 'Z', long, value_name = "BYTES")]
-    pub max_size: Option<u64>,
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -274,6 +386,14 @@ pub struct TraceArgs {
     /// The allocator's shared object [default: the libc this system runs programs with].
     #[arg(short = 'O', long, value_name = "PATH")]
     pub allocator_object: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The eBPF maps' sizes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Tracing")]
+pub struct LimitArgs {
     /// Room for this many outstanding allocations (across traced processes).
     #[arg(long, default_value_t = Limits::default().max_allocs, value_name = "N")]
     pub max_allocs: u32,
@@ -285,18 +405,12 @@ pub struct TraceArgs {
 
 impl ReportArgs {
     fn options(&self) -> Result<report::Options> {
-        if let (Some(min), Some(max)) = (self.min_size, self.max_size)
-            && min > max
-        {
-            return Err(Error::Selection(format!(
-                "--min-size {min} is larger than --max-size {max}; swap them"
-            )));
-        }
+        self.stacks.check()?;
         Ok(report::Options {
-            top: self.top,
-            sort: self.sort,
-            min_size: self.min_size,
-            max_size: self.max_size,
+            top: self.stacks.top,
+            sort: self.stacks.sort,
+            min_size: self.stacks.min_size,
+            max_size: self.stacks.max_size,
             show_allocs: self.show_allocs,
             show_reachable: self.show_reachable,
         })
@@ -307,10 +421,16 @@ impl TraceArgs {
     fn options(&self) -> TraceOptions {
         TraceOptions {
             allocator_object: self.allocator_object.clone(),
-            limits: Limits {
-                max_allocs: self.max_allocs,
-                max_stacks: self.max_stacks,
-            },
+            limits: self.limits.limits(),
+        }
+    }
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_allocs: self.max_allocs,
+            max_stacks: self.max_stacks,
         }
     }
 }
@@ -373,6 +493,12 @@ fn run(cli: Cli) -> Result<u8> {
         Commands::Test(args) => {
             let options = args.options()?;
             testrun::run(&args.build, &args.selection, options)
+        }
+        Commands::Attach(args) => {
+            watch::attach(args.pid, &args.periodic.options()?, &args.trace.options())
+        }
+        Commands::Kernel(args) => {
+            kernel::trace(&args.periodic.options()?, args.percpu, args.limits.limits())
         }
     }
 }

@@ -35,7 +35,7 @@ pub mod exit {
     pub const METADATA_FAILED: u8 = 102;
     /// The program cannot be executed.
     pub const NOT_EXECUTABLE: u8 = 126;
-    /// The program was not found.
+    /// The program (or, for `attach`, the process) was not found.
     pub const NOT_FOUND: u8 = 127;
 }
 
@@ -49,6 +49,9 @@ pub enum Error {
 
     #[error("program not found: `{program}`; check the name, or give a path")]
     ProgramNotFound { program: String },
+
+    #[error("no process with pid {pid}; check the number with `ps -p {pid}`")]
+    NoProcess { pid: u32 },
 
     #[error("cannot execute `{}`: {reason}", program.display())]
     NotExecutable { program: PathBuf, reason: String },
@@ -72,6 +75,9 @@ pub enum Error {
         reason: String,
         hint: &'static str,
     },
+
+    #[error("kernel tracepoints: {reason}")]
+    Tracefs { reason: String },
 
     #[error("reading the tracer's maps for pid {pid} failed: {reason}")]
     MapRead { pid: u32, reason: String },
@@ -126,12 +132,13 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Privileges { .. } => exit::PRIVILEGES,
-            Error::ProgramNotFound { .. } => exit::NOT_FOUND,
+            Error::ProgramNotFound { .. } | Error::NoProcess { .. } => exit::NOT_FOUND,
             Error::NotExecutable { .. } => exit::NOT_EXECUTABLE,
             Error::NoLibc
             | Error::AllocatorObject { .. }
             | Error::BpfLoad { .. }
-            | Error::Attach { .. } => exit::UNAVAILABLE,
+            | Error::Attach { .. }
+            | Error::Tracefs { .. } => exit::UNAVAILABLE,
             Error::Metadata { .. } => exit::METADATA_FAILED,
             Error::Build { .. } => exit::BUILD_FAILED,
             Error::Selection(_) => exit::USAGE,

@@ -5,6 +5,8 @@
 //! [`tracer`] (eBPF maps, pid-scoped probes at [`allocator`] entry points) →
 //! [`symbolize`] (at the exit stop) → [`report`] (data, then text or JSON).
 //! [`session`] strings one traced run together; [`cli`] parses and dispatches.
+//! BCC's periodic modes: [`watch`] (reports every interval; `attach` to a running process) and
+//! [`kernel`] (tracepoints on the kernel's allocators).
 
 pub mod allocator;
 pub mod baseline;
@@ -12,6 +14,7 @@ pub mod build;
 pub mod classify;
 pub mod cli;
 pub mod error;
+pub mod kernel;
 pub mod report;
 pub mod scan;
 pub mod session;
@@ -19,5 +22,6 @@ pub mod spawn;
 pub mod symbolize;
 pub mod testrun;
 pub mod tracer;
+pub mod watch;
 
 pub use cli::main_with_args;

@@ -242,16 +242,7 @@ fn stack_frames(run: &TracedRun, stack_id: u64) -> Vec<Frame> {
         .as_ref()
         .and_then(|trace| trace.stacks.get(&stack_id))
     else {
-        return vec![Frame {
-            addr: 0,
-            symbol: None,
-            offset: 0,
-            file: None,
-            line: None,
-            module: None,
-            inlined: false,
-            unknown_reason: Some("stack not captured".into()),
-        }];
+        return vec![Frame::unknown(0, "stack not captured".into())];
     };
     addrs
         .iter()
@@ -302,16 +293,10 @@ pub fn render_frame(frame: &Frame) -> String {
 /// BCC memleak's layout, then one summary line.
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() % 86_400)
-        .unwrap_or(0);
     let _ = writeln!(
         out,
-        "[{:02}:{:02}:{:02}] Top {} stacks with {} allocations:",
-        now / 3600,
-        now / 60 % 60,
-        now % 60,
+        "[{}] Top {} stacks with {} allocations:",
+        clock_time(),
         report.stacks.len(),
         if report
             .stacks
@@ -357,6 +342,15 @@ pub fn render_text(report: &Report) -> String {
     out
 }
 
+/// The time of day (UTC) as HH:MM:SS, for BCC's report headings.
+pub fn clock_time() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() % 86_400)
+        .unwrap_or(0);
+    format!("{:02}:{:02}:{:02}", now / 3600, now / 60 % 60, now % 60)
+}
+
 /// memcheck's words for a category.
 pub fn category_words(category: Category) -> &'static str {
     match category {
@@ -366,21 +360,27 @@ pub fn category_words(category: Category) -> &'static str {
     }
 }
 
-pub fn summary_line(report: &Report) -> String {
-    let shown = if report.matching_stacks > report.stacks.len() {
-        format!(
-            " ({} of {} stacks shown)",
-            report.stacks.len(),
-            report.matching_stacks
-        )
+/// ` (N of M stacks shown)` when the top-N cut left some out, else nothing.
+pub fn stacks_shown(shown: usize, matching: usize) -> String {
+    if matching > shown {
+        format!(" ({shown} of {matching} stacks shown)")
     } else {
         String::new()
-    };
-    let dropped = if report.incomplete.is_empty() {
-        "dropped: none".to_string()
+    }
+}
+
+/// `dropped: none`, or `INCOMPLETE: ` and the reasons.
+pub fn dropped_words(incomplete: &[String]) -> String {
+    if incomplete.is_empty() {
+        "dropped: none".to_owned()
     } else {
-        format!("INCOMPLETE: {}", report.incomplete.join("; "))
-    };
+        format!("INCOMPLETE: {}", incomplete.join("; "))
+    }
+}
+
+pub fn summary_line(report: &Report) -> String {
+    let shown = stacks_shown(report.stacks.len(), report.matching_stacks);
+    let dropped = dropped_words(&report.incomplete);
     format!(
         "memleak: `{}` {}: {} bytes lost in {} blocks, {} bytes outstanding in {} allocations{}; traced {} allocations, {} frees; {}",
         report.program,

@@ -34,6 +34,13 @@ pub struct Frame {
     pub unknown_reason: Option<String>,
 }
 
+impl Frame {
+    /// A frame without a symbol, and why.
+    pub fn unknown(addr: u64, reason: String) -> Self {
+        unknown(addr, reason, None)
+    }
+}
+
 pub struct Symbolizer {
     inner: symbolize::Symbolizer,
 }
@@ -56,20 +63,30 @@ impl Symbolizer {
 
     /// Symbolizes return addresses of the stopped (or live) process `pid`.
     pub fn symbolize(&self, pid: u32, return_addrs: &[u64]) -> HashMap<u64, Vec<Frame>> {
-        // A return address points past the call; the call itself is one byte earlier.
-        let call_sites: Vec<u64> = return_addrs
-            .iter()
-            .map(|addr| addr.saturating_sub(1))
-            .collect();
         let mut process = symbolize::source::Process::new(Pid::from(pid));
         // Symbolic paths instead of /proc/PID/map_files: the parsed files are cached by path,
         // so the next process running the same binary costs nothing to symbolize.
         process.map_files = false;
         process.perf_map = false;
-        let source = Source::Process(process);
+        self.symbolize_in(&Source::Process(process), return_addrs)
+    }
+
+    /// Symbolizes return addresses in the running kernel (kallsyms, or a vmlinux with debug
+    /// information when one is installed).
+    pub fn symbolize_kernel(&self, return_addrs: &[u64]) -> HashMap<u64, Vec<Frame>> {
+        let kernel = symbolize::source::Kernel::default();
+        self.symbolize_in(&Source::Kernel(kernel), return_addrs)
+    }
+
+    fn symbolize_in(&self, source: &Source<'_>, return_addrs: &[u64]) -> HashMap<u64, Vec<Frame>> {
+        // A return address points past the call; the call itself is one byte earlier.
+        let call_sites: Vec<u64> = return_addrs
+            .iter()
+            .map(|addr| addr.saturating_sub(1))
+            .collect();
         let results = match self
             .inner
-            .symbolize(&source, symbolize::Input::AbsAddr(&call_sites))
+            .symbolize(source, symbolize::Input::AbsAddr(&call_sites))
         {
             Ok(results) => results,
             Err(err) => {

@@ -1,5 +1,6 @@
 //! The eBPF side, seen from userspace: loads the programs once, attaches them, and reads or
-//! forgets what they recorded for a process.
+//! forgets what they recorded for a process ([`Tracer`], uprobes on the C allocator) or for the
+//! kernel ([`KernelTracer`], tracepoints on the kernel's allocators).
 //!
 //! Two ways to attach: to one process at a time (pid-scoped uprobes, so no other process on the
 //! machine pays for them; right for one traced program), or once to every process for as long
@@ -17,14 +18,14 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues},
     programs::{
-        UProbe,
+        TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
     util::nr_cpus,
 };
 use memleak_common::{
-    AllocInfo, AllocKey, Counter, PendingCall, ProcessStats, STACK_DEPTH, StackFrames, StackKey,
-    names,
+    AllocInfo, AllocKey, Counter, KERNEL_TGID, KernelFields, PendingCall, ProcessStats,
+    STACK_DEPTH, StackFrames, StackKey, names,
 };
 
 use crate::{
@@ -137,21 +138,7 @@ const KERNEL_HINT: &str = "the kernel needs BPF, uprobes (CONFIG_UPROBE_EVENTS) 
 impl Tracer {
     /// Loads the eBPF object and its programs (nothing is attached yet).
     pub fn load(probes: AllocatorProbes, limits: Limits) -> Result<Self> {
-        check_privileges()?;
-        if EBPF_OBJECT.is_empty() {
-            return Err(Error::BpfLoad {
-                reason: "this binary was built with AYA_BUILD_SKIP=1 and has no eBPF object".into(),
-                hint: "rebuild it without AYA_BUILD_SKIP",
-            });
-        }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::ALLOCS, limits.max_allocs)
-            .map_max_entries(names::STACKS, limits.max_stacks)
-            .load(EBPF_OBJECT)
-            .map_err(|err| Error::BpfLoad {
-                reason: error_chain(&err),
-                hint: KERNEL_HINT,
-            })?;
+        let mut ebpf = load_object(limits, &KernelFields::ZERO)?;
         let programs: Vec<&str> = probes.points.iter().map(|point| point.program).collect();
         for name in programs {
             let program = uprobe(&mut ebpf, name)?;
@@ -186,9 +173,7 @@ impl Tracer {
     /// Starts tracing `pid` (and its threads, and whatever it execs): registers it, and
     /// attaches every probe to it unless they are attached everywhere already.
     pub fn attach(&mut self, pid: u32) -> Result<Attachment> {
-        self.stats_map()?
-            .insert(pid, zeroed_per_cpu()?, 0)
-            .map_err(|err| map_error(pid, err))?;
+        register(&mut self.ebpf, pid)?;
         if self.everywhere.is_some() {
             return Ok(Attachment {
                 pid,
@@ -201,7 +186,7 @@ impl Tracer {
                 reason: "pid 0 cannot be traced".into(),
             })?);
         self.attach_links(pid, scope).inspect_err(|_| {
-            if let Ok(mut stats) = self.stats_map() {
+            if let Ok(mut stats) = stats_map(&mut self.ebpf) {
                 let _ = stats.remove(&pid);
             }
         })
@@ -259,99 +244,186 @@ impl Tracer {
 
     /// Reads what the probes recorded for `tgid`.
     pub fn read(&self, tgid: u32) -> Result<ProcessTrace> {
-        let allocs: BpfHashMap<&MapData, AllocKey, AllocInfo> = self.map(names::ALLOCS, tgid)?;
-        let mut trace = ProcessTrace::default();
-        // Other traced processes insert and delete entries while we walk the map; when the
-        // key we stand on is deleted, the kernel restarts the walk from the first bucket. So
-        // entries can come twice (never zero times: ours do not change while the process is
-        // stopped): keep each address once.
-        let mut outstanding = std::collections::BTreeMap::new();
-        for entry in allocs.iter() {
-            let (key, info) = entry.map_err(|err| map_error(tgid, err))?;
-            if key.tgid != tgid {
-                continue;
-            }
-            outstanding.insert(
-                key.addr,
-                Outstanding {
-                    addr: key.addr,
-                    size: info.size,
-                    timestamp_ns: info.timestamp_ns,
-                    stack_id: info.stack_id,
-                },
-            );
-        }
-        trace.outstanding = outstanding.into_values().collect();
-
-        let stacks: BpfHashMap<&MapData, StackKey, StackFrames> = self.map(names::STACKS, tgid)?;
-        for alloc in &trace.outstanding {
-            if alloc.stack_id == 0 || trace.stacks.contains_key(&alloc.stack_id) {
-                continue;
-            }
-            // A process's stacks are removed only by `forget`, so a missing one is a real map
-            // error.
-            let key = StackKey {
-                stack_id: alloc.stack_id,
-                tgid,
-                _pad: 0,
-            };
-            let frames = stacks.get(&key, 0).map_err(|err| map_error(tgid, err))?;
-            let depth = frames.iter().position(|&ip| ip == 0).unwrap_or(STACK_DEPTH);
-            trace
-                .stacks
-                .insert(alloc.stack_id, frames[..depth].to_vec());
-        }
-
-        let stats: PerCpuHashMap<&MapData, u32, ProcessStats> = self.map(names::STATS, tgid)?;
-        let per_cpu = stats.get(&tgid, 0).map_err(|err| map_error(tgid, err))?;
-        for cpu in per_cpu.iter() {
-            trace.counters.add(cpu);
-        }
-        Ok(trace)
+        read_trace(&self.ebpf, tgid)
     }
 
     /// Removes every map entry of `tgid`: its counters (which stops its tracing), allocations,
     /// pending calls and stacks. The maps then hold only the processes traced at the moment,
     /// however many came before.
     pub fn forget(&mut self, tgid: u32) -> Result<()> {
-        let _ = self.stats_map()?.remove(&tgid);
-        remove_where::<AllocKey, AllocInfo>(self.map_mut(names::ALLOCS, tgid)?, |key| {
+        let ebpf = &mut self.ebpf;
+        let _ = stats_map(ebpf)?.remove(&tgid);
+        remove_where::<AllocKey, AllocInfo>(map_mut(ebpf, names::ALLOCS, tgid)?, |key| {
             key.tgid == tgid
         });
-        remove_where::<u64, PendingCall>(self.map_mut(names::PENDING, tgid)?, |key| {
+        remove_where::<u64, PendingCall>(map_mut(ebpf, names::PENDING, tgid)?, |key| {
             (key >> 32) as u32 == tgid
         });
-        remove_where::<StackKey, StackFrames>(self.map_mut(names::STACKS, tgid)?, |key| {
+        remove_where::<StackKey, StackFrames>(map_mut(ebpf, names::STACKS, tgid)?, |key| {
             key.tgid == tgid
         });
         Ok(())
     }
+}
 
-    fn stats_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, ProcessStats>> {
-        self.map_mut(names::STATS, 0)
+/// A kernel allocator tracepoint: the eBPF program, and the event's category and name in
+/// tracefs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelEvent {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+}
+
+/// Tracepoints on the kernel's allocators, recording under [`KERNEL_TGID`] for as long as this
+/// lives (dropping it detaches them).
+pub struct KernelTracer {
+    ebpf: Ebpf,
+}
+
+impl KernelTracer {
+    /// Loads the object with the events' field offsets, turns kernel tracing on and attaches
+    /// every event's program.
+    pub fn attach(events: &[KernelEvent], fields: &KernelFields, limits: Limits) -> Result<Self> {
+        let mut ebpf = load_object(limits, fields)?;
+        register(&mut ebpf, KERNEL_TGID)?;
+        for event in events {
+            let attach_error = |err: &dyn std::error::Error| Error::BpfLoad {
+                reason: format!(
+                    "tracepoint {}:{}: {}",
+                    event.category,
+                    event.name,
+                    error_chain(err)
+                ),
+                hint: KERNEL_HINT,
+            };
+            let program: &mut TracePoint = ebpf
+                .program_mut(event.program)
+                .ok_or_else(|| Error::BpfLoad {
+                    reason: format!("program {} missing from the eBPF object", event.program),
+                    hint: "rebuild cargo-memleak",
+                })?
+                .try_into()
+                .map_err(|err: aya::programs::ProgramError| attach_error(&err))?;
+            program.load().map_err(|err| attach_error(&err))?;
+            program
+                .attach(event.category, event.name)
+                .map_err(|err| attach_error(&err))?;
+        }
+        Ok(Self { ebpf })
     }
 
-    fn map<'a, T>(&'a self, name: &str, pid: u32) -> Result<T>
-    where
-        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let map = self.ebpf.map(name).ok_or_else(|| Error::MapRead {
-            pid,
-            reason: format!("map {name} missing from the eBPF object"),
-        })?;
-        T::try_from(map).map_err(|err| map_error(pid, err))
+    /// What the tracepoints recorded since they were attached.
+    pub fn read(&self) -> Result<ProcessTrace> {
+        read_trace(&self.ebpf, KERNEL_TGID)
+    }
+}
+
+/// Loads the eBPF object: its maps, sized by `limits`, and the kernel programs' field offsets
+/// (programs are loaded by whoever attaches them).
+fn load_object(limits: Limits, fields: &KernelFields) -> Result<Ebpf> {
+    check_privileges()?;
+    if EBPF_OBJECT.is_empty() {
+        return Err(Error::BpfLoad {
+            reason: "this binary was built with AYA_BUILD_SKIP=1 and has no eBPF object".into(),
+            hint: "rebuild it without AYA_BUILD_SKIP",
+        });
+    }
+    EbpfLoader::new()
+        .map_max_entries(names::ALLOCS, limits.max_allocs)
+        .map_max_entries(names::STACKS, limits.max_stacks)
+        .override_global(names::KERNEL_FIELDS, fields, true)
+        .load(EBPF_OBJECT)
+        .map_err(|err| Error::BpfLoad {
+            reason: error_chain(&err),
+            hint: KERNEL_HINT,
+        })
+}
+
+/// Starts recording for `tgid`: gives it zeroed counters.
+fn register(ebpf: &mut Ebpf, tgid: u32) -> Result<()> {
+    stats_map(ebpf)?
+        .insert(tgid, zeroed_per_cpu()?, 0)
+        .map_err(|err| map_error(tgid, err))
+}
+
+/// Reads what the programs recorded for `tgid`.
+fn read_trace(ebpf: &Ebpf, tgid: u32) -> Result<ProcessTrace> {
+    let allocs: BpfHashMap<&MapData, AllocKey, AllocInfo> = map(ebpf, names::ALLOCS, tgid)?;
+    let mut trace = ProcessTrace::default();
+    // Other traced processes insert and delete entries while we walk the map; when the
+    // key we stand on is deleted, the kernel restarts the walk from the first bucket. So
+    // entries can come twice (never zero times: ours do not change while the process is
+    // stopped): keep each address once.
+    let mut outstanding = std::collections::BTreeMap::new();
+    for entry in allocs.iter() {
+        let (key, info) = entry.map_err(|err| map_error(tgid, err))?;
+        if key.tgid != tgid {
+            continue;
+        }
+        outstanding.insert(
+            key.addr,
+            Outstanding {
+                addr: key.addr,
+                size: info.size,
+                timestamp_ns: info.timestamp_ns,
+                stack_id: info.stack_id,
+            },
+        );
+    }
+    trace.outstanding = outstanding.into_values().collect();
+
+    let stacks: BpfHashMap<&MapData, StackKey, StackFrames> = map(ebpf, names::STACKS, tgid)?;
+    for alloc in &trace.outstanding {
+        if alloc.stack_id == 0 || trace.stacks.contains_key(&alloc.stack_id) {
+            continue;
+        }
+        // A process's stacks are removed only by `forget`, so a missing one is a real map
+        // error.
+        let key = StackKey {
+            stack_id: alloc.stack_id,
+            tgid,
+            _pad: 0,
+        };
+        let frames = stacks.get(&key, 0).map_err(|err| map_error(tgid, err))?;
+        let depth = frames.iter().position(|&ip| ip == 0).unwrap_or(STACK_DEPTH);
+        trace
+            .stacks
+            .insert(alloc.stack_id, frames[..depth].to_vec());
     }
 
-    fn map_mut<'a, T>(&'a mut self, name: &str, pid: u32) -> Result<T>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let map = self.ebpf.map_mut(name).ok_or_else(|| Error::MapRead {
-            pid,
-            reason: format!("map {name} missing from the eBPF object"),
-        })?;
-        T::try_from(map).map_err(|err| map_error(pid, err))
+    let stats: PerCpuHashMap<&MapData, u32, ProcessStats> = map(ebpf, names::STATS, tgid)?;
+    let per_cpu = stats.get(&tgid, 0).map_err(|err| map_error(tgid, err))?;
+    for cpu in per_cpu.iter() {
+        trace.counters.add(cpu);
     }
+    Ok(trace)
+}
+
+fn stats_map(ebpf: &mut Ebpf) -> Result<PerCpuHashMap<&mut MapData, u32, ProcessStats>> {
+    map_mut(ebpf, names::STATS, 0)
+}
+
+fn map<'a, T>(ebpf: &'a Ebpf, name: &str, pid: u32) -> Result<T>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map(name).ok_or_else(|| Error::MapRead {
+        pid,
+        reason: format!("map {name} missing from the eBPF object"),
+    })?;
+    T::try_from(map).map_err(|err| map_error(pid, err))
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str, pid: u32) -> Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or_else(|| Error::MapRead {
+        pid,
+        reason: format!("map {name} missing from the eBPF object"),
+    })?;
+    T::try_from(map).map_err(|err| map_error(pid, err))
 }
 
 /// Removes the entries whose key matches. Keys are collected first: removing while walking

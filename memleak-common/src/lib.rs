@@ -19,6 +19,66 @@ pub mod names {
     /// Per traced process counters: tgid → [`ProcessStats`]. A process is traced exactly
     /// while it has an entry here.
     pub const STATS: &str = "STATS";
+    /// The read-only global holding [`KernelFields`](super::KernelFields).
+    pub const KERNEL_FIELDS: &str = "KERNEL_FIELDS";
+}
+
+/// The tgid under which the kernel-allocator tracepoints record (in ALLOCS, STACKS and STATS):
+/// no process has it. Kernel tracing is on exactly while STATS has an entry for it.
+pub const KERNEL_TGID: u32 = u32::MAX;
+
+/// A page's key in ALLOCS is its frame number plus this, so that frame 0 is not taken for NULL.
+/// Frame numbers stay far below kernel addresses, so pages and slab objects never collide.
+pub const PAGE_KEY_BASE: u64 = 1 << 12;
+
+/// Where the kernel-allocator tracepoint programs find their fields: byte offsets into each
+/// event's record, which userspace reads from tracefs's format files (they move between kernel
+/// versions), and the page size. The eBPF object's read-only global `KERNEL_FIELDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFields {
+    /// `kmem:kmalloc`'s `ptr` and `bytes_alloc`.
+    pub kmalloc_ptr: u32,
+    pub kmalloc_bytes: u32,
+    /// `kmem:kfree`'s `ptr`.
+    pub kfree_ptr: u32,
+    /// `kmem:kmem_cache_alloc`'s `ptr` and `bytes_alloc`.
+    pub cache_alloc_ptr: u32,
+    pub cache_alloc_bytes: u32,
+    /// `kmem:kmem_cache_free`'s `ptr`.
+    pub cache_free_ptr: u32,
+    /// `kmem:mm_page_alloc`'s `pfn` and `order`.
+    pub page_alloc_pfn: u32,
+    pub page_alloc_order: u32,
+    /// `kmem:mm_page_free`'s `pfn` and `order`.
+    pub page_free_pfn: u32,
+    pub page_free_order: u32,
+    /// `percpu:percpu_alloc_percpu`'s `ptr` and `bytes_alloc`.
+    pub percpu_alloc_ptr: u32,
+    pub percpu_alloc_bytes: u32,
+    /// `percpu:percpu_free_percpu`'s `ptr`.
+    pub percpu_free_ptr: u32,
+    /// Bytes in a page of order 0.
+    pub page_size: u32,
+}
+
+impl KernelFields {
+    pub const ZERO: Self = Self {
+        kmalloc_ptr: 0,
+        kmalloc_bytes: 0,
+        kfree_ptr: 0,
+        cache_alloc_ptr: 0,
+        cache_alloc_bytes: 0,
+        cache_free_ptr: 0,
+        page_alloc_pfn: 0,
+        page_alloc_order: 0,
+        page_free_pfn: 0,
+        page_free_order: 0,
+        percpu_alloc_ptr: 0,
+        percpu_alloc_bytes: 0,
+        percpu_free_ptr: 0,
+        page_size: 0,
+    };
 }
 
 /// Frames kept per stack: the kernel's `PERF_MAX_STACK_DEPTH`.
@@ -135,7 +195,9 @@ pub enum Counter {
     AllocMapFull = 2,
     /// The user stack of an allocation could not be captured or stored.
     StackFailed = 3,
-    /// `free` of an address that is not outstanding (allocated before tracing, or missed).
+    /// `free` of an address that is not outstanding (allocated before tracing, or missed). A
+    /// drop when the process was traced from its start; expected when tracing began later
+    /// (`attach`, kernel allocators).
     FreeUnknown = 4,
     /// An allocator entry could not be remembered until its return: the pending map is full.
     PendingMapFull = 5,
@@ -217,6 +279,7 @@ mod pod {
     unsafe impl aya::Pod for super::StackKey {}
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::ProcessStats {}
+    unsafe impl aya::Pod for super::KernelFields {}
 }
 
 // Layouts are part of the kernel/user contract: fail the build if padding sneaks in.
@@ -226,5 +289,6 @@ const _: () = {
     assert!(core::mem::size_of::<StackKey>() == 16);
     assert!(core::mem::size_of::<PendingCall>() == 40);
     assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
+    assert!(core::mem::size_of::<KernelFields>() == 56);
     assert!(Counter::ALL.len() == Counter::COUNT);
 };

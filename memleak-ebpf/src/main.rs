@@ -1,5 +1,6 @@
-//! Uprobes on the C allocator. They keep, per traced process, the set of outstanding
-//! allocations with their size, time and user stack, and count everything they fail to record.
+//! Uprobes on the C allocator, and tracepoints on the kernel's allocators. They keep, per traced
+//! process (or for the kernel, under `KERNEL_TGID`), the set of outstanding allocations with
+//! their size, time and stack, and count everything they fail to record.
 //!
 //! Invariants:
 //! - Only the outermost allocator call of a thread is interpreted. glibc calls its own entry
@@ -21,13 +22,13 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
-    macros::{map, uprobe, uretprobe},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memleak_common::{
-    AllocInfo, AllocKey, CallKind, Counter, PendingCall, ProcessStats, STACK_DEPTH, StackFrames,
-    StackKey,
+    AllocInfo, AllocKey, CallKind, Counter, KERNEL_TGID, KernelFields, PAGE_KEY_BASE, PendingCall,
+    ProcessStats, STACK_DEPTH, StackFrames, StackKey,
 };
 
 // Sizes here are defaults; userspace resizes ALLOCS and STACKS at load time.
@@ -46,6 +47,10 @@ static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1
 
 #[map]
 static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Set by userspace at load time (read-only data; see `KernelFields`).
+#[unsafe(no_mangle)]
+static KERNEL_FIELDS: KernelFields = KernelFields::ZERO;
 
 const MAP_FAILED: u64 = u64::MAX;
 /// Map update errors (negated errno): the key exists, the map is full.
@@ -215,18 +220,17 @@ fn hash_frames(frames: &StackFrames, len: usize) -> u64 {
     if hash == 0 { 1 } else { hash }
 }
 
-/// Captures the user stack into the stack map and returns its key, or 0 (counted) on failure.
+/// Captures the stack (`BPF_F_USER_STACK` in `flags`: the user stack, else the kernel's) into
+/// the stack map and returns its key, or 0 (counted) on failure.
 #[inline(always)]
-fn capture_stack(ctx: &RetProbeContext, tgid: u32) -> u64 {
+fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32, flags: u64) -> u64 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         count(tgid, Counter::StackFailed);
         return 0;
     };
     let size = core::mem::size_of::<StackFrames>() as u32;
     // SAFETY: scratch is this CPU's buffer of exactly `size` bytes.
-    let copied = unsafe {
-        generated::bpf_get_stack(ctx.as_ptr(), scratch.cast(), size, BPF_F_USER_STACK as u64)
-    };
+    let copied = unsafe { generated::bpf_get_stack(ctx.as_ptr(), scratch.cast(), size, flags) };
     if copied <= 0 {
         count(tgid, Counter::StackFailed);
         return 0;
@@ -258,13 +262,19 @@ fn capture_stack(ctx: &RetProbeContext, tgid: u32) -> u64 {
     key.stack_id
 }
 
+/// Records an allocation the program made, with its user stack.
 #[inline(always)]
 fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
+    record_with_stack(ctx, tgid, addr, size, BPF_F_USER_STACK as u64);
+}
+
+#[inline(always)]
+fn record_with_stack<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size: u64, stack_flags: u64) {
     let info = AllocInfo {
         size,
         // SAFETY: plain helper call.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        stack_id: capture_stack(ctx, tgid),
+        stack_id: capture_stack(ctx, tgid, stack_flags),
     };
     let key = AllocKey {
         addr,
@@ -441,6 +451,128 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
         count(tgid, Counter::Frees);
     }
     0
+}
+
+// Kernel allocators: tracepoints, every CPU and process, recorded under KERNEL_TGID with the
+// kernel stack. Tracing began while the kernel ran, so a free of an unknown block is expected
+// (counted as FreeUnknown, which userspace treats as informational here).
+
+/// kmalloc's ZERO_SIZE_PTR and NULL: not blocks.
+const ZERO_SIZE_PTR: u64 = 16;
+
+/// A field of the event record at the offset userspace configured.
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: &u32) -> Option<T> {
+    // SAFETY: a read-only global, set before load; the record read is checked by the helper.
+    unsafe {
+        let offset = core::ptr::read_volatile(offset) as usize;
+        ctx.read_at::<T>(offset).ok()
+    }
+}
+
+#[inline(always)]
+fn kernel_traced() -> bool {
+    STATS.get_ptr(&KERNEL_TGID).is_some()
+}
+
+#[inline(always)]
+fn kernel_alloc(ctx: &TracePointContext, addr: Option<u64>, size: Option<u64>) -> u32 {
+    if !kernel_traced() {
+        return 0;
+    }
+    match (addr, size) {
+        (Some(addr), Some(size)) if addr > ZERO_SIZE_PTR => {
+            record_with_stack(ctx, KERNEL_TGID, addr, size, 0);
+        }
+        (Some(_), Some(_)) => {}
+        _ => count(KERNEL_TGID, Counter::ReadFailed),
+    }
+    0
+}
+
+#[inline(always)]
+fn kernel_free(addr: Option<u64>) -> u32 {
+    if !kernel_traced() {
+        return 0;
+    }
+    match addr {
+        Some(addr) if addr > ZERO_SIZE_PTR => {
+            if !release(KERNEL_TGID, addr) {
+                count(KERNEL_TGID, Counter::FreeUnknown);
+            }
+        }
+        Some(_) => {}
+        None => count(KERNEL_TGID, Counter::ReadFailed),
+    }
+    0
+}
+
+/// Pages are keyed by their frame number (never a valid kernel address).
+#[inline(always)]
+fn page_bytes(order: Option<u32>) -> Option<u64> {
+    // SAFETY: read-only global, set before load.
+    let page_size = unsafe { core::ptr::read_volatile(&KERNEL_FIELDS.page_size) } as u64;
+    order.map(|order| page_size << (order & 31))
+}
+
+#[tracepoint]
+pub fn kmalloc(ctx: TracePointContext) -> u32 {
+    let addr = field(&ctx, &KERNEL_FIELDS.kmalloc_ptr);
+    let size = field(&ctx, &KERNEL_FIELDS.kmalloc_bytes);
+    kernel_alloc(&ctx, addr, size)
+}
+
+#[tracepoint]
+pub fn kfree(ctx: TracePointContext) -> u32 {
+    kernel_free(field(&ctx, &KERNEL_FIELDS.kfree_ptr))
+}
+
+#[tracepoint]
+pub fn kmem_cache_alloc(ctx: TracePointContext) -> u32 {
+    let addr = field(&ctx, &KERNEL_FIELDS.cache_alloc_ptr);
+    let size = field(&ctx, &KERNEL_FIELDS.cache_alloc_bytes);
+    kernel_alloc(&ctx, addr, size)
+}
+
+#[tracepoint]
+pub fn kmem_cache_free(ctx: TracePointContext) -> u32 {
+    kernel_free(field(&ctx, &KERNEL_FIELDS.cache_free_ptr))
+}
+
+#[tracepoint]
+pub fn mm_page_alloc(ctx: TracePointContext) -> u32 {
+    // A failed allocation reports pfn -1.
+    let pfn: Option<u64> = field(&ctx, &KERNEL_FIELDS.page_alloc_pfn);
+    if pfn == Some(u64::MAX) {
+        return 0;
+    }
+    let size = page_bytes(field(&ctx, &KERNEL_FIELDS.page_alloc_order));
+    kernel_alloc(&ctx, pfn.map(page_key), size)
+}
+
+#[tracepoint]
+pub fn mm_page_free(ctx: TracePointContext) -> u32 {
+    let pfn: Option<u64> = field(&ctx, &KERNEL_FIELDS.page_free_pfn);
+    kernel_free(pfn.map(page_key))
+}
+
+/// A page's key in ALLOCS: its frame number, moved past the values kernel_alloc ignores. Frame
+/// numbers stay far below kernel addresses, so the two never collide.
+#[inline(always)]
+fn page_key(pfn: u64) -> u64 {
+    pfn + PAGE_KEY_BASE
+}
+
+#[tracepoint]
+pub fn percpu_alloc_percpu(ctx: TracePointContext) -> u32 {
+    let addr = field(&ctx, &KERNEL_FIELDS.percpu_alloc_ptr);
+    let size = field(&ctx, &KERNEL_FIELDS.percpu_alloc_bytes);
+    kernel_alloc(&ctx, addr, size)
+}
+
+#[tracepoint]
+pub fn percpu_free_percpu(ctx: TracePointContext) -> u32 {
+    kernel_free(field(&ctx, &KERNEL_FIELDS.percpu_free_ptr))
 }
 
 #[cfg(not(test))]

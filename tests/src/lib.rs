@@ -114,22 +114,12 @@ pub struct Run {
 
 impl Run {
     pub fn stacks(&self) -> &[Value] {
-        self.report["stacks"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        stacks_of(&self.report)
     }
 
     /// Stacks with a frame whose symbol contains `symbol`.
     pub fn stacks_with(&self, symbol: &str) -> Vec<&Value> {
-        self.stacks()
-            .iter()
-            .filter(|stack| {
-                frames(stack)
-                    .iter()
-                    .any(|frame| symbol_of(frame).contains(symbol))
-            })
-            .collect()
+        report_stacks_with(&self.report, symbol)
     }
 
     pub fn counter(&self, name: &str) -> u64 {
@@ -309,4 +299,148 @@ pub fn assert_complete(run: &Run) {
         "complete: {:#}",
         run.report
     );
+}
+
+/// A `cargo-memleak` that keeps running (`attach`, `kernel`): its JSON reports (one per line on
+/// stdout) and its stderr lines arrive on channels, so a test can wait for them with a
+/// deadline instead of hanging.
+pub struct Periodic {
+    pub child: std::process::Child,
+    reports: std::sync::mpsc::Receiver<Value>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line seen so far.
+    pub stderr_seen: Vec<String>,
+}
+
+impl Periodic {
+    /// Starts `cargo-memleak <args>`; `args` must ask for `--format json`.
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(cargo_memleak())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cargo-memleak starts");
+        let (report_tx, reports) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let report = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| panic!("a report per line ({err}): {line}"));
+                if report_tx.send(report).is_err() {
+                    break;
+                }
+            }
+        });
+        let (stderr_tx, stderr) = std::sync::mpsc::channel();
+        let child_stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(child_stderr).lines() {
+                let Ok(line) = line else { break };
+                if stderr_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            reports,
+            stderr,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `text`.
+    pub fn wait_for_stderr(&mut self, text: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with {text:?} within {timeout:?}; stderr: {:#?}",
+                    self.stderr_seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the first report that satisfies `wanted`, and returns it.
+    pub fn wait_for_report(
+        &mut self,
+        what: &str,
+        timeout: std::time::Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut last = Value::Null;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.reports.recv_timeout(left) {
+                Ok(report) if wanted(&report) => return report,
+                Ok(report) => last = report,
+                Err(_) => panic!(
+                    "no report with {what} within {timeout:?}; last report: {last:#}; stderr: {:#?}",
+                    self.stderr_seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to end by itself; its exit code and the rest of its stderr.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> (i32, String) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid works") {
+                while let Ok(line) = self.stderr.recv_timeout(std::time::Duration::from_secs(5)) {
+                    self.stderr_seen.push(line);
+                }
+                return (status.code().unwrap_or(-1), self.stderr_seen.join("\n"));
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "cargo-memleak still running after {timeout:?}; stderr: {:#?}",
+                    self.stderr_seen
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Periodic {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stacks of a report (at exit, or periodic).
+pub fn stacks_of(report: &Value) -> &[Value] {
+    report["stacks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// The stacks of a report with a frame whose symbol contains `symbol`.
+pub fn report_stacks_with<'a>(report: &'a Value, symbol: &str) -> Vec<&'a Value> {
+    stacks_of(report)
+        .iter()
+        .filter(|stack| {
+            frames(stack)
+                .iter()
+                .any(|frame| symbol_of(frame).contains(symbol))
+        })
+        .collect()
 }

@@ -342,6 +342,7 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
     };
     let workload = compile("pairs")?;
     let live = compile("live")?;
+    let kpairs = compile("kpairs")?;
     run(
         cargo()
             .args([
@@ -473,7 +474,55 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
             megabytes / (ms / 1e3)
         );
     }
+    bench_kernel(&memleak, &kpairs, runs)?;
     bench_suite(&memleak, runs)
+}
+
+/// What `cargo memleak kernel` costs the kernel's allocations: an eventfd made and closed
+/// (four kernel allocations and frees), with and without the tracepoints on.
+fn bench_kernel(memleak: &Path, kpairs: &Path, runs: usize) -> Result<()> {
+    const EVENTFDS: u64 = 200_000;
+    let ns_per_eventfd = || -> Result<f64> {
+        let stdout = output(Command::new(kpairs).arg(EVENTFDS.to_string()), "kpairs")?;
+        stdout
+            .trim()
+            .parse::<f64>()
+            .context("kpairs prints ns per eventfd")
+    };
+    let mut untraced = Vec::new();
+    let mut traced = Vec::new();
+    for _ in 0..runs {
+        untraced.push(ns_per_eventfd()?);
+        let mut tracer = Command::new(memleak)
+            .args(["kernel", "3600"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting cargo-memleak kernel")?;
+        let stderr = tracer.stderr.take().context("piped stderr")?;
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let attached = lines.any(|line| line.is_ok_and(|line| line.starts_with("Attaching")));
+        let measured = if attached {
+            ns_per_eventfd()
+        } else {
+            Err(anyhow::anyhow!("cargo-memleak kernel did not attach"))
+        };
+        // Ctrl-C: the tracer detaches and exits.
+        let _ = Command::new("kill")
+            .args(["-INT", &tracer.id().to_string()])
+            .status();
+        let _ = tracer.wait();
+        traced.push(measured?);
+    }
+    let (untraced, traced) = (median(untraced), median(traced));
+    println!(
+        "{:<36} {:>11.1} ns {:>11.1} ns {:>9.1}x",
+        "kernel: eventfd + close (4 allocs)",
+        untraced,
+        traced,
+        traced / untraced
+    );
+    Ok(())
 }
 
 /// The fixture workspace's tests (all but the one that hangs), each as its own process, as
