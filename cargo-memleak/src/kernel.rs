@@ -72,7 +72,10 @@ pub fn trace(options: &watch::Options, percpu: bool, limits: Limits) -> Result<u
     let mut incomplete = false;
     let end = watch::every(options, &interrupts, None, || {
         let trace = tracer.read()?;
-        let snapshot = watch::snapshot("kernel", &trace, options, page_frame, |addrs| {
+        // Per-CPU pointers are small enough to pass for frame numbers: only the default set
+        // traces pages.
+        let pfn_of = |key| if percpu { None } else { page_frame(key) };
+        let snapshot = watch::snapshot("kernel", &trace, options, pfn_of, |addrs| {
             symbolizer.symbolize_kernel(addrs)
         });
         incomplete |= !snapshot.incomplete.is_empty();
@@ -90,9 +93,10 @@ pub fn trace(options: &watch::Options, percpu: bool, limits: Limits) -> Result<u
     })
 }
 
-/// The page frame number of an ALLOCS key, when it is a page's (see `PAGE_KEY_BASE`).
+/// The page frame number of an ALLOCS key, when it is a page's (see `PAGE_KEY_BASE`). Slab
+/// addresses are far above any frame number; per-CPU pointers are not (measured: 0x6079...),
+/// so this only applies when pages, and not per-CPU allocations, are traced.
 fn page_frame(key: u64) -> Option<u64> {
-    // Kernel addresses (and per-CPU offsets) are far above any frame number.
     (PAGE_KEY_BASE..1 << 52)
         .contains(&key)
         .then(|| key - PAGE_KEY_BASE)

@@ -159,11 +159,14 @@ pub fn snapshot(
             allocs: options.show_allocs.then(|| {
                 let mut allocs: Vec<SnapshotAlloc> = by_stack[&stack_id]
                     .iter()
-                    .map(|alloc| SnapshotAlloc {
-                        addr: pfn_of(alloc.addr).is_none().then_some(alloc.addr),
-                        pfn: pfn_of(alloc.addr),
-                        size: alloc.size,
-                        age_ms: now.saturating_sub(alloc.timestamp_ns) / 1_000_000,
+                    .map(|alloc| {
+                        let pfn = pfn_of(alloc.addr);
+                        SnapshotAlloc {
+                            addr: pfn.is_none().then_some(alloc.addr),
+                            pfn,
+                            size: alloc.size,
+                            age_ms: now.saturating_sub(alloc.timestamp_ns) / 1_000_000,
+                        }
                     })
                     .collect();
                 allocs.sort_by_key(|alloc| (alloc.addr, alloc.pfn));

@@ -28,7 +28,8 @@ pub mod names {
 pub const KERNEL_TGID: u32 = u32::MAX;
 
 /// A page's key in ALLOCS is its frame number plus this, so that frame 0 is not taken for NULL.
-/// Frame numbers stay far below kernel addresses, so pages and slab objects never collide.
+/// Frame numbers stay far below slab addresses, so pages and slab objects never collide;
+/// per-CPU allocations are traced only without pages (`--percpu`), as their pointers are small.
 pub const PAGE_KEY_BASE: u64 = 1 << 12;
 
 /// Where the kernel-allocator tracepoint programs find their fields: byte offsets into each

@@ -112,7 +112,7 @@ fn kernel_percpu_traces_per_cpu_allocations() {
         return;
     }
     let mut memleak = Periodic::start(&[
-        "kernel", "--percpu", "--older", "0", "-T", "100", "--format", "json", "0.3",
+        "kernel", "--percpu", "--older", "0", "-T", "100", "-a", "--format", "json", "0.3",
     ]);
     memleak.wait_for_stderr(
         "percpu:percpu_alloc_percpu, percpu:percpu_free_percpu",
@@ -140,6 +140,15 @@ fn kernel_percpu_traces_per_cpu_allocations() {
     });
     assert_eq!(report["target"], "kernel");
     assert_eq!(report["incomplete"], serde_json::json!([]), "{report:#}");
+    // Per-CPU pointers are addresses, never taken for page frame numbers.
+    for stack in stacks_of(&report) {
+        for alloc in stack["allocs"].as_array().expect("-a lists allocations") {
+            assert!(
+                alloc["addr"].is_u64() && alloc["pfn"].is_null(),
+                "{alloc:#}"
+            );
+        }
+    }
     let _ = stop.send(());
     holder.join().expect("the holder thread ends");
     interrupt(&mut memleak);
