@@ -104,6 +104,21 @@ pub struct StackBudget {
     pub blocks: u64,
 }
 
+/// Suppressions that always apply, LeakSanitizer's built-in ones for Linux: `__tls_get_addr`
+/// allocates dynamic TLS blocks whose only pointer glibc keeps where no scan looks (glibc bug
+/// 12650). (Its callers are in the dynamic linker, whose allocations are roots anyway.)
+pub const BUILTIN_SUPPRESSIONS: &[&str] = &["*tls_get_addr*"];
+
+/// [`BUILTIN_SUPPRESSIONS`], parsed.
+pub fn builtin_suppressions() -> Vec<Suppression> {
+    BUILTIN_SUPPRESSIONS
+        .iter()
+        .map(|pattern| Suppression {
+            pattern: (*pattern).to_owned(),
+        })
+        .collect()
+}
+
 /// One `leak:PATTERN` line: the pattern matches a frame's function, module or source file, in
 /// LeakSanitizer's template syntax (`*` any run of characters, `^` and `$` anchors, otherwise a
 /// substring).
@@ -543,6 +558,22 @@ mod tests {
             !Suppression::parse("leak:^leaks_a_vec")
                 .unwrap()
                 .matches(&frames)
+        );
+    }
+
+    #[test]
+    fn the_builtin_suppression_matches_tls_get_addr_anywhere_in_a_stack() {
+        let builtin = builtin_suppressions();
+        let frames: Vec<Frame> = ["malloc", "tls_get_addr_tail", "__tls_get_addr", "main"]
+            .into_iter()
+            .map(named)
+            .collect();
+        assert!(builtin.iter().any(|s| s.matches(&frames)));
+        assert!(!builtin.iter().any(|s| s.matches(&frames[..1])));
+        assert!(
+            !builtin
+                .iter()
+                .any(|s| s.matches(&[named("alpha::leak_bytes")]))
         );
     }
 

@@ -56,6 +56,9 @@ pub struct Roots {
     pub allocator_regions: Vec<Range<u64>>,
     /// Single words: register values of stopped threads, and the like.
     pub words: Vec<u64>,
+    /// Outstanding blocks that are roots themselves (indices into the blocks): what the
+    /// dynamic linker allocated, which only its own bookkeeping reaches.
+    pub blocks: Vec<usize>,
 }
 
 /// The category of every block, in the order the blocks were given.
@@ -92,6 +95,11 @@ pub fn classify(blocks: &[Block], roots: &Roots, memory: &mut impl Memory) -> Cl
             work.push(block);
         }
     };
+    for &block in &roots.blocks {
+        if block < blocks.len() {
+            mark(block);
+        }
+    }
     for &value in &roots.words {
         if let Some(block) = index.find(value) {
             mark(block);
@@ -456,6 +464,23 @@ mod tests {
         };
         let result = classify(&blocks, &roots, &mut image);
         assert_eq!(result.categories, [StillReachable, StillReachable]);
+    }
+
+    #[test]
+    fn a_root_block_is_reachable_and_so_is_what_it_points_to() {
+        // Like a thread's TLS vector, allocated by the dynamic linker: nothing points at it,
+        // and it points at a dynamic TLS block.
+        let (mut image, blocks) = setup(3);
+        image.write(blocks[1].addr + 8, blocks[2].addr);
+        let roots = Roots {
+            blocks: vec![1],
+            ..Roots::default()
+        };
+        let result = classify(&blocks, &roots, &mut image);
+        assert_eq!(
+            result.categories,
+            [DefinitelyLost, StillReachable, StillReachable]
+        );
     }
 
     #[test]

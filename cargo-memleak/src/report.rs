@@ -13,7 +13,7 @@ use memleak_common::Counter;
 use serde::Serialize;
 
 use crate::{
-    classify::Category, session::TracedRun, spawn::ExitStatus, symbolize::Frame,
+    classify::Category, scan::Gap, session::TracedRun, spawn::ExitStatus, symbolize::Frame,
     tracer::Outstanding,
 };
 
@@ -78,6 +78,9 @@ pub struct Report {
     pub dropped: BTreeMap<&'static str, u64>,
     /// Why the trace is incomplete, in words (drops included). Empty when complete.
     pub incomplete: Vec<String>,
+    /// Roots the leak scan could not see while nothing was lost: they can only make memory
+    /// look lost, so the result stands.
+    pub unseen: Vec<Gap>,
 }
 
 impl Report {
@@ -233,6 +236,7 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
             .collect(),
         dropped,
         incomplete,
+        unseen: run.unseen.clone(),
     }
 }
 
@@ -339,7 +343,23 @@ pub fn render_text(report: &Report) -> String {
     }
     out.push_str(&summary_line(report));
     out.push('\n');
+    if let Some(note) = unseen_note(&report.unseen) {
+        out.push_str(&note);
+        out.push('\n');
+    }
     out
+}
+
+/// One line naming the roots the scan could not see, when there are any.
+pub fn unseen_note(unseen: &[Gap]) -> Option<String> {
+    if unseen.is_empty() {
+        return None;
+    }
+    let gaps: Vec<String> = unseen.iter().map(Gap::to_string).collect();
+    Some(format!(
+        "memleak: not scanned, but nothing was lost, so it cannot change the result: {}",
+        gaps.join("; ")
+    ))
 }
 
 /// The time of day (UTC) as HH:MM:SS, for BCC's report headings.

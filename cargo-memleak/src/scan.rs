@@ -5,18 +5,22 @@
 //! one except:
 //! - the allocator's heaps: `[heap]` and glibc's arenas, whose free chunks keep stale pointers;
 //! - stacks of threads that are gone: glibc caches them, old contents and all;
+//! - the dynamic linker's own data: its bookkeeping keeps stale pointers too (glibc's
+//!   `cache_new` still points where `/etc/ld.so.cache` was mapped before it was unmapped, and a
+//!   later `mmap` can land there), and what it legitimately points to it allocated itself,
+//!   which is a root of its own (see [`linker_blocks`]);
 //! - mappings holding outstanding blocks: they are blocks, scanned only once reached.
 //!
 //! Every thread alive at the exit adds its registers and its stack from its stack pointer (less
 //! the 128-byte red zone) up; with the stack pointer elsewhere (a signal or coroutine stack),
-//! its own stack is scanned whole as well. A thread whose registers could not be read adds its
-//! whole stack, and the scan is incomplete. A dead thread's cached stack
-//! adds one word: its descriptor's pointer to its TLS vector, which glibc keeps allocated for
-//! reuse. The allocator's own data is a root where only pointers to a block's start count (see
-//! [`Roots::allocator_regions`]).
+//! its own stack is scanned whole as well. A thread that ended before its registers could be
+//! read holds nothing ([`ThreadState::Gone`]): its stack is a dead one. A thread whose
+//! registers could not be read adds its whole stack, and is a [`Gap`]. The allocator's own data
+//! is a root where only pointers to a block's start count (see [`Roots::allocator_regions`]).
 //!
 //! Invariants: a mapping is read only if it is readable; a read that fails is the caller's to
-//! count, never fatal.
+//! count, never fatal. Every root the scan could not see is reported as a [`Gap`]: a missing
+//! root can only make memory look lost, never hide a leak.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -29,7 +33,7 @@ use procfs::process::{MMPermissions, MMapPath, Process};
 
 use crate::{
     classify::{Block, Memory, Roots},
-    spawn::LiveThread,
+    spawn::{LiveThread, ThreadState},
 };
 
 /// The red zone below the stack pointer (x86-64 SysV ABI): a leaf function's locals live there.
@@ -107,6 +111,88 @@ pub struct Threads {
     pub live: Vec<LiveThread>,
 }
 
+/// A root the scan could not see. Each can only make memory look lost: when nothing is lost,
+/// it cannot change the result.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Gap {
+    /// A thread alive at the exit whose registers could not be read (its whole stack was
+    /// scanned instead).
+    ThreadRegisters { tid: u32 },
+    /// A thread alive at the exit whose registers and stack could not be found.
+    ThreadStack { tid: u32 },
+    /// Memory (roots or blocks) that could not be read.
+    Unreadable { regions: u64, bytes: u64 },
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gap::ThreadRegisters { tid } => {
+                write!(
+                    f,
+                    "the registers of thread {tid} could not be read at its exit"
+                )
+            }
+            Gap::ThreadStack { tid } => {
+                write!(f, "the stack of live thread {tid} could not be found")
+            }
+            Gap::Unreadable { regions, bytes } => write!(
+                f,
+                "{bytes} bytes in {regions} regions could not be read while scanning for pointers"
+            ),
+        }
+    }
+}
+
+/// The loaded objects the scan treats apart, by their mapped paths ([`paths_of`]).
+#[derive(Clone, Debug, Default)]
+pub struct SystemObjects<'m> {
+    /// The allocator's object (libc).
+    pub allocator: BTreeSet<&'m Path>,
+    /// The dynamic linker: the object mapped at `AT_BASE`.
+    pub linker: BTreeSet<&'m Path>,
+}
+
+/// The path of the dynamic linker mapped into process `pid`: the object whose first mapping
+/// starts at the auxiliary vector's `AT_BASE` (what LeakSanitizer calls the linker). `None` for
+/// a program without an interpreter (statically linked).
+pub fn dynamic_linker(pid: u32, maps: &[Mapping]) -> Option<&Path> {
+    const AT_BASE: u64 = 7;
+    let auxv = Process::new(pid as i32)
+        .and_then(|process| process.auxv())
+        .ok()?;
+    let base = *auxv.get(&AT_BASE).filter(|&&base| base != 0)?;
+    maps.iter().find_map(|map| match &map.kind {
+        Kind::File(path) if map.range.start == base => Some(path.as_path()),
+        _ => None,
+    })
+}
+
+/// The blocks the dynamic linker allocated: those whose allocation's innermost frame (its
+/// caller) lies in the linker's mappings. They are roots, as in LeakSanitizer
+/// (`use_ld_allocations`): thread-local storage vectors and dynamic TLS blocks, which only
+/// the linker's own bookkeeping reaches.
+pub fn linker_blocks(
+    maps: &[Mapping],
+    linker: &BTreeSet<&Path>,
+    callers: impl IntoIterator<Item = Option<u64>>,
+) -> Vec<usize> {
+    let ranges: Vec<&Range<u64>> = maps
+        .iter()
+        .filter(|map| matches!(&map.kind, Kind::File(path) if linker.contains(path.as_path())))
+        .map(|map| &map.range)
+        .collect();
+    callers
+        .into_iter()
+        .enumerate()
+        .filter(|(_, caller)| {
+            caller.is_some_and(|caller| ranges.iter().any(|range| range.contains(&caller)))
+        })
+        .map(|(index, _)| index)
+        .collect()
+}
+
 /// The general-purpose registers that can hold a pointer.
 fn register_words(regs: &user_regs_struct) -> [u64; 18] {
     [
@@ -131,18 +217,15 @@ fn register_words(regs: &user_regs_struct) -> [u64; 18] {
     ]
 }
 
-/// The roots of the process, and why some may be missing (each reason makes the scan
-/// incomplete). `allocator` holds the mapped paths of the allocator's object
-/// ([`paths_of`]).
+/// The roots of the process, and the ones that could not be seen.
 pub fn roots(
     maps: &[Mapping],
     blocks: &[Block],
     threads: &Threads,
-    allocator: &BTreeSet<&Path>,
-    memory: &mut impl Memory,
-) -> (Roots, Vec<String>) {
+    objects: &SystemObjects<'_>,
+) -> (Roots, Vec<Gap>) {
     let mut roots = Roots::default();
-    let mut missing = Vec::new();
+    let mut gaps = Vec::new();
     let containing = |addr: u64| maps.iter().position(|map| map.range.contains(&addr));
     // Mappings that are some live thread's stack: scanned as such, never skipped as dead.
     let mut live_stacks = Vec::new();
@@ -155,41 +238,42 @@ pub fn roots(
         } else {
             thread.start_sp.and_then(containing)
         };
-        let mut whole = own;
-        match &thread.registers {
-            Some(regs) => {
+        let whole = match &thread.state {
+            // It no longer exists: nothing of it is a root, and its stack is a dead one.
+            ThreadState::Gone => continue,
+            ThreadState::Stopped(regs) => {
                 roots.words.extend(register_words(regs));
-                if let Some(at) = containing(regs.rsp) {
-                    let map = &maps[at];
-                    let from = regs.rsp.saturating_sub(RED_ZONE).max(map.range.start);
-                    roots.regions.push(from..map.range.end);
-                    live_stacks.push(at);
-                    if own == Some(at) {
-                        whole = None;
+                match containing(regs.rsp) {
+                    Some(at) => {
+                        let map = &maps[at];
+                        let from = regs.rsp.saturating_sub(RED_ZONE).max(map.range.start);
+                        roots.regions.push(from..map.range.end);
+                        live_stacks.push(at);
+                        // On another stack (a signal's, a coroutine's): its own one too.
+                        own.filter(|&own| own != at)
                     }
+                    None => own,
                 }
             }
-            None => missing.push(format!(
-                "the registers of thread {} could not be read at its exit",
-                thread.tid
-            )),
-        }
-        match whole {
-            Some(at) if !live_stacks.contains(&at) => {
-                live_stacks.push(at);
-                roots.regions.push(maps[at].range.clone());
+            ThreadState::Unresponsive => {
+                gaps.push(match own {
+                    Some(_) => Gap::ThreadRegisters { tid: thread.tid },
+                    None => Gap::ThreadStack { tid: thread.tid },
+                });
+                own
             }
-            Some(_) => {}
-            None if own.is_none() && thread.registers.is_none() => missing.push(format!(
-                "the stack of live thread {} could not be found",
-                thread.tid
-            )),
-            None => {}
+        };
+        if let Some(at) = whole
+            && !live_stacks.contains(&at)
+        {
+            live_stacks.push(at);
+            roots.regions.push(maps[at].range.clone());
         }
     }
 
-    let is_allocator =
-        |kind: &Kind| matches!(kind, Kind::File(path) if allocator.contains(path.as_path()));
+    let is_allocator = |kind: &Kind| matches!(kind, Kind::File(path) if objects.allocator.contains(path.as_path()));
+    let is_linker =
+        |kind: &Kind| matches!(kind, Kind::File(path) if objects.linker.contains(path.as_path()));
     let mut sorted_blocks: Vec<Range<u64>> = blocks
         .iter()
         .map(|block| block.addr..block.addr.saturating_add(block.size.max(1)))
@@ -226,9 +310,6 @@ pub fn roots(
                 let dead_stack = guard(at.checked_sub(1), range.start);
                 // 64 MiB-aligned with its reserve after it: a glibc arena.
                 let arena = range.start % ARENA_ALIGN == 0 && guard(Some(at + 1), range.end);
-                if dead_stack && !holds_block(&range) {
-                    roots.words.extend(cached_thread_dtv(&range, memory));
-                }
                 if dead_stack || arena || holds_block(&range) {
                     continue;
                 }
@@ -240,35 +321,12 @@ pub fn roots(
                 }
             }
             Kind::File(_) if holds_block(&range) => continue,
+            kind if is_linker(kind) => continue,
             kind if is_allocator(kind) => roots.allocator_regions.push(range),
             Kind::File(_) => roots.regions.push(range),
         }
     }
-    (roots, missing)
-}
-
-/// The TLS vector of the thread descriptor at the top of a cached stack.
-///
-/// glibc puts the descriptor (`struct pthread`, starting with `tcbhead_t { tcb, dtv, self }`)
-/// at the top of the stack mapping; `tcb` and `self` point at the descriptor itself, which is
-/// how it is found. Only the `dtv` word is taken: the rest of a dead thread's descriptor holds
-/// stale pointers (its start argument, its result) that may now point into new blocks.
-fn cached_thread_dtv(stack: &Range<u64>, memory: &mut impl Memory) -> Option<u64> {
-    const SEARCH: u64 = 8 * 1024;
-    let start = stack.end.checked_sub(SEARCH)?.max(stack.start);
-    let mut bytes = vec![0u8; (stack.end - start) as usize];
-    if !memory.read(start, &mut bytes) {
-        return None;
-    }
-    let word = |at: usize| -> Option<u64> {
-        Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
-    };
-    (0..bytes.len()).step_by(8).find_map(|at| {
-        let addr = start + at as u64;
-        (word(at)? == addr && word(at + 16)? == addr)
-            .then(|| word(at + 8))
-            .flatten()
-    })
+    (roots, gaps)
 }
 
 /// Reads a stopped process's memory, caching small reads by window: the scan reads many

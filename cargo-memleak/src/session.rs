@@ -15,7 +15,7 @@ use crate::{
     allocator,
     classify::{self, Block, Classification},
     error::Result,
-    scan::{self, ProcessMemory, Threads},
+    scan::{self, Gap, ProcessMemory, SystemObjects, Threads},
     spawn::{self, Command, Event, ExitStatus},
     symbolize::{Frame, Symbolizer},
     tracer::{Limits, ProcessTrace, Tracer},
@@ -43,6 +43,9 @@ pub struct TracedRun {
     pub classification: Option<Classification>,
     /// Reasons the trace is incomplete, other than the drop counters.
     pub incomplete: Vec<String>,
+    /// Roots the scan could not see, when nothing was lost (so they cannot change the result;
+    /// with something lost they are in `incomplete`).
+    pub unseen: Vec<Gap>,
     /// An isolated command's stdout and stderr.
     pub output: Option<String>,
     /// The command's timeout killed it.
@@ -111,6 +114,7 @@ pub fn trace(
     };
 
     let mut incomplete = Vec::new();
+    let mut unseen = Vec::new();
     let mut frames = HashMap::new();
     let mut classification = None;
     let (trace, status) = match running.wait_exit_stop() {
@@ -134,7 +138,10 @@ pub fn trace(
                     pid,
                     live: running.live_threads(),
                 };
-                classification = Some(scan_for_leaks(trace, &threads, &allocator, &mut incomplete));
+                let scan = scan_for_leaks(trace, &threads, &allocator);
+                incomplete.extend(scan.incomplete);
+                unseen = scan.unseen;
+                classification = Some(scan.classification);
                 timings.scan = start.elapsed();
             }
             lock(tracer).detach(attachment);
@@ -170,6 +177,7 @@ pub fn trace(
         frames,
         classification,
         incomplete,
+        unseen,
         output,
         timed_out,
         timings,
@@ -184,14 +192,21 @@ fn lock(tracer: &Mutex<Tracer>) -> MutexGuard<'_, Tracer> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Classifies the outstanding allocations of the stopped process; what could not be scanned,
-/// and a program that never loaded the allocator, go to `incomplete`.
-fn scan_for_leaks(
-    trace: &ProcessTrace,
-    threads: &Threads,
-    allocator: &std::path::Path,
-    incomplete: &mut Vec<String>,
-) -> Classification {
+/// What the leak scan of a stopped process found.
+struct Scan {
+    classification: Classification,
+    /// Why the result may be wrong.
+    incomplete: Vec<String>,
+    /// Roots it could not see, which cannot change a result with nothing lost.
+    unseen: Vec<Gap>,
+}
+
+/// Classifies the outstanding allocations of the stopped process.
+///
+/// A root the scan could not see (a thread's registers, memory that could not be read) can
+/// only make memory look lost, never hide a leak: with nothing lost it cannot change the
+/// result and is only noted; with something lost the result is incomplete.
+fn scan_for_leaks(trace: &ProcessTrace, threads: &Threads, allocator: &std::path::Path) -> Scan {
     let blocks: Vec<Block> = trace
         .outstanding
         .iter()
@@ -203,32 +218,61 @@ fn scan_for_leaks(
     let maps = match scan::mappings(threads.pid) {
         Ok(maps) => maps,
         Err(err) => {
-            incomplete.push(format!(
-                "the memory map could not be read ({err}): nothing was scanned for pointers"
-            ));
-            return Classification {
-                categories: vec![classify::Category::DefinitelyLost; blocks.len()],
-                ..Classification::default()
+            return Scan {
+                classification: Classification {
+                    categories: vec![classify::Category::DefinitelyLost; blocks.len()],
+                    ..Classification::default()
+                },
+                incomplete: vec![format!(
+                    "the memory map could not be read ({err}): nothing was scanned for pointers"
+                )],
+                unseen: Vec::new(),
             };
         }
     };
-    let allocator_paths = scan::paths_of(&maps, allocator);
-    if allocator_paths.is_empty() {
+    let mut incomplete = Vec::new();
+    let objects = SystemObjects {
+        allocator: scan::paths_of(&maps, allocator),
+        linker: scan::dynamic_linker(threads.pid, &maps)
+            .map(|linker| scan::paths_of(&maps, linker))
+            .unwrap_or_default(),
+    };
+    if objects.allocator.is_empty() {
         incomplete.push(format!(
             "the program never loaded {}, so its allocations were not traced \
              (statically linked, or another allocator? see --allocator-object)",
             allocator.display()
         ));
     }
+    let (mut roots, mut gaps) = scan::roots(&maps, &blocks, threads, &objects);
+    let callers = trace.outstanding.iter().map(|alloc| {
+        trace
+            .stacks
+            .get(&alloc.stack_id)
+            .and_then(|frames| frames.first().copied())
+    });
+    roots.blocks = scan::linker_blocks(&maps, &objects.linker, callers);
     let mut memory = ProcessMemory::new(threads.pid, &maps);
-    let (roots, missing) = scan::roots(&maps, &blocks, threads, &allocator_paths, &mut memory);
-    incomplete.extend(missing);
     let classification = classify::classify(&blocks, &roots, &mut memory);
     if classification.unreadable_regions > 0 {
-        incomplete.push(format!(
-            "{} bytes in {} regions could not be read while scanning for pointers",
-            classification.unreadable_bytes, classification.unreadable_regions
-        ));
+        gaps.push(Gap::Unreadable {
+            regions: classification.unreadable_regions,
+            bytes: classification.unreadable_bytes,
+        });
     }
-    classification
+    let lost = classification
+        .categories
+        .iter()
+        .any(|&category| category != classify::Category::StillReachable);
+    let unseen = if lost {
+        incomplete.extend(gaps.iter().map(Gap::to_string));
+        Vec::new()
+    } else {
+        gaps
+    };
+    Scan {
+        classification,
+        incomplete,
+        unseen,
+    }
 }

@@ -409,15 +409,28 @@ pub enum Event {
     Exited(ExitStatus),
 }
 
-/// A thread of a process held at its exit stop.
+/// A thread of a process that is exiting: alive when the exit began, or still unaccounted for.
 #[derive(Clone, Debug)]
 pub struct LiveThread {
     pub tid: u32,
-    /// Its registers at its exit stop; `None` when they could not be read.
-    pub registers: Option<libc::user_regs_struct>,
+    pub state: ThreadState,
     /// Its stack pointer when it started, which locates its stack (`None` for the main thread
     /// and when unknown).
     pub start_sp: Option<u64>,
+}
+
+/// What became of a thread once its process began to exit.
+#[derive(Clone, Debug)]
+pub enum ThreadState {
+    /// Held at its exit stop: its registers, which may hold pointers.
+    Stopped(Box<libc::user_regs_struct>),
+    /// It ended before its registers could be read, and so holds no pointer: it had called
+    /// `exit` itself and the group exit's kill woke it from that exit stop before the stop was
+    /// collected, or it was killed before its first instruction.
+    Gone,
+    /// It did not reach its exit stop in time, or its registers could not be read there: a
+    /// root that is missing from the scan.
+    Unresponsive,
 }
 
 /// How long the other threads get to reach their exit stops once the process is exiting.
@@ -494,19 +507,25 @@ impl Running {
     }
 
     /// Every thread alive when the process began to exit, the stopped one first, each held at
-    /// its exit stop with its registers. Call after [`Event::ExitStop`].
+    /// its exit stop with its registers where it could be. Call after [`Event::ExitStop`].
     ///
     /// The exit killed the other threads; each stops at its own `PTRACE_EVENT_EXIT` before it
-    /// is gone (measured: microseconds after the process's exit stop, or before it). A thread
-    /// that does not get there within [`THREADS_DEADLINE`] comes back without registers.
+    /// is gone (measured: microseconds after the process's exit stop, or before it), except a
+    /// thread that was already at the exit stop of its own `exit`: the kill wakes it from that
+    /// stop, and it is reaped instead ([`ThreadState::Gone`]). A thread that does not get
+    /// anywhere within [`THREADS_DEADLINE`] is [`ThreadState::Unresponsive`].
     pub fn live_threads(&mut self) -> Vec<LiveThread> {
         let Some(&stopped) = self.held.first() else {
             return Vec::new();
         };
         let start_sp = |tid: Pid| self.threads.get(&tid).copied().flatten();
+        let registers = |tid: Pid| match ptrace::getregs(tid) {
+            Ok(regs) => ThreadState::Stopped(Box::new(regs)),
+            Err(_) => ThreadState::Unresponsive,
+        };
         let mut live = vec![LiveThread {
             tid: stopped.as_raw() as u32,
-            registers: ptrace::getregs(stopped).ok(),
+            state: registers(stopped),
             start_sp: start_sp(stopped),
         }];
         // The threads we know of, and any whose first stop has not been seen yet.
@@ -525,15 +544,18 @@ impl Running {
         let deadline = Instant::now() + THREADS_DEADLINE;
         while !waiting.is_empty() && Instant::now() < deadline {
             for tid in waiting.clone() {
-                let registers = match waitpid(tid, Some(WAIT_ALL | WaitPidFlag::WNOHANG)) {
+                let state = match waitpid(tid, Some(WAIT_ALL | WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => continue,
                     Ok(WaitStatus::PtraceEvent(_, _, event))
                         if event == PtraceEvent::PTRACE_EVENT_EXIT as i32 =>
                     {
                         self.held.push(tid);
-                        ptrace::getregs(tid).ok()
+                        registers(tid)
                     }
-                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => None,
+                    // Reaped, or not ours to wait for any more: it no longer exists.
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => {
+                        ThreadState::Gone
+                    }
                     Ok(_) => {
                         // Some other stop on its way out: it is killed already, let it go on.
                         resume(tid, None);
@@ -543,7 +565,7 @@ impl Running {
                 waiting.remove(&tid);
                 live.push(LiveThread {
                     tid: tid.as_raw() as u32,
-                    registers,
+                    state,
                     start_sp: start_sp(tid),
                 });
             }
@@ -553,7 +575,7 @@ impl Running {
         }
         live.extend(waiting.into_iter().map(|tid| LiveThread {
             tid: tid.as_raw() as u32,
-            registers: None,
+            state: ThreadState::Unresponsive,
             start_sp: start_sp(tid),
         }));
         live
@@ -656,15 +678,14 @@ impl Running {
 
     /// An exit stop is the process's exit unless the thread called `exit` (SYS_exit ends one
     /// thread; `exit_group` and fatal signals end them all), or it is another process that
-    /// TRACECLONE picked up.
+    /// TRACECLONE picked up. A stop whose registers cannot be read was cut short: a kill woke
+    /// the thread from it (the group exit's, for a thread at the exit stop of its own `exit`),
+    /// so it is not the stop the process's exit is read at.
     fn is_process_exit(&self, tid: Pid) -> bool {
         if thread_group_of(tid).is_some_and(|tgid| tgid != self.pid) {
             return false;
         }
-        match ptrace::getregs(tid) {
-            Ok(regs) => regs.orig_rax != libc::SYS_exit as u64,
-            Err(_) => true,
-        }
+        ptrace::getregs(tid).is_ok_and(|regs| regs.orig_rax != libc::SYS_exit as u64)
     }
 }
 

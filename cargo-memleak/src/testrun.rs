@@ -26,6 +26,7 @@ use crate::{
     build::{BuildOptions, Executable, TestSelection},
     error::{Error, Result, exit},
     report::{self, Amount, LeakSummary, StackReport},
+    scan::Gap,
     session::{self, TraceOptions},
     spawn::{Command, ExitStatus},
     symbolize::Symbolizer,
@@ -102,7 +103,8 @@ impl Gate {
     pub fn load(&self, workspace_root: &std::path::Path) -> Result<LoadedGate> {
         let path = baseline::path(self.baseline.as_deref(), workspace_root);
         let baseline = Baseline::read(&path)?;
-        let mut suppressions = baseline.suppressions.clone();
+        let mut suppressions = baseline::builtin_suppressions();
+        suppressions.extend(baseline.suppressions.iter().cloned());
         if let Some(file) = &self.suppressions {
             suppressions.extend(baseline::read_suppressions(file)?);
         }
@@ -144,6 +146,8 @@ pub struct TestResult {
     /// Lost stacks, unsuppressed, with their frames.
     pub stacks: Vec<StackReport>,
     pub incomplete: Vec<String>,
+    /// Roots the scan could not see while nothing was lost (they cannot change the result).
+    pub unseen: Vec<Gap>,
     pub budget: Option<Budget>,
     #[serde(skip)]
     pub judgement: Judgement,
@@ -520,6 +524,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         leak_summary: LeakSummary::default(),
         stacks: Vec::new(),
         incomplete: Vec::new(),
+        unseen: Vec::new(),
         budget,
         judgement: Judgement::default(),
         output: None,
@@ -559,6 +564,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     result.suppressed = judgement.suppressed;
     result.leak_summary = report.leak_summary;
     result.incomplete = report.incomplete.clone();
+    result.unseen = report.unseen.clone();
     result.stacks = baseline::lost_stacks(&report, &gate.suppressions)
         .cloned()
         .collect();
