@@ -319,7 +319,7 @@ impl TestArgs {
             junit: self.junit.clone(),
             message_format: self.message_format,
             top: self.top,
-            trace: self.trace.options(),
+            trace: self.trace.options(Limits::test_run()),
         })
     }
 }
@@ -394,9 +394,10 @@ pub struct TraceArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Tracing")]
 pub struct LimitArgs {
-    /// Room for this many outstanding allocations (across traced processes).
-    #[arg(long, default_value_t = Limits::default().max_allocs, value_name = "N")]
-    pub max_allocs: u32,
+    /// Room for this many outstanding allocations, across the processes traced at once
+    /// [default: 1048576; `test`: 8388608]
+    #[arg(long, value_name = "N")]
+    pub max_allocs: Option<u32>,
     /// Room for this many distinct stacks, counted per process, across the processes traced at
     /// once.
     #[arg(long, default_value_t = Limits::default().max_stacks, value_name = "N")]
@@ -418,18 +419,18 @@ impl ReportArgs {
 }
 
 impl TraceArgs {
-    fn options(&self) -> TraceOptions {
+    fn options(&self, defaults: Limits) -> TraceOptions {
         TraceOptions {
             allocator_object: self.allocator_object.clone(),
-            limits: self.limits.limits(),
+            limits: self.limits.limits(defaults),
         }
     }
 }
 
 impl LimitArgs {
-    fn limits(&self) -> Limits {
+    fn limits(&self, defaults: Limits) -> Limits {
         Limits {
-            max_allocs: self.max_allocs,
+            max_allocs: self.max_allocs.unwrap_or(defaults.max_allocs),
             max_stacks: self.max_stacks,
         }
     }
@@ -494,12 +495,16 @@ fn run(cli: Cli) -> Result<u8> {
             let options = args.options()?;
             testrun::run(&args.build, &args.selection, options)
         }
-        Commands::Attach(args) => {
-            watch::attach(args.pid, &args.periodic.options()?, &args.trace.options())
-        }
-        Commands::Kernel(args) => {
-            kernel::trace(&args.periodic.options()?, args.percpu, args.limits.limits())
-        }
+        Commands::Attach(args) => watch::attach(
+            args.pid,
+            &args.periodic.options()?,
+            &args.trace.options(Limits::default()),
+        ),
+        Commands::Kernel(args) => kernel::trace(
+            &args.periodic.options()?,
+            args.percpu,
+            args.limits.limits(Limits::default()),
+        ),
     }
 }
 
@@ -512,7 +517,9 @@ fn trace_and_report(
 ) -> Result<u8> {
     let options = report_args.options()?;
     let start = Instant::now();
-    let tracer = std::sync::Mutex::new(session::load_tracer(&trace_args.options())?);
+    let tracer = std::sync::Mutex::new(session::load_tracer(
+        &trace_args.options(Limits::default()),
+    )?);
     let load = start.elapsed();
     let symbolizer = Symbolizer::new();
     let run = session::trace(&tracer, &symbolizer, command)?;
