@@ -168,9 +168,7 @@ impl BuildOptions {
         command.other_options(self.lock_flags());
         command.exec().map_err(|err| Error::Metadata {
             stderr: match err {
-                cargo_metadata::Error::CargoMetadata { stderr } => {
-                    stderr.trim().lines().last().unwrap_or_default().to_string()
-                }
+                cargo_metadata::Error::CargoMetadata { stderr } => diagnostic(&stderr),
                 other => other.to_string(),
             },
         })
@@ -447,6 +445,27 @@ fn executable(
     }
 }
 
+/// What cargo (or rustup in front of it) said went wrong, on one line: from its first
+/// `error:` line (without that word: ours precedes it) up to a backtrace, if one follows; the
+/// whole text when there is no such line.
+fn diagnostic(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    let first = lines
+        .iter()
+        .position(|line| line.starts_with("error"))
+        .unwrap_or(0);
+    let text = lines[first..]
+        .iter()
+        .take_while(|line| !line.starts_with("Stack backtrace:"))
+        .map(|line| line.trim_end())
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    text.strip_prefix("error: ")
+        .map(str::to_owned)
+        .unwrap_or(text)
+}
+
 /// Adds frame pointers to whatever rustflags the user already has, and line tables to release
 /// builds (which have none by default) so frames carry file:line.
 fn instrument(command: &mut Command, release: bool) {
@@ -465,5 +484,24 @@ fn instrument(command: &mut Command, release: bool) {
     command.env_remove("RUSTFLAGS");
     if release && std::env::var_os("CARGO_PROFILE_RELEASE_DEBUG").is_none() {
         command.env("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diagnostic;
+
+    #[test]
+    fn a_diagnostic_is_cargos_error_without_the_backtrace() {
+        let stderr = "error: toolchain '1.85-x86_64-unknown-linux-gnu' is not installed\n\
+                      help: run `rustup toolchain install` to install it\n\n\
+                      Stack backtrace:\n   0: anyhow::error::from\n  12: <unknown>\n";
+        assert_eq!(
+            diagnostic(stderr),
+            "toolchain '1.85-x86_64-unknown-linux-gnu' is not installed; help: run \
+             `rustup toolchain install` to install it"
+        );
+        assert_eq!(diagnostic("warning: x\nerror: y\n"), "y");
+        assert_eq!(diagnostic("something odd"), "something odd");
     }
 }
