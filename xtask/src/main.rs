@@ -3,7 +3,10 @@
 //! - `bootstrap`: make this machine able to build the eBPF programs (nightly + rust-src, a
 //!   bpf-linker built against nightly's LLVM) and run the tests (a C compiler). Idempotent and
 //!   fast when everything is there; each failure names its step.
-//! - `test`: bootstrap, then every test of the workspace (root needed for the tracing tests).
+//! - `test`: bootstrap, then every test of the workspace (root needed for the tracing tests),
+//!   then the corpus.
+//! - `corpus`: bootstrap, then `cargo memleak test` on published crates' test suites, each
+//!   test compared with a plain `cargo test` (see [`corpus`]).
 //! - `demo`: bootstrap, then `cargo memleak run` on the bundled `leaky` fixture.
 //! - `bench`: bootstrap, then probe costs, traced and untraced side by side.
 
@@ -16,6 +19,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod corpus;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -27,10 +32,23 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (idempotent).
     Bootstrap,
-    /// Bootstrap, then run every test; extra arguments go to `cargo test`.
+    /// Bootstrap, then run every test, then the corpus; extra arguments go to `cargo test`.
     Test {
+        /// Leave out the corpus (`cargo xtask corpus`).
+        #[arg(long)]
+        no_corpus: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Bootstrap, then `cargo memleak test` on published crates' own test suites, each test
+    /// compared with a plain `cargo test`: fails on any false failure.
+    Corpus {
+        /// Only this crate (repeatable).
+        #[arg(long = "crate", value_name = "NAME")]
+        crates: Vec<String>,
+        /// Tests at once [default: the number of CPUs].
+        #[arg(short, long)]
+        jobs: Option<usize>,
     },
     /// Bootstrap, then trace the bundled `leaky` fixture with `cargo memleak run`.
     Demo,
@@ -49,11 +67,25 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Bootstrap => bootstrap(),
-        Task::Test { args } => {
+        Task::Test { no_corpus, args } => {
             bootstrap()?;
             let mut test = cargo();
             test.arg("test").args(args).current_dir(workspace_root());
-            run_tests(&mut test)
+            run_tests(&mut test)?;
+            if no_corpus {
+                return Ok(());
+            }
+            run_corpus(corpus::Options {
+                crates: Vec::new(),
+                jobs: default_jobs(),
+            })
+        }
+        Task::Corpus { crates, jobs } => {
+            bootstrap()?;
+            run_corpus(corpus::Options {
+                crates,
+                jobs: jobs.unwrap_or_else(default_jobs),
+            })
         }
         Task::Demo => {
             bootstrap()?;
@@ -89,6 +121,26 @@ fn main() -> Result<()> {
             bench(pairs, runs)
         }
     }
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Builds cargo-memleak (the checkout's, as `cargo memleak` runs it) and runs the corpus.
+fn run_corpus(options: corpus::Options) -> Result<()> {
+    let root = workspace_root();
+    ensure!(
+        nix_is_root(),
+        "the corpus traces real tests: it needs root (BPF, uprobes, ptrace)"
+    );
+    run(
+        cargo()
+            .args(["build", "--quiet", "--package", "cargo-memleak"])
+            .current_dir(&root),
+        "cargo build -p cargo-memleak",
+    )?;
+    corpus::run(&root, &root.join("target/debug/cargo-memleak"), &options)
 }
 
 fn workspace_root() -> PathBuf {
