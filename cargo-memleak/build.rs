@@ -3,6 +3,9 @@
 
 use anyhow::{Context as _, bail};
 
+/// The nightly the eBPF programs build with (memleak-ebpf/rust-toolchain.toml says the same).
+const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
+
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
     if which::which("bpf-linker").is_err() {
@@ -16,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../memleak-ebpf"),
         ..Default::default()
     };
-    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default()).context(
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::Custom(EBPF_TOOLCHAIN)).context(
         "building the eBPF programs failed; `cargo xtask bootstrap` installs the toolchain",
     )?;
     // With AYA_BUILD_SKIP=1 (for `cargo check` and the like) aya-build builds nothing: leave an

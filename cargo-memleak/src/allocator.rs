@@ -1,51 +1,58 @@
-//! Where to put the probes: finds the allocator's shared object (libc by default), resolves
-//! each allocator entry point to a file offset, and picks the eBPF program for it.
+//! Where to put the probes: finds the allocator's shared object (libc by default) and resolves
+//! each allocator entry point to a file offset and an attach cookie that names it (one entry
+//! program serves them all; see `memleak_common::Cookie`).
 //!
-//! Invariants: one attachment per (address, program), even when several symbols share an
-//! address (glibc's `aligned_alloc` is `memalign`); `malloc` and `free` must exist, the other
-//! entry points are probed when present.
+//! Invariants: one probe per (address, kind), even when several symbols share an address
+//! (glibc's `aligned_alloc` is `memalign`); `malloc` and `free` must exist, the other entry
+//! points are probed when present.
 
 use std::path::{Path, PathBuf};
 
 use iced_x86::{Code, Decoder, DecoderOptions, Register};
-use memleak_common::text_cookie;
+use memleak_common::{Cookie, EntryPoint};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SegmentFlags, elf::PF_X};
 
 use crate::error::{Error, Result};
 
-/// The program that interprets every allocating entry point's return.
-pub const RETURN_PROGRAM: &str = "alloc_return";
-
-/// Allocator entry points: symbol, entry program, whether the return is probed too.
-const ENTRY_POINTS: &[(&str, &str, bool)] = &[
-    ("malloc", "malloc_enter", true),
-    ("calloc", "calloc_enter", true),
-    ("realloc", "realloc_enter", true),
-    ("reallocarray", "reallocarray_enter", true),
-    ("posix_memalign", "posix_memalign_enter", true),
-    ("aligned_alloc", "memalign_enter", true),
-    ("memalign", "memalign_enter", true),
-    ("valloc", "valloc_enter", true),
-    ("pvalloc", "valloc_enter", true),
-    ("mmap", "mmap_enter", true),
-    ("mremap", "mremap_enter", true),
-    ("free", "free_enter", false),
-    ("munmap", "munmap_enter", false),
+/// Allocator entry points: symbol, which one it is, whether its return is probed too.
+const ENTRY_POINTS: &[(&str, EntryPoint, bool)] = &[
+    ("malloc", EntryPoint::Malloc, true),
+    ("calloc", EntryPoint::Calloc, true),
+    ("realloc", EntryPoint::Realloc, true),
+    ("reallocarray", EntryPoint::Reallocarray, true),
+    ("posix_memalign", EntryPoint::PosixMemalign, true),
+    ("aligned_alloc", EntryPoint::Memalign, true),
+    ("memalign", EntryPoint::Memalign, true),
+    ("valloc", EntryPoint::Valloc, true),
+    ("pvalloc", EntryPoint::Valloc, true),
+    ("mmap", EntryPoint::Mmap, true),
+    ("mremap", EntryPoint::Mremap, true),
+    ("free", EntryPoint::Free, false),
+    ("munmap", EntryPoint::Munmap, false),
+    ("sigaltstack", EntryPoint::Sigaltstack, false),
 ];
 
 const REQUIRED: &[&str] = &["malloc", "free"];
 
+/// Which of the two programs a probe runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// At the function's entry: records the call.
+    Entry,
+    /// At its return: interprets the result.
+    Return,
+}
+
 /// One uprobe to attach.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbePoint {
-    /// The eBPF program.
-    pub program: &'static str,
+    pub kind: ProbeKind,
     /// Symbols found at this address (for messages).
     pub symbols: Vec<&'static str>,
     /// File offset in the allocator object.
     pub offset: u64,
-    /// `memleak_common::text_cookie` for this point (0 when the text range is unknown).
-    pub cookie: u64,
+    /// The entry point and where the object's text lies ([`Cookie`]).
+    pub cookie: Cookie,
 }
 
 /// Every probe for one allocator object.
@@ -55,6 +62,13 @@ pub struct AllocatorProbes {
     pub points: Vec<ProbePoint>,
     /// Entry points the object does not export.
     pub missing: Vec<&'static str>,
+}
+
+impl AllocatorProbes {
+    /// The points one program (one link) is attached to.
+    pub fn points_of(&self, kind: ProbeKind) -> impl Iterator<Item = &ProbePoint> {
+        self.points.iter().filter(move |point| point.kind == kind)
+    }
 }
 
 /// Finds the libc this process runs with: a dynamically linked program started from here uses
@@ -104,7 +118,7 @@ pub fn resolve(object: &Path) -> Result<AllocatorProbes> {
     let text = executable_range(&elf);
     let mut points: Vec<ProbePoint> = Vec::new();
     let mut missing = Vec::new();
-    for &(symbol, program, with_return) in ENTRY_POINTS {
+    for &(symbol, entry_point, with_return) in ENTRY_POINTS {
         let Some(address) = symbol_address(&elf, symbol) else {
             missing.push(symbol);
             continue;
@@ -116,10 +130,24 @@ pub fn resolve(object: &Path) -> Result<AllocatorProbes> {
         } else {
             entry
         };
-        add_point(&mut points, program, symbol, entry, text);
+        add_point(
+            &mut points,
+            ProbeKind::Entry,
+            entry_point,
+            symbol,
+            entry,
+            text,
+        );
         if with_return {
             let start = file_offset(&elf, address).unwrap_or(entry);
-            add_point(&mut points, RETURN_PROGRAM, symbol, start, text);
+            add_point(
+                &mut points,
+                ProbeKind::Return,
+                entry_point,
+                symbol,
+                start,
+                text,
+            );
         }
     }
     if let Some(required) = REQUIRED.iter().find(|symbol| missing.contains(symbol)) {
@@ -136,27 +164,29 @@ pub fn resolve(object: &Path) -> Result<AllocatorProbes> {
 
 fn add_point(
     points: &mut Vec<ProbePoint>,
-    program: &'static str,
+    kind: ProbeKind,
+    entry_point: EntryPoint,
     symbol: &'static str,
     offset: u64,
     text: Option<(u64, u64)>,
 ) {
-    let cookie = text
+    let (probe_to_text_start, text_len) = text
         .filter(|&(start, end)| offset >= start && offset < end)
         .and_then(|(start, end)| {
-            Some(text_cookie(
+            Some((
                 u32::try_from(offset - start).ok()?,
                 u32::try_from(end - start).ok()?,
             ))
         })
-        .unwrap_or(0);
+        .unwrap_or((0, 0));
+    let cookie = Cookie::new(entry_point, probe_to_text_start, text_len);
     match points
         .iter_mut()
-        .find(|point| point.offset == offset && point.program == program)
+        .find(|point| point.offset == offset && point.kind == kind)
     {
         Some(point) => point.symbols.push(symbol),
         None => points.push(ProbePoint {
-            program,
+            kind,
             symbols: vec![symbol],
             offset,
             cookie,
@@ -226,38 +256,32 @@ mod tests {
         let libc = find_libc().expect("this test binary links glibc");
         let probes = resolve(&libc).expect("glibc exports malloc and free");
         assert!(probes.missing.is_empty(), "missing: {:?}", probes.missing);
-        let entry_programs = probes
-            .points
-            .iter()
-            .filter(|point| point.program != RETURN_PROGRAM)
-            .count();
-        let returns = probes
-            .points
-            .iter()
-            .filter(|point| point.program == RETURN_PROGRAM)
-            .count();
-        // glibc 2.36 aliases aligned_alloc to memalign: 13 entry points at 12 addresses, 12
+        // glibc 2.36 aliases aligned_alloc to memalign: 14 entry points at 13 addresses, 13
         // entry probes (free's one past its first instruction) and 10 return probes.
-        assert_eq!(entry_programs, 12);
-        assert_eq!(returns, 10);
-        let free = probes
-            .points
-            .iter()
-            .find(|p| p.program == "free_enter")
-            .unwrap();
-        let mmap = probes
-            .points
-            .iter()
-            .find(|p| p.program == "mmap_enter")
-            .unwrap();
-        assert_ne!(free.cookie, 0, "free knows where libc's text is");
-        assert_ne!(mmap.cookie, 0, "mmap knows where libc's text is");
-        let memalign = probes
-            .points
-            .iter()
-            .find(|p| p.program == "memalign_enter")
-            .unwrap();
-        assert_eq!(memalign.symbols, ["aligned_alloc", "memalign"]);
+        assert_eq!(probes.points_of(ProbeKind::Entry).count(), 13);
+        assert_eq!(probes.points_of(ProbeKind::Return).count(), 10);
+        let entry = |wanted: EntryPoint| {
+            probes
+                .points_of(ProbeKind::Entry)
+                .find(|p| p.cookie.entry() == Some(wanted))
+                .unwrap()
+        };
+        assert_ne!(
+            entry(EntryPoint::Free).cookie.text_len(),
+            0,
+            "free knows libc's text"
+        );
+        assert_ne!(
+            entry(EntryPoint::Mmap).cookie.text_len(),
+            0,
+            "mmap knows libc's text"
+        );
+        assert_eq!(
+            entry(EntryPoint::Memalign).symbols,
+            ["aligned_alloc", "memalign"]
+        );
+        // Every cookie names its entry point: the one entry program dispatches on it.
+        assert!(probes.points.iter().all(|p| p.cookie.entry().is_some()));
     }
 
     #[test]

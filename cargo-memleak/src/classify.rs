@@ -253,8 +253,8 @@ impl<M: Memory> Scanner<'_, '_, M> {
                 self.unreadable_regions += 1;
                 self.unreadable_bytes += len;
             } else {
-                for word in self.buffer.chunks_exact(WORD as usize) {
-                    let value = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+                for word in self.buffer.as_chunks::<{ WORD as usize }>().0 {
+                    let value = u64::from_ne_bytes(*word);
                     if let Some(block) = self.index.find(value)
                         && (target == Target::Anywhere || self.blocks_start(block) == value)
                     {

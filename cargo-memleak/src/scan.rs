@@ -13,7 +13,8 @@
 //!
 //! Every thread alive at the exit adds its registers and its stack from its stack pointer (less
 //! the 128-byte red zone) up; with the stack pointer elsewhere (a signal or coroutine stack),
-//! its own stack is scanned whole as well. A thread that ended before its registers could be
+//! its own stack is scanned whole as well, and so is the alternate signal stack it registered
+//! (the kernel holds that pointer). A thread that ended before its registers could be
 //! read holds nothing ([`ThreadState::Gone`]): its stack is a dead one. A thread whose
 //! registers could not be read adds its whole stack, and is a [`Gap`]. The allocator's own data
 //! is a root where only pointers to a block's start count (see [`Roots::allocator_regions`]).
@@ -109,6 +110,9 @@ pub struct Threads {
     pub pid: u32,
     /// Every thread alive when it began to exit ([`crate::spawn::Running::live_threads`]).
     pub live: Vec<LiveThread>,
+    /// Thread id → the alternate signal stack it registered with the kernel, which holds that
+    /// pointer (Rust's runtime keeps its main thread's in no memory of the program).
+    pub altstacks: BTreeMap<u32, u64>,
 }
 
 /// A root the scan could not see. Each can only make memory look lost: when nothing is lost,
@@ -238,6 +242,9 @@ pub fn roots(
         } else {
             thread.start_sp.and_then(containing)
         };
+        if !matches!(thread.state, ThreadState::Gone) {
+            roots.words.extend(threads.altstacks.get(&thread.tid));
+        }
         let whole = match &thread.state {
             // It no longer exists: nothing of it is a root, and its stack is a dead one.
             ThreadState::Gone => continue,

@@ -137,6 +137,7 @@ pub fn trace(
                 let threads = Threads {
                     pid,
                     live: running.live_threads(),
+                    altstacks: trace.altstacks.clone(),
                 };
                 let scan = scan_for_leaks(trace, &threads, &allocator);
                 incomplete.extend(scan.incomplete);

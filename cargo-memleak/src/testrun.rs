@@ -309,7 +309,9 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
         ..Arguments::default()
     };
     let mut tracer = tracer;
-    tracer.attach_everywhere()?;
+    if let Some(note) = tracer.prepare_for_many()? {
+        eprintln!("memleak: {note}");
+    }
     let progress_wanted = options.message_format == MessageFormat::Human
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let shared = Arc::new(Shared {

@@ -29,7 +29,7 @@ use memleak_common::{
 };
 
 use crate::{
-    allocator::AllocatorProbes,
+    allocator::{AllocatorProbes, ProbeKind},
     error::{Error, Result},
 };
 
@@ -111,6 +111,8 @@ pub struct ProcessTrace {
     /// Stack id → return addresses, innermost first.
     pub stacks: HashMap<u64, Vec<u64>>,
     pub counters: Counters,
+    /// Thread id → the alternate signal stack it registered (`ss_sp`).
+    pub altstacks: std::collections::BTreeMap<u32, u64>,
 }
 
 /// Probes attached to one process.
@@ -126,9 +128,67 @@ impl Attachment {
     }
 }
 
+/// How the probes get into a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkMode {
+    /// Multi-uprobe links (`BPF_TRACE_UPROBE_MULTI`, with the process-wide pid filter of Linux
+    /// 6.10): one link for the entry points of an object and one for their returns, filtered
+    /// to one process. Removing one unregisters all its probes and then waits for one grace
+    /// period (~70 ms); processes that are not traced get no breakpoint at all.
+    Multi,
+    /// One perf-event uprobe per entry point and return, on kernels without multi links. Each
+    /// removal waits for its own grace periods (~100 ms, serialized: 2.3 s for glibc's 22).
+    PerfEvent,
+}
+
+/// Overrides the link mode: `auto` (the default), `multi` or `perf-event` (for kernels whose
+/// multi links misbehave, and for testing the fallback).
+pub const LINK_MODE_VARIABLE: &str = "CARGO_MEMLEAK_LINK_MODE";
+
+impl LinkMode {
+    /// Multi links when the kernel has them with the process-wide pid filter, unless
+    /// [`LINK_MODE_VARIABLE`] says otherwise.
+    pub fn chosen() -> Result<Self> {
+        let detect = || {
+            let multi = aya::sys::is_uprobe_multi_supported(
+                aya::sys::UProbeMultiFeature::ProcessScopedPidFilter,
+            )
+            .unwrap_or(false);
+            if multi {
+                LinkMode::Multi
+            } else {
+                LinkMode::PerfEvent
+            }
+        };
+        match std::env::var(LINK_MODE_VARIABLE).as_deref() {
+            Err(_) | Ok("" | "auto") => Ok(detect()),
+            Ok("multi") => Ok(LinkMode::Multi),
+            Ok("perf-event") => Ok(LinkMode::PerfEvent),
+            Ok(other) => Err(Error::Selection(format!(
+                "{LINK_MODE_VARIABLE}={other}: expected auto, multi or perf-event"
+            ))),
+        }
+    }
+
+    /// The entry and return programs of this mode.
+    fn programs(self) -> [(ProbeKind, &'static str); 2] {
+        match self {
+            LinkMode::Multi => [
+                (ProbeKind::Entry, "alloc_enter_multi"),
+                (ProbeKind::Return, "alloc_return_multi"),
+            ],
+            LinkMode::PerfEvent => [
+                (ProbeKind::Entry, "alloc_enter"),
+                (ProbeKind::Return, "alloc_return"),
+            ],
+        }
+    }
+}
+
 pub struct Tracer {
     ebpf: Ebpf,
     probes: AllocatorProbes,
+    mode: LinkMode,
     /// Links attached to every process, when [`Tracer::attach_everywhere`] was called.
     everywhere: Option<Attachment>,
     /// Threads dropping detached links (see [`Tracer::detach`]).
@@ -151,22 +211,22 @@ const KERNEL_HINT: &str = "the kernel needs BPF, uprobes (CONFIG_UPROBE_EVENTS) 
                            cargo-memleak needs root or CAP_BPF + CAP_PERFMON";
 
 impl Tracer {
-    /// Loads the eBPF object and its programs (nothing is attached yet).
+    /// Loads the eBPF object and the programs of the best link mode the kernel has (nothing
+    /// is attached yet).
     pub fn load(probes: AllocatorProbes, limits: Limits) -> Result<Self> {
+        let mode = LinkMode::chosen()?;
         let mut ebpf = load_object(limits, &KernelFields::ZERO)?;
-        let programs: Vec<&str> = probes.points.iter().map(|point| point.program).collect();
-        for name in programs {
+        for (_, name) in mode.programs() {
             let program = uprobe(&mut ebpf, name)?;
-            if program.fd().is_err() {
-                program.load().map_err(|err| Error::BpfLoad {
-                    reason: format!("{name}: {}", error_chain(&err)),
-                    hint: KERNEL_HINT,
-                })?;
-            }
+            program.load().map_err(|err| Error::BpfLoad {
+                reason: format!("{name}: {}", error_chain(&err)),
+                hint: KERNEL_HINT,
+            })?;
         }
         Ok(Self {
             ebpf,
             probes,
+            mode,
             everywhere: None,
             retiring: Vec::new(),
         })
@@ -174,6 +234,29 @@ impl Tracer {
 
     pub fn probes(&self) -> &AllocatorProbes {
         &self.probes
+    }
+
+    pub fn link_mode(&self) -> LinkMode {
+        self.mode
+    }
+
+    /// Readies the tracer for many processes, one after another and several at once (a test
+    /// run). With multi links each process gets its own, and nothing needs doing. Without
+    /// them, removing a process's perf-event probes would cost 2.3 s per process: they are
+    /// attached to every process once instead, and the returned note says what that costs.
+    pub fn prepare_for_many(&mut self) -> Result<Option<&'static str>> {
+        match self.mode {
+            LinkMode::Multi => Ok(None),
+            LinkMode::PerfEvent => {
+                self.attach_everywhere()?;
+                Ok(Some(
+                    "this kernel has no multi-uprobe links (Linux 6.10 or newer): the probes are \
+                     attached to every process for the whole run, so every other process's \
+                     allocations trap too (~3 µs per call) and removing them at the end takes \
+                     ~2.3 s",
+                ))
+            }
+        }
     }
 
     /// Attaches every probe to every process, until the tracer is dropped; from then on
@@ -186,7 +269,7 @@ impl Tracer {
     }
 
     /// Starts tracing `pid` (and its threads, and whatever it execs): registers it, and
-    /// attaches every probe to it unless they are attached everywhere already.
+    /// attaches the probes to it unless they are attached everywhere already.
     pub fn attach(&mut self, pid: u32) -> Result<Attachment> {
         register(&mut self.ebpf, pid)?;
         if self.everywhere.is_some() {
@@ -207,25 +290,38 @@ impl Tracer {
         })
     }
 
+    /// One link per program: all of the object's entry points, or all their returns, each
+    /// point with its cookie.
     fn attach_links(&mut self, pid: u32, scope: UProbeScope) -> Result<Attachment> {
         let mut attachment = Attachment {
             pid,
             links: Vec::new(),
         };
         let object = self.probes.object.clone();
-        for point in self.probes.points.clone() {
-            let program = uprobe(&mut self.ebpf, point.program)?;
-            let location = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(point.offset),
-                cookie: (point.cookie != 0).then_some(point.cookie),
+        for (kind, name) in self.mode.programs() {
+            let points: Vec<UProbeAttachPoint<'static>> = self
+                .probes
+                .points_of(kind)
+                .map(|point| UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(point.offset),
+                    cookie: Some(point.cookie.0),
+                })
+                .collect();
+            let symbols = || {
+                self.probes
+                    .points_of(kind)
+                    .flat_map(|point| point.symbols.iter().copied())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
-            let attached = program.attach(location, &object, scope);
-            match attached {
-                Ok(link) => attachment.links.push((point.program, link)),
+            let symbols = symbols();
+            let program = uprobe(&mut self.ebpf, name)?;
+            match program.attach(points, &object, scope) {
+                Ok(link) => attachment.links.push((name, link)),
                 Err(err) => {
                     self.detach(attachment);
                     return Err(Error::Attach {
-                        symbol: point.symbols.join("/"),
+                        symbol: symbols,
                         object,
                         reason: error_chain(&err),
                         hint: KERNEL_HINT,
@@ -236,13 +332,11 @@ impl Tracer {
         Ok(attachment)
     }
 
-    /// Detaches the probes of one process, in the background.
-    ///
-    /// Removing a uprobe waits for an RCU-tasks-trace grace period under the kernel's
-    /// event_mutex: ~100 ms each on 6.18, serialized even from parallel threads (measured:
-    /// 22 probes, 2.2 s either way). The links are dropped on a thread of their own so the
-    /// report does not wait; dropping the tracer waits for them.
+    /// Detaches the probes of one process, in the background: the report, and the next
+    /// process, do not wait for the kernel's grace periods (measured: releases from several
+    /// threads overlap them). Dropping the tracer waits for the ones still under way.
     pub fn detach(&mut self, attachment: Attachment) {
+        self.retiring.retain(|thread| !thread.is_finished());
         if attachment.links.is_empty() {
             return;
         }
@@ -276,6 +370,9 @@ impl Tracer {
         });
         remove_where::<StackKey, StackFrames>(map_mut(ebpf, names::STACKS, tgid)?, |key| {
             key.tgid == tgid
+        });
+        remove_where::<u64, u64>(map_mut(ebpf, names::ALTSTACKS, tgid)?, |key| {
+            (key >> 32) as u32 == tgid
         });
         Ok(())
     }
@@ -358,7 +455,7 @@ fn load_object(limits: Limits, fields: &KernelFields) -> Result<Ebpf> {
 /// Starts recording for `tgid`: gives it zeroed counters.
 fn register(ebpf: &mut Ebpf, tgid: u32) -> Result<()> {
     stats_map(ebpf)?
-        .insert(tgid, zeroed_per_cpu()?, 0)
+        .insert(&tgid, zeroed_per_cpu()?, 0)
         .map_err(|err| map_error(tgid, err))
 }
 
@@ -405,6 +502,16 @@ fn read_trace(ebpf: &Ebpf, tgid: u32) -> Result<ProcessTrace> {
         trace
             .stacks
             .insert(alloc.stack_id, frames[..depth].to_vec());
+    }
+
+    if tgid != KERNEL_TGID {
+        let altstacks: BpfHashMap<&MapData, u64, u64> = map(ebpf, names::ALTSTACKS, tgid)?;
+        for entry in altstacks.iter() {
+            let (pid_tgid, ss_sp) = entry.map_err(|err| map_error(tgid, err))?;
+            if (pid_tgid >> 32) as u32 == tgid {
+                trace.altstacks.insert(pid_tgid as u32, ss_sp);
+            }
+        }
     }
 
     let stats: PerCpuHashMap<&MapData, u32, ProcessStats> = map(ebpf, names::STATS, tgid)?;
@@ -475,9 +582,11 @@ fn zeroed_per_cpu() -> Result<PerCpuValues<ProcessStats>> {
         context: context.to_string(),
         source,
     })?;
-    PerCpuValues::try_from(vec![ProcessStats::ZERO; cpus]).map_err(|source| Error::Io {
-        context: "sizing per-CPU counters".into(),
-        source,
+    PerCpuValues::try_from(vec![ProcessStats::ZERO; cpus.get() as usize]).map_err(|source| {
+        Error::Io {
+            context: "sizing per-CPU counters".into(),
+            source,
+        }
     })
 }
 

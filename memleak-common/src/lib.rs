@@ -19,6 +19,9 @@ pub mod names {
     /// Per traced process counters: tgid → [`ProcessStats`]. A process is traced exactly
     /// while it has an entry here.
     pub const STATS: &str = "STATS";
+    /// Each traced thread's alternate signal stack, as it registered it with `sigaltstack`:
+    /// pid_tgid → `ss_sp`. The kernel holds that pointer, so it is a root.
+    pub const ALTSTACKS: &str = "ALTSTACKS";
     /// The read-only global holding [`KernelFields`](super::KernelFields).
     pub const KERNEL_FIELDS: &str = "KERNEL_FIELDS";
 }
@@ -159,11 +162,92 @@ pub struct PendingCall {
     pub out_ptr: u64,
 }
 
-/// Attach cookie of the free-like and mapping probes: where the allocator object's text lies
-/// relative to the probed instruction, so a probe can tell calls made by the allocator itself
-/// (glibc mapping its arenas and thread stacks) from the program's. 0 when unknown.
-pub const fn text_cookie(probe_to_text_start: u32, text_len: u32) -> u64 {
-    ((probe_to_text_start as u64) << 32) | text_len as u64
+/// Which allocator entry point a probe sits on. One entry program serves them all (one
+/// multi-uprobe link per object); the attach cookie tells them apart.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryPoint {
+    Malloc = 1,
+    Calloc = 2,
+    Realloc = 3,
+    Reallocarray = 4,
+    PosixMemalign = 5,
+    /// `memalign(alignment, size)` and `aligned_alloc(alignment, size)`.
+    Memalign = 6,
+    /// `valloc(size)` and `pvalloc(size)`.
+    Valloc = 7,
+    Mmap = 8,
+    Mremap = 9,
+    Free = 10,
+    Munmap = 11,
+    /// `sigaltstack(ss, old)`: not an allocator call, but the kernel then holds a pointer to
+    /// the stack (often an mmap'd region) that no memory of the program may hold.
+    Sigaltstack = 12,
+}
+
+impl EntryPoint {
+    pub const ALL: [EntryPoint; 12] = [
+        EntryPoint::Malloc,
+        EntryPoint::Calloc,
+        EntryPoint::Realloc,
+        EntryPoint::Reallocarray,
+        EntryPoint::PosixMemalign,
+        EntryPoint::Memalign,
+        EntryPoint::Valloc,
+        EntryPoint::Mmap,
+        EntryPoint::Mremap,
+        EntryPoint::Free,
+        EntryPoint::Munmap,
+        EntryPoint::Sigaltstack,
+    ];
+
+    pub fn from_u8(value: u8) -> Option<EntryPoint> {
+        let mut at = 0;
+        while at < Self::ALL.len() {
+            if Self::ALL[at] as u8 == value {
+                return Some(Self::ALL[at]);
+            }
+            at += 1;
+        }
+        None
+    }
+}
+
+/// A probe's attach cookie: the entry point it sits on (the top byte), and where the
+/// allocator object's text lies relative to the probed instruction (28 bits each: the probe's
+/// distance from the text's start, and the text's length), so that a probe can tell calls the
+/// allocator makes itself (glibc mapping its arenas and thread stacks) from the program's. The
+/// text part is 0 when unknown (or larger than 256 MiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cookie(pub u64);
+
+impl Cookie {
+    const TEXT_BITS: u32 = 28;
+    const TEXT_MASK: u64 = (1 << Self::TEXT_BITS) - 1;
+
+    pub const fn new(entry: EntryPoint, probe_to_text_start: u32, text_len: u32) -> Self {
+        let fits = (text_len as u64) <= Self::TEXT_MASK && probe_to_text_start <= text_len;
+        let text = if fits {
+            ((probe_to_text_start as u64) << Self::TEXT_BITS) | text_len as u64
+        } else {
+            0
+        };
+        Cookie(((entry as u64) << 56) | text)
+    }
+
+    pub fn entry(self) -> Option<EntryPoint> {
+        EntryPoint::from_u8((self.0 >> 56) as u8)
+    }
+
+    /// The probe's distance from the start of the text.
+    pub const fn probe_to_text_start(self) -> u64 {
+        (self.0 >> Self::TEXT_BITS) & Self::TEXT_MASK
+    }
+
+    /// The text's length; 0 when unknown.
+    pub const fn text_len(self) -> u64 {
+        self.0 & Self::TEXT_MASK
+    }
 }
 
 /// Per process counters, indexed by [`Counter`].
@@ -281,6 +365,28 @@ mod pod {
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::ProcessStats {}
     unsafe impl aya::Pod for super::KernelFields {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_carry_the_entry_point_and_the_text() {
+        for entry in EntryPoint::ALL {
+            let cookie = Cookie::new(entry, 0x12_3456, 0x1a_0000);
+            assert_eq!(cookie.entry(), Some(entry));
+            assert_eq!(cookie.probe_to_text_start(), 0x12_3456);
+            assert_eq!(cookie.text_len(), 0x1a_0000);
+        }
+        // A text past 256 MiB is not described; the entry point still is.
+        let cookie = Cookie::new(EntryPoint::Free, 5, 1 << 29);
+        assert_eq!(
+            (cookie.entry(), cookie.text_len()),
+            (Some(EntryPoint::Free), 0)
+        );
+        assert_eq!(Cookie(0).entry(), None);
+    }
 }
 
 // Layouts are part of the kernel/user contract: fail the build if padding sneaks in.

@@ -2,6 +2,11 @@
 //! process (or for the kernel, under `KERNEL_TGID`), the set of outstanding allocations with
 //! their size, time and stack, and count everything they fail to record.
 //!
+//! One entry program serves every allocator entry point and one return program every return;
+//! the attach cookie says which entry point a probe sits on (`memleak_common::Cookie`), so an
+//! object takes two multi-uprobe links per traced process. Each program comes in two sections,
+//! `uprobe.multi` and plain `uprobe`, for kernels without multi links.
+//!
 //! Invariants:
 //! - Only the outermost allocator call of a thread is interpreted. glibc calls its own entry
 //!   points (`realloc(NULL, n)` → `malloc`, `realloc(p, 0)` → `free`, a large `malloc` →
@@ -27,8 +32,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memleak_common::{
-    AllocInfo, AllocKey, CallKind, Counter, KERNEL_TGID, KernelFields, PAGE_KEY_BASE, PendingCall,
-    ProcessStats, STACK_DEPTH, StackFrames, StackKey,
+    AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, KERNEL_TGID, KernelFields,
+    PAGE_KEY_BASE, PendingCall, ProcessStats, STACK_DEPTH, StackFrames, StackKey,
 };
 
 // Sizes here are defaults; userspace resizes ALLOCS and STACKS at load time.
@@ -47,6 +52,9 @@ static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1
 
 #[map]
 static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries(4096, 0);
+
+#[map]
+static ALTSTACKS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 
 /// Set by userspace at load time (read-only data; see `KernelFields`).
 #[unsafe(no_mangle)]
@@ -79,22 +87,28 @@ fn stack_pointer<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { (*regs).rsp }
 }
 
-/// Whether the probed call was made from inside the allocator object (see
-/// `memleak_common::text_cookie`): at a function's entry the return address is at the stack
-/// pointer, and the probe address locates the object's text in this process.
+/// The probe's attach cookie ([`Cookie`]).
+#[inline(always)]
+fn cookie<C: EbpfContext>(ctx: &C) -> Cookie {
+    // SAFETY: plain helper call on the program's own context.
+    Cookie(unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) })
+}
+
+/// Whether the probed call was made from inside the allocator object (see [`Cookie`]): at a
+/// function's entry the return address is at the stack pointer, and the probe address
+/// locates the object's text in this process.
 #[inline(always)]
 fn called_by_allocator(ctx: &ProbeContext) -> bool {
-    // SAFETY: plain helper call on the program's own context.
-    let cookie = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) };
-    if cookie == 0 {
+    let cookie = cookie(ctx);
+    let text_len = cookie.text_len();
+    if text_len == 0 {
         return false;
     }
     let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
     // SAFETY: the context of a probe program is the probed task's pt_regs.
     let ip = unsafe { (*regs).rip };
     let sp = stack_pointer(ctx);
-    let text_start = ip.wrapping_sub(cookie >> 32);
-    let text_len = cookie & 0xffff_ffff;
+    let text_start = ip.wrapping_sub(cookie.probe_to_text_start());
     // SAFETY: bpf_probe_read_user validates the user address.
     match unsafe { bpf_probe_read_user(sp as *const u64) } {
         Ok(return_addr) => return_addr.wrapping_sub(text_start) < text_len,
@@ -324,84 +338,125 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-#[uprobe]
-pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, CallKind::Plain, arg(&ctx, 0), 0, 0)
-}
-
-#[uprobe]
-pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
-    enter(&ctx, CallKind::Plain, size, 0, 0)
-}
-
-#[uprobe]
-pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, CallKind::Realloc, arg(&ctx, 1), arg(&ctx, 0), 0)
-}
-
-#[uprobe]
-pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
-    enter(&ctx, CallKind::Realloc, size, arg(&ctx, 0), 0)
-}
-
-#[uprobe]
-pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, CallKind::PosixMemalign, arg(&ctx, 2), 0, arg(&ctx, 0))
-}
-
-/// `memalign(alignment, size)` and `aligned_alloc(alignment, size)` (often one address).
-#[uprobe]
-pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, CallKind::Plain, arg(&ctx, 1), 0, 0)
-}
-
-/// `valloc(size)` and `pvalloc(size)`.
-#[uprobe]
-pub fn valloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, CallKind::Plain, arg(&ctx, 0), 0, 0)
-}
-
-/// Mappings the allocator makes for itself (arenas, thread stacks) are not the program's.
-#[uprobe]
-pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    if called_by_allocator(&ctx) {
-        return 0;
+/// Every allocator entry point, told apart by the cookie (one link per object).
+#[inline(always)]
+fn on_entry(ctx: &ProbeContext) -> u32 {
+    match cookie(ctx).entry() {
+        Some(EntryPoint::Malloc | EntryPoint::Valloc) => {
+            // `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
+            enter(ctx, CallKind::Plain, arg(ctx, 0), 0, 0)
+        }
+        Some(EntryPoint::Calloc) => {
+            let size = arg(ctx, 0).wrapping_mul(arg(ctx, 1));
+            enter(ctx, CallKind::Plain, size, 0, 0)
+        }
+        Some(EntryPoint::Realloc) => enter(ctx, CallKind::Realloc, arg(ctx, 1), arg(ctx, 0), 0),
+        Some(EntryPoint::Reallocarray) => {
+            let size = arg(ctx, 1).wrapping_mul(arg(ctx, 2));
+            enter(ctx, CallKind::Realloc, size, arg(ctx, 0), 0)
+        }
+        Some(EntryPoint::PosixMemalign) => {
+            enter(ctx, CallKind::PosixMemalign, arg(ctx, 2), 0, arg(ctx, 0))
+        }
+        // `memalign(alignment, size)` and `aligned_alloc(alignment, size)`.
+        Some(EntryPoint::Memalign) => enter(ctx, CallKind::Plain, arg(ctx, 1), 0, 0),
+        // Mappings the allocator makes for itself (arenas, thread stacks) are not the program's.
+        Some(EntryPoint::Mmap) if !called_by_allocator(ctx) => {
+            enter(ctx, CallKind::Mmap, arg(ctx, 1), 0, 0)
+        }
+        Some(EntryPoint::Mremap) if !called_by_allocator(ctx) => {
+            enter(ctx, CallKind::Mremap, arg(ctx, 2), arg(ctx, 0), 0)
+        }
+        Some(EntryPoint::Mmap | EntryPoint::Mremap) => 0,
+        Some(EntryPoint::Free) => on_free(ctx),
+        Some(EntryPoint::Munmap) => on_munmap(ctx),
+        Some(EntryPoint::Sigaltstack) => on_sigaltstack(ctx),
+        None => {
+            if let Some(pid_tgid) = traced() {
+                count(tgid_of(pid_tgid), Counter::ReadFailed);
+            }
+            0
+        }
     }
-    enter(&ctx, CallKind::Mmap, arg(&ctx, 1), 0, 0)
 }
 
+/// The entry program for multi-uprobe links (one link per object and process).
+#[uprobe(multi)]
+pub fn alloc_enter_multi(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx)
+}
+
+/// The same, for kernels without multi-uprobe links (one perf-event uprobe per entry point).
 #[uprobe]
-pub fn mremap_enter(ctx: ProbeContext) -> u32 {
-    if called_by_allocator(&ctx) {
-        return 0;
-    }
-    enter(&ctx, CallKind::Mremap, arg(&ctx, 2), arg(&ctx, 0), 0)
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx)
 }
 
 /// Shared by every allocating entry point: interprets the outermost call's return.
+#[uretprobe(multi)]
+pub fn alloc_return_multi(ctx: RetProbeContext) -> u32 {
+    leave(&ctx)
+}
+
+/// The same, for kernels without multi-uprobe links.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     leave(&ctx)
 }
 
-#[uprobe]
-pub fn free_enter(ctx: ProbeContext) -> u32 {
-    let addr = arg(&ctx, 0);
+/// `stack_t` on x86-64.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StackT {
+    ss_sp: u64,
+    ss_flags: i32,
+    _pad: u32,
+    ss_size: u64,
+}
+
+const SS_DISABLE: i32 = 2;
+
+/// Remembers the thread's alternate signal stack (or forgets it, when disabled).
+#[inline(always)]
+fn on_sigaltstack(ctx: &ProbeContext) -> u32 {
+    let Some(pid_tgid) = traced() else {
+        return 0;
+    };
+    let ss = arg(ctx, 0);
+    if ss == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_user validates the user address.
+    match unsafe { bpf_probe_read_user(ss as *const StackT) } {
+        Ok(stack) if stack.ss_flags & SS_DISABLE != 0 => {
+            let _ = ALTSTACKS.remove(&pid_tgid);
+        }
+        Ok(stack) => {
+            if ALTSTACKS.insert(&pid_tgid, &stack.ss_sp, 0).is_err() {
+                count(tgid_of(pid_tgid), Counter::ReadFailed);
+            }
+        }
+        Err(_) => count(tgid_of(pid_tgid), Counter::ReadFailed),
+    }
+    0
+}
+
+#[inline(always)]
+fn on_free(ctx: &ProbeContext) -> u32 {
+    let addr = arg(ctx, 0);
     if addr == 0 {
         return 0;
     }
     let Some(pid_tgid) = traced() else {
         return 0;
     };
-    if nested_in_pending(&ctx, pid_tgid) {
+    if nested_in_pending(ctx, pid_tgid) {
         return 0;
     }
     let tgid = tgid_of(pid_tgid);
     // Only a miss pays for the caller check (a user-memory read).
     if !release(tgid, addr) {
-        let missing = if called_by_allocator(&ctx) {
+        let missing = if called_by_allocator(ctx) {
             Counter::AllocatorInternalFree
         } else {
             Counter::FreeUnknown
@@ -411,14 +466,14 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
-pub fn munmap_enter(ctx: ProbeContext) -> u32 {
-    let addr = arg(&ctx, 0);
-    let len = arg(&ctx, 1);
+#[inline(always)]
+fn on_munmap(ctx: &ProbeContext) -> u32 {
+    let addr = arg(ctx, 0);
+    let len = arg(ctx, 1);
     let Some(pid_tgid) = traced() else {
         return 0;
     };
-    if nested_in_pending(&ctx, pid_tgid) || called_by_allocator(&ctx) {
+    if nested_in_pending(ctx, pid_tgid) || called_by_allocator(ctx) {
         return 0;
     }
     let tgid = tgid_of(pid_tgid);

@@ -296,6 +296,19 @@ fn a_dropped_mapping_is_definitely_lost() {
     }
 }
 
+/// Regression: Rust 1.99's runtime keeps its main thread's mmap'd alternate signal stack in
+/// no memory of the program (the static it once kept it in is never read, and is gone), so
+/// every test "lost" 16 KiB. The kernel holds that pointer: a registered sigaltstack is a root,
+/// and one that was unregistered is not.
+#[test]
+fn a_registered_alternate_signal_stack_is_reachable() {
+    if privileged("a_registered_alternate_signal_stack_is_reachable") {
+        check_still_reachable("keep-altstack");
+        let (run, summary) = c_summary("lose-altstack");
+        assert_eq!(summary, [(30000, 1), NOTHING, NOTHING], "{:#}", run.report);
+    }
+}
+
 /// Regression: a thread's TLS vector (288 bytes from the dynamic linker's `allocate_dtv`) was
 /// "definitely lost" when the thread had exited just before the process, and an old frame of
 /// its cached stack looked like a thread descriptor. Blocks the dynamic linker allocated are

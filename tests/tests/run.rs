@@ -60,7 +60,7 @@ leak_tests! {
     libc_realloc_from_rust: "leaky::leak_realloc" at "realloc";
     libc_mmap_from_rust: "leaky::leak_mmap" at "mmap";
     rust_global_allocator: "leaky::leak_vec" at "vec";
-    leak_on_a_spawned_thread: "leaky::leak_on_thread::{{closure}}" at "thread";
+    leak_on_a_spawned_thread: "leaky::leak_on_thread::{closure#0}" at "thread";
     leak_in_a_constructor_before_main: "leaky::leak_in_constructor" at "ctor";
 }
 

@@ -1,8 +1,8 @@
 //! Developer tasks for cargo-memleak, run as `cargo xtask <task>`:
 //!
-//! - `bootstrap`: make this machine able to build the eBPF programs (nightly + rust-src, a
-//!   bpf-linker built against nightly's LLVM) and run the tests (a C compiler). Idempotent and
-//!   fast when everything is there; each failure names its step.
+//! - `bootstrap`: make this machine able to build the eBPF programs (the pinned nightly +
+//!   rust-src, a bpf-linker built against its LLVM) and run the tests (a C compiler, valgrind).
+//!   Idempotent and fast when everything is there; each failure names its step.
 //! - `test`: bootstrap, then every test of the workspace (root needed for the tracing tests),
 //!   then the corpus.
 //! - `corpus`: bootstrap, then `cargo memleak test` on published crates' test suites, each
@@ -212,8 +212,8 @@ fn output(command: &mut Command, what: &str) -> Result<String> {
 }
 
 fn bootstrap() -> Result<()> {
-    step("nightly toolchain", ensure_nightly)?;
-    step("rust-src for nightly", ensure_rust_src)?;
+    step("the workspace's toolchain", ensure_workspace_toolchain)?;
+    step("the eBPF nightly with rust-src", ensure_ebpf_toolchain)?;
     step("bpf-linker", ensure_bpf_linker)?;
     step("Debian packages", || {
         // valgrind: the classification tests compare with memcheck.
@@ -230,61 +230,78 @@ fn rustup() -> Command {
     Command::new("rustup")
 }
 
-fn ensure_nightly() -> Result<()> {
-    let toolchains = output(
-        rustup().args(["toolchain", "list"]),
-        "rustup toolchain list",
-    )?;
-    if toolchains.lines().any(|line| line.starts_with("nightly")) {
-        return Ok(());
-    }
-    eprintln!("xtask: installing the nightly toolchain (the eBPF programs need it)");
-    run(
-        rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]),
-        "rustup toolchain install nightly",
-    )
+/// The `channel` a rust-toolchain.toml file pins.
+fn pinned_channel(file: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .with_context(|| format!("{} pins no channel", file.display()))
 }
 
-fn ensure_rust_src() -> Result<()> {
-    let installed = output(
-        rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]),
-        "rustup component list",
-    )?;
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
-        return Ok(());
-    }
-    eprintln!("xtask: adding rust-src to nightly (to build `core` for the BPF target)");
-    run(
-        rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-        "rustup component add rust-src",
-    )
+/// The nightly the eBPF programs build with.
+fn ebpf_toolchain() -> Result<String> {
+    pinned_channel(&workspace_root().join("memleak-ebpf/rust-toolchain.toml"))
 }
 
-/// bpf-linker must be built against the LLVM nightly rustc uses. Its build finds LLVM through
-/// LLVM_PREFIX; nightly ships only `lib/libLLVM.so.<ver>-rust-<ver>-nightly`, so a prefix with
-/// symlinks (under both names: the linker needs `libLLVM.so`, the binary's RUNPATH the full
-/// name) stands in for an LLVM install.
-fn ensure_bpf_linker() -> Result<()> {
-    let works = Command::new("bpf-linker")
-        .arg("--version")
+/// `rustup toolchain install` for a pinned channel: quick when it is there already, and adds
+/// missing components.
+fn install_toolchain(channel: &str, components: &[&str]) -> Result<()> {
+    let mut install = rustup();
+    install.args(["toolchain", "install", channel, "--profile", "minimal"]);
+    for component in components {
+        install.args(["--component", component]);
+    }
+    let out = install
         .output()
-        .is_ok_and(|out| out.status.success());
-    if works {
-        return Ok(());
-    }
+        .with_context(|| format!("rustup toolchain install {channel}"))?;
+    ensure!(
+        out.status.success(),
+        "rustup toolchain install {channel} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The toolchain rust-toolchain.toml pins (rustup installs it when cargo first runs; this
+/// makes sure, components included).
+fn ensure_workspace_toolchain() -> Result<()> {
+    let channel = pinned_channel(&workspace_root().join("rust-toolchain.toml"))?;
+    install_toolchain(&channel, &["rustfmt", "clippy"])
+}
+
+fn ensure_ebpf_toolchain() -> Result<()> {
+    install_toolchain(&ebpf_toolchain()?, &["rust-src"])
+}
+
+/// bpf-linker must be built against the LLVM the eBPF nightly uses. Its build finds LLVM
+/// through LLVM_PREFIX; nightly ships only `lib/libLLVM.so.<ver>-rust-<ver>-nightly`, so a
+/// prefix with symlinks (under both names: the linker needs `libLLVM.so`, the binary's RUNPATH
+/// the full name) stands in for an LLVM install. A bpf-linker linked against another nightly's
+/// LLVM is rebuilt.
+fn ensure_bpf_linker() -> Result<()> {
+    let nightly = ebpf_toolchain()?;
+    let plus = format!("+{nightly}");
     let version = output(
-        Command::new("rustc").args(["+nightly", "-vV"]),
-        "rustc +nightly -vV",
+        Command::new("rustc").args([plus.as_str(), "-vV"]),
+        "rustc -vV (eBPF nightly)",
     )?;
     let llvm_major = version
         .lines()
         .find_map(|line| line.strip_prefix("LLVM version: "))
         .and_then(|v| v.split('.').next())
-        .context("`rustc +nightly -vV` reports no LLVM version")?
+        .with_context(|| format!("`rustc +{nightly} -vV` reports no LLVM version"))?
         .to_owned();
     let sysroot = output(
-        Command::new("rustc").args(["+nightly", "--print", "sysroot"]),
-        "rustc +nightly --print sysroot",
+        Command::new("rustc").args([plus.as_str(), "--print", "sysroot"]),
+        "rustc --print sysroot (eBPF nightly)",
     )?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let library = std::fs::read_dir(&lib_dir)
@@ -300,44 +317,74 @@ fn ensure_bpf_linker() -> Result<()> {
     let library_name = library
         .file_name()
         .context("library has a name")?
-        .to_owned();
+        .to_string_lossy()
+        .into_owned();
+    if bpf_linker_links(&library_name) {
+        return Ok(());
+    }
 
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
         .context("neither CARGO_HOME nor HOME is set")?;
-    let prefix = cargo_home
-        .join("bpf-linker-llvm")
-        .join(library_name.to_string_lossy().as_ref());
+    let prefix = cargo_home.join("bpf-linker-llvm").join(&library_name);
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)
         .with_context(|| format!("creating {}", prefix_lib.display()))?;
-    for name in [std::ffi::OsStr::new("libLLVM.so"), library_name.as_os_str()] {
+    for name in ["libLLVM.so", library_name.as_str()] {
         let link = prefix_lib.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&library, &link)
             .with_context(|| format!("linking {} to {}", link.display(), library.display()))?;
     }
     eprintln!(
-        "xtask: building bpf-linker against nightly's LLVM {llvm_major} (about 80 s, once per machine)"
+        "xtask: building bpf-linker against {nightly}'s LLVM {llvm_major} (about 80 s, once per \
+         machine)"
     );
     run(
         cargo()
-            .args(["install", "bpf-linker", "--version", "0.13.0", "--locked"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--locked",
+                "--force",
+            ])
             .args(["--no-default-features", "--features"])
             .arg(format!("llvm-{llvm_major}"))
             .env("LLVM_PREFIX", &prefix),
         "cargo install bpf-linker",
     )?;
-    let works = Command::new("bpf-linker")
+    ensure!(
+        bpf_linker_links(&library_name),
+        "bpf-linker was installed but does not run against {library_name}; is ~/.cargo/bin on \
+         PATH?"
+    );
+    Ok(())
+}
+
+/// Whether the bpf-linker on PATH runs and loads `library` (a libLLVM file name).
+fn bpf_linker_links(library: &str) -> bool {
+    let Ok(path) = which_bpf_linker() else {
+        return false;
+    };
+    let runs = Command::new(&path)
         .arg("--version")
         .output()
         .is_ok_and(|out| out.status.success());
-    ensure!(
-        works,
-        "bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?"
-    );
-    Ok(())
+    runs && Command::new("ldd")
+        .arg(&path)
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(library))
+}
+
+fn which_bpf_linker() -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("bpf-linker"))
+        .find(|candidate| candidate.is_file())
+        .context("bpf-linker is not on PATH")
 }
 
 fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
