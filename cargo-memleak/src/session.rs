@@ -5,7 +5,7 @@
 //! (and the maps cleaned) on every path out, including errors.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -16,9 +16,9 @@ use crate::{
     classify::{self, Block, Classification},
     error::Result,
     scan::{self, Gap, ProcessMemory, SystemObjects, Threads},
-    spawn::{self, Command, Event, ExitStatus},
+    spawn::{self, Command, Event, ExitStatus, Running},
     symbolize::{Frame, Symbolizer},
-    tracer::{Limits, ProcessTrace, Tracer},
+    tracer::{Attachment, Limits, ProcessTrace, Tracer},
 };
 
 /// How to trace.
@@ -51,6 +51,36 @@ pub struct TracedRun {
     /// The command's timeout killed it.
     pub timed_out: bool,
     pub timings: Timings,
+    /// The processes it started that were followed ([`Command::follow`]), in the order they
+    /// ended.
+    pub children: Vec<ChildRun>,
+}
+
+/// A process the traced program started (or one of those started), followed from its first
+/// instruction.
+#[derive(Debug)]
+pub struct ChildRun {
+    pub pid: u32,
+    /// The program it ran last (a child that never exec'd runs its parent's).
+    pub executable: Option<PathBuf>,
+    pub fate: ChildFate,
+    /// Its trace, read and scanned at its exit stop like the program's (`program` is its
+    /// command line); `None` when it ended without one or was still running.
+    pub run: Option<TracedRun>,
+}
+
+/// How a followed child ended, as far as tracing goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildFate {
+    /// Held at its exit stop, read and scanned.
+    Scanned,
+    /// It ended without an exit stop (killed by SIGKILL, usually by its parent): nothing of it
+    /// could be read, and nothing of it was left behind.
+    Killed(ExitStatus),
+    /// Still running when the program ended: it was let go, unscanned.
+    StillRunning,
+    /// It could not be traced (the probes could not be attached to it).
+    Untraced(String),
 }
 
 /// Where the time of a traced run went.
@@ -78,8 +108,8 @@ pub fn load_tracer(options: &TraceOptions) -> Result<Tracer> {
     Tracer::load(probes, options.limits)
 }
 
-/// Runs `command` traced to its end. The tracer is shared: several threads may each trace a
-/// command at once, when its probes are attached everywhere.
+/// Runs `command` traced to its end, and the children it starts when they are followed. The
+/// tracer is shared: several threads may each trace a command at once.
 pub fn trace(
     tracer: &Mutex<Tracer>,
     symbolizer: &Symbolizer,
@@ -113,76 +143,342 @@ pub fn trace(
         }
     };
 
-    let mut incomplete = Vec::new();
-    let mut unseen = Vec::new();
-    let mut frames = HashMap::new();
-    let mut classification = None;
-    let (trace, status) = match running.wait_exit_stop() {
-        Ok(Event::ExitStop { tid }) => {
-            timings.program = start.elapsed();
-            let start = Instant::now();
-            let (trace, allocator) = {
-                let tracer = lock(tracer);
-                (tracer.read(pid), tracer.probes().object.clone())
-            };
-            timings.read = start.elapsed();
-            let start = Instant::now();
-            if let Ok(trace) = &trace {
-                let mut addrs: Vec<u64> = trace.stacks.values().flatten().copied().collect();
-                addrs.sort_unstable();
-                addrs.dedup();
-                frames = symbolizer.symbolize(tid, &addrs);
-                timings.symbolize = start.elapsed();
-                let start = Instant::now();
-                let threads = Threads {
-                    pid,
-                    live: running.live_threads(),
-                    altstacks: trace.altstacks.clone(),
-                };
-                let scan = scan_for_leaks(trace, &threads, &allocator);
-                incomplete.extend(scan.incomplete);
-                unseen = scan.unseen;
-                classification = Some(scan.classification);
-                timings.scan = start.elapsed();
-            }
-            lock(tracer).detach(attachment);
-            (trace.map(Some), running.finish())
+    let executable = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let mut root = Followed::new(pid, program, executable, Some(attachment));
+    let mut children: BTreeMap<u32, Followed> = BTreeMap::new();
+    let mut ended = Vec::new();
+    let outcome = follow(
+        tracer,
+        symbolizer,
+        command,
+        &mut running,
+        &mut root,
+        &mut children,
+        &mut ended,
+        &mut timings,
+        start,
+    );
+    // Whatever happened, nothing stays attached or recorded.
+    {
+        let mut tracer = lock(tracer);
+        root.release_links(&mut tracer);
+        for (child_pid, mut child) in std::mem::take(&mut children) {
+            child.release_links(&mut tracer);
+            let _ = tracer.forget(child_pid);
+            running.detach(child_pid);
+            ended.push(child.into_child(ChildFate::StillRunning));
         }
-        Ok(Event::Exited(status)) => {
-            timings.program = start.elapsed();
-            lock(tracer).detach(attachment);
-            if !running.timed_out() {
-                incomplete.push(
-                    "the process ended without an exit stop (killed by SIGKILL?): its \
-                     outstanding allocations could not be read"
-                        .into(),
-                );
-            }
-            (Ok(None), Ok(status))
-        }
-        Err(err) => {
-            lock(tracer).detach(attachment);
-            (Ok(None), Err(err))
-        }
-    };
+    }
     let timed_out = running.timed_out();
     let output = running.output();
     drop(running);
     let forgotten = lock(tracer).forget(pid);
-    let (trace, status) = (trace?, status?);
+    let status = outcome?;
+    let scanned = root.scanned.take().transpose()?;
     forgotten?;
-    Ok(TracedRun {
-        program,
-        status,
-        trace,
-        frames,
-        classification,
-        incomplete,
-        unseen,
-        output,
-        timed_out,
-        timings,
-    })
+    if scanned.is_none() && !timed_out {
+        root.incomplete.push(
+            "the process ended without an exit stop (killed by SIGKILL?): its outstanding \
+             allocations could not be read"
+                .into(),
+        );
+    }
+    let mut run = root.into_run(status, scanned);
+    run.output = output;
+    run.timed_out = timed_out;
+    run.timings = timings;
+    run.children = ended;
+    Ok(run)
+}
+
+/// The event loop of a traced run: until the program is reaped, scan each process at its
+/// exit stop, give each followed child links of its own at its fork, and keep following it
+/// after an exec only if `command.follow` wants its new program. Returns the program's status.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the state of one run, threaded through"
+)]
+fn follow(
+    tracer: &Mutex<Tracer>,
+    symbolizer: &Symbolizer,
+    command: &Command,
+    running: &mut Running,
+    root: &mut Followed,
+    children: &mut BTreeMap<u32, Followed>,
+    ended: &mut Vec<ChildRun>,
+    timings: &mut Timings,
+    start: Instant,
+) -> Result<ExitStatus> {
+    let pid = root.pid;
+    loop {
+        match running.wait_event()? {
+            Event::ExitStop { pid: stopped, tid } if stopped == pid => {
+                timings.program = start.elapsed();
+                root.read_at_exit(tracer, symbolizer, running, tid, Some(timings));
+                root.release_links(&mut lock(tracer));
+                running.release(pid);
+            }
+            Event::ExitStop { pid: stopped, tid } => {
+                if let Some(child) = children.get_mut(&stopped) {
+                    child.read_at_exit(tracer, symbolizer, running, tid, None);
+                    child.release_links(&mut lock(tracer));
+                }
+                running.release(stopped);
+            }
+            Event::Forked {
+                parent,
+                child,
+                shares_memory,
+            } => {
+                let (program, executable) = match children.get(&parent) {
+                    Some(parent) => (parent.program.clone(), parent.executable.clone()),
+                    None => (root.program.clone(), root.executable.clone()),
+                };
+                let mut tracer = lock(tracer);
+                let mut followed = match tracer.attach(child) {
+                    Ok(attachment) => Followed::new(child, program, executable, Some(attachment)),
+                    Err(err) => {
+                        let mut followed = Followed::new(child, program, executable, None);
+                        followed.untraced = Some(err.to_string());
+                        followed
+                    }
+                };
+                // A forked child starts with its parent's blocks; a vfork'd one shares them
+                // until it execs.
+                if !shares_memory
+                    && followed.attachment.is_some()
+                    && let Err(err) = tracer.inherit(parent, child)
+                {
+                    followed.incomplete.push(format!(
+                        "its parent's outstanding blocks could not be copied at the fork: {err}"
+                    ));
+                }
+                children.insert(child, followed);
+                running.resume(parent);
+                running.resume(child);
+            }
+            Event::Exec { pid: execed } => {
+                if execed == pid {
+                    // The program exec'd another: tracing starts over with it.
+                    let _ = lock(tracer).restart(pid);
+                    running.resume(pid);
+                    continue;
+                }
+                let executable = std::fs::read_link(format!("/proc/{execed}/exe")).ok();
+                let wanted = executable
+                    .as_deref()
+                    .is_some_and(|exe| command.follow.follows(exe));
+                let mut tracer = lock(tracer);
+                match children.remove(&execed) {
+                    Some(mut child) if wanted => {
+                        if child.attachment.is_some()
+                            && let Err(err) = tracer.restart(execed)
+                        {
+                            child
+                                .incomplete
+                                .push(format!("restarting after its exec: {err}"));
+                        }
+                        child.program = command_line_of(execed).unwrap_or(child.program);
+                        child.executable = executable;
+                        children.insert(execed, child);
+                        running.resume(execed);
+                    }
+                    Some(mut child) => {
+                        child.release_links(&mut tracer);
+                        let _ = tracer.forget(execed);
+                        running.detach(execed);
+                    }
+                    None => running.resume(execed),
+                }
+            }
+            Event::ChildExited {
+                pid: exited,
+                status,
+            } => {
+                if let Some(mut child) = children.remove(&exited) {
+                    let mut tracer = lock(tracer);
+                    child.release_links(&mut tracer);
+                    let _ = tracer.forget(exited);
+                    let fate = if child.scanned.is_some() {
+                        ChildFate::Scanned
+                    } else {
+                        ChildFate::Killed(status.clone())
+                    };
+                    child.status = Some(status);
+                    ended.push(child.into_child(fate));
+                }
+            }
+            Event::Exited(status) => {
+                if root.scanned.is_none() {
+                    timings.program = start.elapsed();
+                }
+                return Ok(status);
+            }
+        }
+    }
+}
+
+/// A process being traced, from its start (or its fork) to its end.
+struct Followed {
+    pid: u32,
+    /// Its command line (after its last exec).
+    program: String,
+    executable: Option<PathBuf>,
+    attachment: Option<Attachment>,
+    /// What was read at its exit stop (an error reading the maps is the run's error).
+    scanned: Option<Result<Scanned>>,
+    status: Option<ExitStatus>,
+    incomplete: Vec<String>,
+    /// Why it could not be traced at all.
+    untraced: Option<String>,
+}
+
+/// What was read of a process at its exit stop.
+struct Scanned {
+    trace: ProcessTrace,
+    frames: HashMap<u64, Vec<Frame>>,
+    classification: Classification,
+    incomplete: Vec<String>,
+    unseen: Vec<Gap>,
+}
+
+impl Followed {
+    fn new(
+        pid: u32,
+        program: String,
+        executable: Option<PathBuf>,
+        attachment: Option<Attachment>,
+    ) -> Self {
+        Self {
+            pid,
+            program,
+            executable,
+            attachment,
+            scanned: None,
+            status: None,
+            incomplete: Vec::new(),
+            untraced: None,
+        }
+    }
+
+    /// Reads, symbolizes and scans the process, held at its exit stop by thread `tid`.
+    fn read_at_exit(
+        &mut self,
+        tracer: &Mutex<Tracer>,
+        symbolizer: &Symbolizer,
+        running: &mut Running,
+        tid: u32,
+        timings: Option<&mut Timings>,
+    ) {
+        if self.attachment.is_none() {
+            return;
+        }
+        let mut spent = Timings::default();
+        let start = Instant::now();
+        let (trace, allocator) = {
+            let tracer = lock(tracer);
+            (tracer.read(self.pid), tracer.probes().object.clone())
+        };
+        spent.read = start.elapsed();
+        let scanned = trace.map(|trace| {
+            let start = Instant::now();
+            let mut addrs: Vec<u64> = trace.stacks.values().flatten().copied().collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            let frames = symbolizer.symbolize(tid, &addrs);
+            spent.symbolize = start.elapsed();
+            let start = Instant::now();
+            let threads = Threads {
+                pid: self.pid,
+                live: running.live_threads(self.pid),
+                altstacks: trace.altstacks.clone(),
+            };
+            let scan = scan_for_leaks(&trace, &threads, &allocator);
+            spent.scan = start.elapsed();
+            Scanned {
+                trace,
+                frames,
+                classification: scan.classification,
+                incomplete: scan.incomplete,
+                unseen: scan.unseen,
+            }
+        });
+        if let Some(timings) = timings {
+            timings.read = spent.read;
+            timings.symbolize = spent.symbolize;
+            timings.scan = spent.scan;
+        }
+        self.scanned = Some(scanned);
+    }
+
+    /// Lets the kernel remove its probes, in the background.
+    fn release_links(&mut self, tracer: &mut Tracer) {
+        if let Some(attachment) = self.attachment.take() {
+            tracer.detach(attachment);
+        }
+    }
+
+    fn into_run(mut self, status: ExitStatus, scanned: Option<Scanned>) -> TracedRun {
+        let (trace, frames, classification, unseen) = match scanned {
+            Some(scanned) => {
+                self.incomplete.extend(scanned.incomplete);
+                (
+                    Some(scanned.trace),
+                    scanned.frames,
+                    Some(scanned.classification),
+                    scanned.unseen,
+                )
+            }
+            None => (None, HashMap::new(), None, Vec::new()),
+        };
+        TracedRun {
+            program: self.program,
+            status,
+            trace,
+            frames,
+            classification,
+            incomplete: self.incomplete,
+            unseen,
+            output: None,
+            timed_out: false,
+            timings: Timings::default(),
+            children: Vec::new(),
+        }
+    }
+
+    fn into_child(mut self, fate: ChildFate) -> ChildRun {
+        let fate = match self.untraced.take() {
+            Some(reason) => ChildFate::Untraced(reason),
+            None => fate,
+        };
+        let (pid, executable) = (self.pid, self.executable.clone());
+        let run = match (self.scanned.take(), self.status.clone()) {
+            (Some(Ok(scanned)), Some(status)) => Some(self.into_run(status, Some(scanned))),
+            (Some(Err(err)), Some(status)) => {
+                self.incomplete
+                    .push(format!("its trace could not be read at its exit: {err}"));
+                Some(self.into_run(status, None))
+            }
+            _ => None,
+        };
+        ChildRun {
+            pid,
+            executable,
+            fate,
+            run,
+        }
+    }
+}
+
+/// The command line of process `pid`, from /proc.
+fn command_line_of(pid: u32) -> Option<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let words: Vec<String> = bytes
+        .split(|&byte| byte == 0)
+        .filter(|word| !word.is_empty())
+        .map(|word| String::from_utf8_lossy(word).into_owned())
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
 }
 
 /// The tracer, even if another thread panicked while holding it (its maps stay consistent:

@@ -20,6 +20,7 @@
 //!   child at once (`cargo memleak test -j N`).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     ffi::{CString, OsString},
     os::{
         fd::{AsRawFd as _, OwnedFd, RawFd},
@@ -68,6 +69,37 @@ pub struct Command {
     pub isolated: bool,
     /// Kill its process group after this long (isolated commands only).
     pub timeout: Option<Duration>,
+    /// Which of the processes it starts to follow (fork, vfork, and what they exec): they are
+    /// reported as [`Event::Forked`] and [`Event::Exec`], and stop at their own exit like it
+    /// does.
+    pub follow: Follow,
+}
+
+/// Which of the processes a traced program starts are followed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Follow {
+    /// None: only the program and its threads are traced.
+    #[default]
+    Nothing,
+    /// Children that run one of these executables (canonical paths), and children that do not
+    /// exec (they run the program they were forked from).
+    Executables(std::collections::BTreeSet<PathBuf>),
+    /// Every child.
+    All,
+}
+
+impl Follow {
+    /// Whether a child that exec'd `executable` is followed.
+    pub fn follows(&self, executable: &Path) -> bool {
+        match self {
+            Follow::Nothing => false,
+            Follow::All => true,
+            Follow::Executables(set) => {
+                set.contains(executable)
+                    || std::fs::canonicalize(executable).is_ok_and(|path| set.contains(&path))
+            }
+        }
+    }
 }
 
 impl Command {
@@ -80,6 +112,7 @@ impl Command {
             env: Vec::new(),
             isolated: false,
             timeout: None,
+            follow: Follow::Nothing,
         }
     }
 }
@@ -247,9 +280,14 @@ pub fn spawn(command: &Command) -> Result<Gated> {
             drop(gate_read);
             drop(errors_write);
             let output = prepared.stdio.take().map(|(_, output)| output);
-            let options = Options::PTRACE_O_TRACEEXIT
+            let mut options = Options::PTRACE_O_TRACEEXIT
                 | Options::PTRACE_O_EXITKILL
                 | Options::PTRACE_O_TRACECLONE;
+            if command.follow != Follow::Nothing {
+                options |= Options::PTRACE_O_TRACEFORK
+                    | Options::PTRACE_O_TRACEVFORK
+                    | Options::PTRACE_O_TRACEEXEC;
+            }
             if let Err(source) = ptrace::seize(child, options) {
                 let _ = signal::kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, Some(WAIT_ALL));
@@ -344,12 +382,11 @@ impl Gated {
             timeout,
         } = self;
         let mut running = Running {
-            pid,
-            exit_stop_seen: false,
-            held: Vec::new(),
+            root: pid,
+            processes: BTreeMap::from([(pid, Traced::default())]),
+            announced: BTreeMap::new(),
+            newborn: BTreeSet::new(),
             reaped: false,
-            threads: std::collections::BTreeMap::new(),
-            exited: std::collections::BTreeSet::new(),
             output,
             watchdog: None,
             _interrupts: (!isolated).then(IgnoreInterrupts::install),
@@ -399,13 +436,27 @@ impl Gated {
     }
 }
 
-/// What the traced process did next.
+/// What the traced processes did next.
 #[derive(Debug)]
 pub enum Event {
-    /// A thread stopped at `PTRACE_EVENT_EXIT` for the process's exit: read it now, then
-    /// [`Running::finish`].
-    ExitStop { tid: u32 },
-    /// The process is gone without an exit stop (killed by SIGKILL, for example).
+    /// A thread of process `pid` stopped at `PTRACE_EVENT_EXIT` for the process's exit: read
+    /// it now ([`Running::live_threads`]), then let it go ([`Running::release`]; for the
+    /// program itself, [`Running::finish`]).
+    ExitStop { pid: u32, tid: u32 },
+    /// A followed process started another: both are held, the child before its first
+    /// instruction, until [`Running::resume`]. With `shares_memory` (vfork) the child runs in
+    /// its parent's memory until it execs.
+    Forked {
+        parent: u32,
+        child: u32,
+        shares_memory: bool,
+    },
+    /// Followed process `pid` exec'd a new program; it is held until [`Running::resume`] (or
+    /// [`Running::detach`]).
+    Exec { pid: u32 },
+    /// A followed child is gone (after its exit stop, or without one).
+    ChildExited { pid: u32, status: ExitStatus },
+    /// The program is gone without an exit stop (killed by SIGKILL, for example).
     Exited(ExitStatus),
 }
 
@@ -437,20 +488,32 @@ pub enum ThreadState {
 /// They are already killed, so they take microseconds; one stuck in the kernel is reported.
 const THREADS_DEADLINE: Duration = Duration::from_secs(2);
 
-/// A traced process that has exec'd the program.
-pub struct Running {
-    pid: Pid,
+/// One traced process: the program, or a child it started.
+#[derive(Debug, Default)]
+struct Traced {
     exit_stop_seen: bool,
-    /// Threads held at their exit stops (the process's exit stop first), until
-    /// [`Running::finish`] lets them go.
+    /// Threads held at their exit stops (the process's exit stop first), until released.
     held: Vec<Pid>,
-    /// Reaped: nothing left to clean up on drop.
-    reaped: bool,
     /// Threads other than the main one that have not exited, with their stack pointer at
     /// their first stop (which locates their stack).
-    threads: std::collections::BTreeMap<Pid, Option<u64>>,
+    threads: BTreeMap<Pid, Option<u64>>,
     /// Threads that ended on their own (`SYS_exit`) while the process went on.
-    exited: std::collections::BTreeSet<Pid>,
+    exited: BTreeSet<Pid>,
+}
+
+/// The traced program, and the children it started when they are followed.
+pub struct Running {
+    /// The program.
+    root: Pid,
+    /// Every traced process not yet reaped, the program included.
+    processes: BTreeMap<Pid, Traced>,
+    /// Children a fork or vfork event named, with their parent and whether they share its
+    /// memory, whose first stop has not been seen yet.
+    announced: BTreeMap<Pid, (Pid, bool)>,
+    /// Children whose first stop came before their parent's fork event.
+    newborn: BTreeSet<Pid>,
+    /// The program was reaped: nothing left to clean up on drop.
+    reaped: bool,
     /// Where an isolated child's stdout and stderr went.
     output: Option<OwnedFd>,
     watchdog: Option<Watchdog>,
@@ -458,15 +521,20 @@ pub struct Running {
 }
 
 impl Drop for Running {
-    /// A process abandoned on an error path is killed and reaped, not left stopped.
+    /// Processes abandoned on an error path are killed and reaped, not left stopped.
     fn drop(&mut self) {
-        if !self.reaped {
-            let _ = signal::kill(self.pid, Signal::SIGKILL);
-            for tid in self.held.drain(..) {
+        if self.reaped && self.processes.is_empty() {
+            return;
+        }
+        for (&pid, traced) in &mut self.processes {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+            for tid in traced.held.drain(..) {
                 resume(tid, None);
             }
+        }
+        if !self.reaped {
             while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WAIT_ALL)) {
-                if matches!(status, WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) if pid == self.pid)
+                if matches!(status, WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) if pid == self.root)
                 {
                     break;
                 }
@@ -476,16 +544,45 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// Runs the process until its exit stop, or until it is gone.
-    pub fn wait_exit_stop(&mut self) -> Result<Event> {
+    /// The program's pid.
+    pub fn pid(&self) -> u32 {
+        self.root.as_raw() as u32
+    }
+
+    /// Runs the processes until something needs the caller: an exit stop, a fork or exec of a
+    /// followed process, a child's end, or the program gone without an exit stop.
+    pub fn wait_event(&mut self) -> Result<Event> {
         loop {
             if let Some(event) = self.step()? {
-                self.reaped = matches!(event, Event::Exited(_));
-                // The program is done; reading it at its exit stop must not race the timeout.
-                if let Some(watchdog) = &mut self.watchdog {
-                    watchdog.cancel();
+                match &event {
+                    Event::Exited(_) => self.reaped = true,
+                    // The program is done; reading it at its exit stop must not race the
+                    // timeout.
+                    Event::ExitStop { pid, .. } if *pid == self.pid() => {
+                        if let Some(watchdog) = &mut self.watchdog {
+                            watchdog.cancel();
+                        }
+                    }
+                    _ => {}
                 }
                 return Ok(event);
+            }
+        }
+    }
+
+    /// Runs the program until its exit stop, or until it is gone (for callers that follow no
+    /// children: those events do not happen).
+    pub fn wait_exit_stop(&mut self) -> Result<Event> {
+        loop {
+            match self.wait_event()? {
+                Event::ExitStop { pid, .. } if pid != self.pid() => self.release(pid),
+                event @ (Event::ExitStop { .. } | Event::Exited(_)) => return Ok(event),
+                Event::Forked { parent, child, .. } => {
+                    self.resume(parent);
+                    self.resume(child);
+                }
+                Event::Exec { pid } => self.resume(pid),
+                Event::ChildExited { .. } => {}
             }
         }
     }
@@ -506,40 +603,71 @@ impl Running {
         Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// Every thread alive when the process began to exit, the stopped one first, each held at
-    /// its exit stop with its registers where it could be. Call after [`Event::ExitStop`].
+    /// The followed children that have not been reaped.
+    pub fn children(&self) -> Vec<u32> {
+        self.processes
+            .keys()
+            .filter(|&&pid| pid != self.root)
+            .map(|pid| pid.as_raw() as u32)
+            .collect()
+    }
+
+    /// Lets a process held at a fork or exec stop (or a child held at its first stop) go on.
+    pub fn resume(&mut self, pid: u32) {
+        resume(Pid::from_raw(pid as i32), None);
+    }
+
+    /// Stops following process `pid`: every thread of it is detached and runs on untraced.
+    pub fn detach(&mut self, pid: u32) {
+        let pid = Pid::from_raw(pid as i32);
+        let Some(traced) = self.processes.remove(&pid) else {
+            return;
+        };
+        let mut tids: BTreeSet<Pid> = traced.threads.keys().copied().collect();
+        tids.insert(pid);
+        tids.extend(tasks_of(pid));
+        for tid in tids {
+            // A running thread must be stopped before it can be detached.
+            if ptrace::detach(tid, None).is_err() && ptrace::interrupt(tid).is_ok() {
+                let _ = waitpid(tid, Some(WAIT_ALL));
+                let _ = ptrace::detach(tid, None);
+            }
+        }
+    }
+
+    /// Every thread of process `pid` alive when it began to exit, the stopped one first, each
+    /// held at its exit stop with its registers where it could be. Call after
+    /// [`Event::ExitStop`] for that process.
     ///
     /// The exit killed the other threads; each stops at its own `PTRACE_EVENT_EXIT` before it
     /// is gone (measured: microseconds after the process's exit stop, or before it), except a
     /// thread that was already at the exit stop of its own `exit`: the kill wakes it from that
     /// stop, and it is reaped instead ([`ThreadState::Gone`]). A thread that does not get
     /// anywhere within [`THREADS_DEADLINE`] is [`ThreadState::Unresponsive`].
-    pub fn live_threads(&mut self) -> Vec<LiveThread> {
-        let Some(&stopped) = self.held.first() else {
+    pub fn live_threads(&mut self, pid: u32) -> Vec<LiveThread> {
+        let pid = Pid::from_raw(pid as i32);
+        let Some(traced) = self.processes.get_mut(&pid) else {
             return Vec::new();
         };
-        let start_sp = |tid: Pid| self.threads.get(&tid).copied().flatten();
+        let Some(&stopped) = traced.held.first() else {
+            return Vec::new();
+        };
         let registers = |tid: Pid| match ptrace::getregs(tid) {
             Ok(regs) => ThreadState::Stopped(Box::new(regs)),
             Err(_) => ThreadState::Unresponsive,
         };
+        let start_sp = |traced: &Traced, tid: Pid| traced.threads.get(&tid).copied().flatten();
         let mut live = vec![LiveThread {
             tid: stopped.as_raw() as u32,
             state: registers(stopped),
-            start_sp: start_sp(stopped),
+            start_sp: start_sp(traced, stopped),
         }];
         // The threads we know of, and any whose first stop has not been seen yet.
-        let mut waiting: std::collections::BTreeSet<Pid> = self.threads.keys().copied().collect();
-        waiting.insert(self.pid);
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
-            waiting.extend(
-                tasks
-                    .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
-                    .map(Pid::from_raw),
-            );
-        }
+        let mut waiting: BTreeSet<Pid> = traced.threads.keys().copied().collect();
+        waiting.insert(pid);
+        waiting.extend(tasks_of(pid));
         waiting.remove(&stopped);
-        waiting.retain(|tid| !self.exited.contains(tid));
+        waiting.retain(|tid| !traced.exited.contains(tid));
 
         let deadline = Instant::now() + THREADS_DEADLINE;
         while !waiting.is_empty() && Instant::now() < deadline {
@@ -549,7 +677,7 @@ impl Running {
                     Ok(WaitStatus::PtraceEvent(_, _, event))
                         if event == PtraceEvent::PTRACE_EVENT_EXIT as i32 =>
                     {
-                        self.held.push(tid);
+                        traced.held.push(tid);
                         registers(tid)
                     }
                     // Reaped, or not ours to wait for any more: it no longer exists.
@@ -566,7 +694,7 @@ impl Running {
                 live.push(LiveThread {
                     tid: tid.as_raw() as u32,
                     state,
-                    start_sp: start_sp(tid),
+                    start_sp: start_sp(traced, tid),
                 });
             }
             if !waiting.is_empty() {
@@ -576,26 +704,49 @@ impl Running {
         live.extend(waiting.into_iter().map(|tid| LiveThread {
             tid: tid.as_raw() as u32,
             state: ThreadState::Unresponsive,
-            start_sp: start_sp(tid),
+            start_sp: start_sp(traced, tid),
         }));
         live
     }
 
-    /// Lets the process finish and reaps it.
-    pub fn finish(&mut self) -> Result<ExitStatus> {
-        self.exit_stop_seen = true;
-        for tid in std::mem::take(&mut self.held) {
-            resume(tid, None);
-        }
-        loop {
-            if let Some(Event::Exited(status)) = self.step()? {
-                self.reaped = true;
-                return Ok(status);
+    /// Lets a process held at its exit stop finish (a child: its end comes as
+    /// [`Event::ChildExited`]).
+    pub fn release(&mut self, pid: u32) {
+        if let Some(traced) = self.processes.get_mut(&Pid::from_raw(pid as i32)) {
+            for tid in std::mem::take(&mut traced.held) {
+                resume(tid, None);
             }
         }
     }
 
-    /// Handles one wait status. Returns an event for the exit stop and the final exit.
+    /// Lets the program finish and reaps it; children still followed are detached and run on.
+    pub fn finish(&mut self) -> Result<ExitStatus> {
+        let root = self.pid();
+        if let Some(traced) = self.processes.get_mut(&self.root) {
+            traced.exit_stop_seen = true;
+        }
+        self.release(root);
+        loop {
+            match self.step()? {
+                Some(Event::Exited(status)) => {
+                    self.reaped = true;
+                    for child in self.children() {
+                        self.detach(child);
+                    }
+                    return Ok(status);
+                }
+                Some(Event::Forked { parent, child, .. }) => {
+                    self.resume(parent);
+                    self.resume(child);
+                }
+                Some(Event::Exec { pid }) => self.resume(pid),
+                Some(Event::ExitStop { pid, .. }) => self.release(pid),
+                Some(Event::ChildExited { .. }) | None => {}
+            }
+        }
+    }
+
+    /// Handles one wait status. Returns an event when the caller has something to do.
     fn step(&mut self) -> Result<Option<Event>> {
         let status = match waitpid(Pid::from_raw(-1), Some(WAIT_ALL)) {
             Ok(status) => status,
@@ -603,52 +754,145 @@ impl Running {
             Err(source) => {
                 return Err(Error::Ptrace {
                     operation: "waitpid",
-                    pid: self.pid.as_raw(),
+                    pid: self.root.as_raw(),
                     source,
                 });
             }
         };
-        if let Some(tid) = status.pid()
-            && tid != self.pid
-            && !self.exit_stop_seen
-            && !self.threads.contains_key(&tid)
+        let Some(tid) = status.pid() else {
+            return Ok(None);
+        };
+        // A process we have not seen: a child's first stop, before or after its parent's
+        // fork event.
+        if !self.processes.contains_key(&tid)
             && matches!(
                 status,
                 WaitStatus::PtraceEvent(..) | WaitStatus::Stopped(..)
             )
-            && thread_group_of(tid) == Some(self.pid)
+            && thread_group_of(tid) == Some(tid)
+        {
+            self.processes.insert(tid, Traced::default());
+            return Ok(match self.announced.remove(&tid) {
+                Some((parent, shares_memory)) => Some(Event::Forked {
+                    parent: parent.as_raw() as u32,
+                    child: tid.as_raw() as u32,
+                    shares_memory,
+                }),
+                None => {
+                    self.newborn.insert(tid);
+                    None
+                }
+            });
+        }
+        let tgid = if self.processes.contains_key(&tid) {
+            tid
+        } else {
+            thread_group_of(tid).unwrap_or(self.root)
+        };
+        if let Some(traced) = self.processes.get_mut(&tgid)
+            && tid != tgid
+            && !traced.exit_stop_seen
+            && !traced.threads.contains_key(&tid)
+            && matches!(
+                status,
+                WaitStatus::PtraceEvent(..) | WaitStatus::Stopped(..)
+            )
         {
             // A new thread's first stop: where its stack is.
             let sp = ptrace::getregs(tid).ok().map(|regs| regs.rsp);
-            self.threads.insert(tid, sp);
+            traced.threads.insert(tid, sp);
         }
         match status {
-            WaitStatus::Exited(pid, code) if pid == self.pid => {
+            WaitStatus::Exited(pid, code) if pid == self.root => {
+                self.processes.remove(&pid);
                 Ok(Some(Event::Exited(ExitStatus::Exited { code })))
             }
-            WaitStatus::Signaled(pid, signal, core_dumped) if pid == self.pid => {
+            WaitStatus::Signaled(pid, signal, core_dumped) if pid == self.root => {
+                self.processes.remove(&pid);
                 Ok(Some(Event::Exited(ExitStatus::Signaled {
                     signal: signal.as_str().to_string(),
                     core_dumped,
                 })))
             }
+            WaitStatus::Exited(pid, code) if self.processes.remove(&pid).is_some() => {
+                Ok(Some(Event::ChildExited {
+                    pid: pid.as_raw() as u32,
+                    status: ExitStatus::Exited { code },
+                }))
+            }
+            WaitStatus::Signaled(pid, signal, core_dumped)
+                if self.processes.remove(&pid).is_some() =>
+            {
+                Ok(Some(Event::ChildExited {
+                    pid: pid.as_raw() as u32,
+                    status: ExitStatus::Signaled {
+                        signal: signal.as_str().to_string(),
+                        core_dumped,
+                    },
+                }))
+            }
             WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Ok(None),
             WaitStatus::PtraceEvent(tid, _, event)
                 if event == PtraceEvent::PTRACE_EVENT_EXIT as i32 =>
             {
-                if !self.exit_stop_seen && self.is_process_exit(tid) {
-                    self.exit_stop_seen = true;
-                    self.held.push(tid);
+                let process_exit = self.is_process_exit(tgid, tid);
+                let Some(traced) = self.processes.get_mut(&tgid) else {
+                    resume(tid, None);
+                    return Ok(None);
+                };
+                if !traced.exit_stop_seen && process_exit {
+                    traced.exit_stop_seen = true;
+                    traced.held.push(tid);
                     return Ok(Some(Event::ExitStop {
+                        pid: tgid.as_raw() as u32,
                         tid: tid.as_raw() as u32,
                     }));
                 }
-                self.threads.remove(&tid);
-                if !self.exit_stop_seen {
-                    self.exited.insert(tid);
+                traced.threads.remove(&tid);
+                if !traced.exit_stop_seen {
+                    traced.exited.insert(tid);
                 }
                 resume(tid, None);
                 Ok(None)
+            }
+            WaitStatus::PtraceEvent(parent, _, event)
+                if event == PtraceEvent::PTRACE_EVENT_FORK as i32
+                    || event == PtraceEvent::PTRACE_EVENT_VFORK as i32 =>
+            {
+                let shares_memory = event == PtraceEvent::PTRACE_EVENT_VFORK as i32;
+                let child = ptrace::getevent(parent)
+                    .ok()
+                    .map(|child| Pid::from_raw(child as i32));
+                match child {
+                    Some(child) if self.newborn.remove(&child) => Ok(Some(Event::Forked {
+                        parent: tgid.as_raw() as u32,
+                        child: child.as_raw() as u32,
+                        shares_memory,
+                    })),
+                    Some(child) => {
+                        // The parent waits here until the child's first stop is seen, so that
+                        // the child starts from its parent's state at the fork.
+                        self.announced.insert(child, (tgid, shares_memory));
+                        Ok(None)
+                    }
+                    None => {
+                        resume(parent, None);
+                        Ok(None)
+                    }
+                }
+            }
+            WaitStatus::PtraceEvent(_, _, event)
+                if event == PtraceEvent::PTRACE_EVENT_EXEC as i32 =>
+            {
+                // After an exec the process's other threads are gone, and its leader's pid is
+                // the exec'ing thread's.
+                if let Some(traced) = self.processes.get_mut(&tgid) {
+                    traced.threads.clear();
+                    traced.exited.clear();
+                }
+                Ok(Some(Event::Exec {
+                    pid: tgid.as_raw() as u32,
+                }))
             }
             WaitStatus::PtraceEvent(tid, signal, event) if event == libc::PTRACE_EVENT_STOP => {
                 if matches!(
@@ -676,17 +920,28 @@ impl Running {
         }
     }
 
-    /// An exit stop is the process's exit unless the thread called `exit` (SYS_exit ends one
-    /// thread; `exit_group` and fatal signals end them all), or it is another process that
-    /// TRACECLONE picked up. A stop whose registers cannot be read was cut short: a kill woke
-    /// the thread from it (the group exit's, for a thread at the exit stop of its own `exit`),
-    /// so it is not the stop the process's exit is read at.
-    fn is_process_exit(&self, tid: Pid) -> bool {
-        if thread_group_of(tid).is_some_and(|tgid| tgid != self.pid) {
+    /// An exit stop is its process's exit unless the thread called `exit` (SYS_exit ends one
+    /// thread; `exit_group` and fatal signals end them all). A stop whose registers cannot be
+    /// read was cut short: a kill woke the thread from it (the group exit's, for a thread at
+    /// the exit stop of its own `exit`), so it is not the stop the process's exit is read at.
+    fn is_process_exit(&self, tgid: Pid, tid: Pid) -> bool {
+        if !self.processes.contains_key(&tgid) {
             return false;
         }
         ptrace::getregs(tid).is_ok_and(|regs| regs.orig_rax != libc::SYS_exit as u64)
     }
+}
+
+/// The thread ids of process `pid`, from /proc.
+fn tasks_of(pid: Pid) -> Vec<Pid> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
+                .map(Pid::from_raw)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn resume(tid: Pid, signal: Option<Signal>) {

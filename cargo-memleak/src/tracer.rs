@@ -356,6 +356,52 @@ impl Tracer {
         read_trace(&self.ebpf, tgid)
     }
 
+    /// A forked child starts as a copy of its parent: every block the parent had outstanding
+    /// at the fork is the child's too, with its stack (the child may free them, or lose them).
+    pub fn inherit(&mut self, parent: u32, child: u32) -> Result<()> {
+        let ebpf = &mut self.ebpf;
+        let allocs: Vec<(AllocKey, AllocInfo)> = {
+            let map: BpfHashMap<&MapData, AllocKey, AllocInfo> = map(ebpf, names::ALLOCS, child)?;
+            map.iter()
+                .filter_map(|entry| entry.ok())
+                .filter(|(key, _)| key.tgid == parent)
+                .collect()
+        };
+        let stacks: Vec<(StackKey, StackFrames)> = {
+            let map: BpfHashMap<&MapData, StackKey, StackFrames> = map(ebpf, names::STACKS, child)?;
+            let wanted: std::collections::BTreeSet<u64> =
+                allocs.iter().map(|(_, info)| info.stack_id).collect();
+            map.iter()
+                .filter_map(|entry| entry.ok())
+                .filter(|(key, _)| key.tgid == parent && wanted.contains(&key.stack_id))
+                .collect()
+        };
+        let mut stack_map: BpfHashMap<&mut MapData, StackKey, StackFrames> =
+            map_mut(ebpf, names::STACKS, child)?;
+        for (key, frames) in stacks {
+            let key = StackKey { tgid: child, ..key };
+            stack_map
+                .insert(&key, &frames, 0)
+                .map_err(|err| map_error(child, err))?;
+        }
+        let mut alloc_map: BpfHashMap<&mut MapData, AllocKey, AllocInfo> =
+            map_mut(ebpf, names::ALLOCS, child)?;
+        for (key, info) in allocs {
+            let key = AllocKey { tgid: child, ..key };
+            alloc_map
+                .insert(&key, &info, 0)
+                .map_err(|err| map_error(child, err))?;
+        }
+        Ok(())
+    }
+
+    /// After an exec: what the process recorded belongs to the program it was, so it is
+    /// forgotten, and tracing starts over with zeroed counters (its links stay).
+    pub fn restart(&mut self, tgid: u32) -> Result<()> {
+        self.forget(tgid)?;
+        register(&mut self.ebpf, tgid)
+    }
+
     /// Removes every map entry of `tgid`: its counters (which stops its tracing), allocations,
     /// pending calls and stacks. The maps then hold only the processes traced at the moment,
     /// however many came before.
