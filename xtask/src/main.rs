@@ -573,8 +573,38 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
             megabytes / (ms / 1e3)
         );
     }
+    let bystander = bench_bystander(&memleak, &workload, pairs, runs)?;
+    println!(
+        "{:<36} {:>11.1} ns {:>11.1} ns {:>9.1}x",
+        "unrelated pair during a test run",
+        untraced,
+        bystander,
+        bystander / untraced
+    );
     bench_kernel(&memleak, &kpairs, runs)?;
-    bench_suite(&memleak, runs)
+    let root = workspace_root();
+    bench_suite(
+        &memleak,
+        runs,
+        &Suite {
+            title: "fixture suite (fixtures/workspace)",
+            manifest: root.join("fixtures/workspace/Cargo.toml"),
+            skip: &["tests::hangs"],
+            expected_exit: 100,
+            memcheck: false,
+        },
+    )?;
+    bench_suite(
+        &memleak,
+        runs,
+        &Suite {
+            title: "allocation-heavy suite (fixtures/heavy)",
+            manifest: root.join("fixtures/heavy/Cargo.toml"),
+            skip: &[],
+            expected_exit: 0,
+            memcheck: true,
+        },
+    )
 }
 
 /// What `cargo memleak kernel` costs the kernel's allocations: an eventfd made and closed
@@ -624,12 +654,27 @@ fn bench_kernel(memleak: &Path, kpairs: &Path, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// The fixture workspace's tests (all but the one that hangs), each as its own process, as
-/// many at once as there are CPUs: plainly, then under `cargo memleak test`.
-fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
-    let root = workspace_root();
-    let manifest = root.join("fixtures/workspace/Cargo.toml");
+/// A fixture's test suite to time: each test as its own process, as many at once as there are
+/// CPUs, plainly, optionally under memcheck, and under `cargo memleak test`.
+struct Suite<'a> {
+    title: &'a str,
+    /// The fixture's workspace manifest.
+    manifest: PathBuf,
+    /// Tests left out (they hang).
+    skip: &'a [&'a str],
+    /// The exit code `cargo memleak test` must give (100: the fixture's leaky tests).
+    expected_exit: i32,
+    memcheck: bool,
+}
+
+/// Times a fixture suite (see [`Suite`]).
+fn bench_suite(memleak: &Path, runs: usize, suite: &Suite<'_>) -> Result<()> {
     let jobs = std::thread::available_parallelism().map_or(1, usize::from);
+    let target_dir = suite
+        .manifest
+        .parent()
+        .context("manifest dir")?
+        .join("target/memleak");
     // The same build cargo memleak makes (its target dir, frame pointers): nothing rebuilds.
     let built = output(
         cargo()
@@ -641,14 +686,11 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
                 "--quiet",
             ])
             .arg("--manifest-path")
-            .arg(&manifest)
-            .env(
-                "CARGO_TARGET_DIR",
-                root.join("fixtures/workspace/target/memleak"),
-            )
+            .arg(&suite.manifest)
+            .env("CARGO_TARGET_DIR", &target_dir)
             .env("CARGO_ENCODED_RUSTFLAGS", "-Cforce-frame-pointers=yes")
             .env_remove("RUSTFLAGS"),
-        "cargo test --no-run on fixtures/workspace",
+        "cargo test --no-run on a fixture",
     )?;
     let mut tests: Vec<(PathBuf, PathBuf, String)> = Vec::new();
     for line in built.lines() {
@@ -669,12 +711,13 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
             .lines()
             .filter_map(|line| line.strip_suffix(": test"))
         {
-            if name != "tests::hangs" {
+            if !suite.skip.contains(&name) {
                 tests.push((exe.into(), dir.to_owned(), name.to_owned()));
             }
         }
     }
-    let plain = || -> Duration {
+    // Every test as its own process, `jobs` at once, each started by `wrap`.
+    let per_process = |wrap: &(dyn Fn(&Path) -> Command + Sync)| -> Duration {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let start = Instant::now();
         std::thread::scope(|scope| {
@@ -683,7 +726,7 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
                     while let Some((exe, dir, name)) =
                         tests.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                     {
-                        let _ = Command::new(exe)
+                        let _ = wrap(exe)
                             .args(["--exact", name, "--nocapture"])
                             .current_dir(dir)
                             .output();
@@ -693,22 +736,27 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
         });
         start.elapsed()
     };
+    let plain = || per_process(&|exe| Command::new(exe));
+    let memcheck = || {
+        per_process(&|exe| {
+            let mut command = Command::new("valgrind");
+            command.args(["--leak-check=full", "--quiet"]).arg(exe);
+            command
+        })
+    };
     // Wall time until the results are out (the run-finished event), and until exit (after the
-    // kernel has removed the probes).
+    // kernel has removed the last probes).
     let traced = || -> Result<(Duration, Duration)> {
         let start = Instant::now();
-        let mut child = Command::new(memleak)
-            .args([
-                "memleak",
-                "test",
-                "--workspace",
-                "--skip",
-                "tests::hangs",
-                "--exact",
-            ])
+        let mut command = Command::new(memleak);
+        command.args(["memleak", "test", "--workspace", "--exact"]);
+        for skip in suite.skip {
+            command.args(["--skip", skip]);
+        }
+        let mut child = command
             .args(["--baseline", "/nonexistent/memleak-baseline.json"])
             .args(["--message-format", "json", "--manifest-path"])
-            .arg(&manifest)
+            .arg(&suite.manifest)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -722,26 +770,43 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
         }
         let status = child.wait()?;
         ensure!(
-            status.code() == Some(100),
-            "cargo memleak test on the fixture: expected exit 100 (its leaky tests), got {status}"
+            status.code() == Some(suite.expected_exit),
+            "cargo memleak test on {}: expected exit {}, got {status}",
+            suite.title,
+            suite.expected_exit
         );
         Ok((results.context("a run-finished event")?, start.elapsed()))
     };
     traced()?; // warm: builds if needed
-    let (mut plain_runs, mut results_runs, mut exit_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plain_runs, mut memcheck_runs, mut results_runs, mut exit_runs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         plain_runs.push(plain());
+        if suite.memcheck {
+            memcheck_runs.push(memcheck());
+        }
         let (results, exit) = traced()?;
         results_runs.push(results);
         exit_runs.push(exit);
     }
     let (plain, results, exit) = (median(plain_runs), median(results_runs), median(exit_runs));
     println!(
-        "fixture suite: {} tests, each its own process, {jobs} at once (median of {runs}):",
+        "{}: {} tests, each its own process, {jobs} at once (median of {runs}):",
+        suite.title,
         tests.len()
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("  {:<34} {:>11.1} ms", "plain processes", ms(plain));
+    if suite.memcheck {
+        let memcheck = median(memcheck_runs);
+        println!(
+            "  {:<34} {:>11.1} ms {:>9.1}x   ({:.1}x cargo memleak's)",
+            "memcheck (valgrind --leak-check=full)",
+            ms(memcheck),
+            ms(memcheck) / ms(plain),
+            ms(memcheck) / ms(exit)
+        );
+    }
     println!(
         "  {:<34} {:>11.1} ms {:>9.1}x",
         "cargo memleak test, results out",
@@ -754,7 +819,52 @@ fn bench_suite(memleak: &Path, runs: usize) -> Result<()> {
         ms(exit),
         ms(exit) / ms(plain)
     );
+    println!(
+        "  {:<34} {:>11.1} ms",
+        "  of which after the results",
+        ms(exit.saturating_sub(results))
+    );
     Ok(())
+}
+
+/// An unrelated process's malloc+free pair while `cargo memleak test` runs a test (one that
+/// hangs until the timeout): untraced processes should not pay for it.
+fn bench_bystander(memleak: &Path, workload: &Path, pairs: u64, runs: usize) -> Result<f64> {
+    let mut run = Command::new(memleak)
+        .args(["memleak", "test", "--manifest-path"])
+        .arg(workspace_root().join("fixtures/workspace/Cargo.toml"))
+        .args([
+            "-p",
+            "beta",
+            "--lib",
+            "--exact",
+            "tests::hangs",
+            "--timeout",
+            "600",
+        ])
+        .args(["--message-format", "json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cargo memleak test")?;
+    let stdout = run.stdout.take().context("stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let started = lines.any(|line| line.is_ok_and(|line| line.contains("run-started")));
+    let measured = (|| -> Result<f64> {
+        ensure!(started, "cargo memleak test did not start its run");
+        // Let the test process start and meet its probes.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let stdout = output(Command::new(workload).arg(pairs.to_string()), "pairs")?;
+            times.push(stdout.trim().parse::<f64>()?);
+        }
+        Ok(median(times))
+    })();
+    let _ = run.kill();
+    let _ = run.wait();
+    measured
 }
 
 fn nix_is_root() -> bool {
