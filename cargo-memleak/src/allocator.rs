@@ -71,6 +71,188 @@ impl AllocatorProbes {
     }
 }
 
+/// Rust's allocator shim: the functions every Rust allocation goes through, in the final
+/// binary, whatever the `#[global_allocator]` (demangled names; current compilers put them
+/// under `__rustc::`). Every return is probed: `__rust_dealloc` is pending until its return,
+/// so that a `GlobalAlloc` calling libc's `free` inside it is not counted twice.
+const SHIM: &[(&str, EntryPoint)] = &[
+    ("__rust_alloc", EntryPoint::RustAlloc),
+    ("__rust_alloc_zeroed", EntryPoint::RustAllocZeroed),
+    ("__rust_realloc", EntryPoint::RustRealloc),
+    ("__rust_dealloc", EntryPoint::RustDealloc),
+];
+
+/// What an executable's allocations go through, as far as tracing it goes.
+#[derive(Clone, Debug)]
+pub struct ExecutableAllocators {
+    pub rust: RustAllocator,
+    /// It defines a `malloc` of its own (an allocator linked in, or a static binary): its C
+    /// allocations never reach libc's.
+    pub defines_malloc: bool,
+}
+
+/// What an executable's Rust allocation goes through.
+#[derive(Clone, Debug)]
+pub enum RustAllocator {
+    /// Not a Rust program, or one on the system allocator (the shim ends in libc's `malloc`,
+    /// which is probed anyway).
+    System,
+    /// A `#[global_allocator]` of its own, and the shim that reaches it.
+    Custom(AllocatorProbes),
+    /// A `#[global_allocator]` of its own, but no shim to probe (inlined away).
+    Unprobed,
+}
+
+/// Reads `executable` once for what [`ExecutableAllocators`] says.
+pub fn executable_allocators(executable: &Path) -> Result<ExecutableAllocators> {
+    let read_error = |err: std::io::Error| Error::AllocatorObject {
+        path: executable.to_owned(),
+        reason: err.to_string(),
+    };
+    let file = std::fs::File::open(executable).map_err(read_error)?;
+    // Mapped, not read: test binaries run to a hundred megabytes of debug information.
+    // SAFETY: the mapping is read-only and private; a build rewriting the file while it is
+    // read could only make parsing fail, which is handled.
+    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(read_error)?;
+    let Ok(elf) = object::File::parse(&*data) else {
+        return Ok(ExecutableAllocators {
+            rust: RustAllocator::System,
+            defines_malloc: false,
+        });
+    };
+    Ok(ExecutableAllocators {
+        rust: rust_allocator(executable, &elf, &data)?,
+        defines_malloc: symbol_address(&elf, "malloc").is_some(),
+    })
+}
+
+/// Finds the shim in `executable` and says whether it needs probing: only where the program
+/// has a global allocator of its own, which [`shim_reaches_libc`] tells from the shim's code.
+fn rust_allocator(executable: &Path, elf: &object::File<'_>, data: &[u8]) -> Result<RustAllocator> {
+    let object_error = |reason: String| Error::AllocatorObject {
+        path: executable.to_owned(),
+        reason,
+    };
+    let mut found: Vec<(&str, EntryPoint, u64)> = Vec::new();
+    for symbol in elf.symbols().chain(elf.dynamic_symbols()) {
+        if !symbol.is_definition() || symbol.address() == 0 {
+            continue;
+        }
+        let Ok(raw) = symbol.name() else { continue };
+        if !raw.contains("__rust_") {
+            continue;
+        }
+        let name = format!("{:#}", rustc_demangle::demangle(raw));
+        let last = name.rsplit("::").next().unwrap_or(&name);
+        if let Some(&(shim, entry)) = SHIM.iter().find(|(shim, _)| *shim == last)
+            && !found.iter().any(|(seen, ..)| *seen == shim)
+        {
+            found.push((shim, entry, symbol.address()));
+        }
+    }
+    let alloc = found
+        .iter()
+        .find(|(shim, ..)| *shim == "__rust_alloc")
+        .map(|&(.., address)| address);
+    match alloc {
+        // Not a Rust program (or one that never allocates).
+        None if found.is_empty() => return Ok(RustAllocator::System),
+        None => return Ok(RustAllocator::Unprobed),
+        Some(address) if shim_reaches_libc(elf, data, address) => {
+            return Ok(RustAllocator::System);
+        }
+        Some(_) if found.len() < SHIM.len() => return Ok(RustAllocator::Unprobed),
+        Some(_) => {}
+    }
+    let text = executable_range(elf);
+    let mut points = Vec::new();
+    for (symbol, entry, address) in found {
+        let offset = file_offset(elf, address)
+            .ok_or_else(|| object_error(format!("{symbol} at {address:#x} is in no segment")))?;
+        add_point(&mut points, ProbeKind::Entry, entry, symbol, offset, text);
+        add_point(&mut points, ProbeKind::Return, entry, symbol, offset, text);
+    }
+    Ok(RustAllocator::Custom(AllocatorProbes {
+        object: executable.to_owned(),
+        points,
+        missing: Vec::new(),
+    }))
+}
+
+/// Whether the shim's `__rust_alloc` (at `address`) ends in the system allocator: its first
+/// call or jump that decides goes to `__rdl_alloc` or `<std::alloc::System as GlobalAlloc>`, or
+/// through the GOT to libc's `malloc` family. Anything else, or nothing recognizable (an
+/// allocator inlined into the shim), is a global allocator of its own.
+fn shim_reaches_libc(elf: &object::File<'_>, data: &[u8], address: u64) -> bool {
+    use iced_x86::{FlowControl, OpKind};
+    const LIBC: &[&str] = &[
+        "malloc",
+        "calloc",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+    ];
+    let Some(offset) = file_offset(elf, address) else {
+        return false;
+    };
+    let Some(code) = usize::try_from(offset).ok().and_then(|at| data.get(at..)) else {
+        return false;
+    };
+    // The function a target falls in: the defined symbol at or below it, demangled.
+    let name_at = |target: u64| -> Option<String> {
+        let symbol = elf
+            .symbols()
+            .filter(|symbol| {
+                symbol.is_definition() && symbol.address() != 0 && symbol.address() <= target
+            })
+            .max_by_key(|symbol| symbol.address())?;
+        Some(format!(
+            "{:#}",
+            rustc_demangle::demangle(symbol.name().ok()?)
+        ))
+    };
+    let got_symbol = |slot: u64| -> Option<String> {
+        let relocations = elf.dynamic_relocations()?;
+        let (_, relocation) = relocations.into_iter().find(|(at, _)| *at == slot)?;
+        let object::RelocationTarget::Symbol(index) = relocation.target() else {
+            return None;
+        };
+        let symbol = elf.symbol_by_index(index).ok()?;
+        Some(symbol.name().ok()?.split('@').next()?.to_owned())
+    };
+    let mut decoder = Decoder::with_ip(
+        64,
+        &code[..code.len().min(256)],
+        address,
+        DecoderOptions::NONE,
+    );
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        match instruction.flow_control() {
+            FlowControl::Call | FlowControl::UnconditionalBranch
+                if instruction.op0_kind() == OpKind::NearBranch64 =>
+            {
+                let Some(name) = name_at(instruction.near_branch_target()) else {
+                    return false;
+                };
+                if name.contains("Layout") {
+                    continue;
+                }
+                return name.ends_with("__rdl_alloc") || name.contains("std::alloc::System as");
+            }
+            FlowControl::IndirectCall | FlowControl::IndirectBranch
+                if instruction.is_ip_rel_memory_operand() =>
+            {
+                return got_symbol(instruction.ip_rel_memory_address())
+                    .is_some_and(|name| LIBC.contains(&name.as_str()));
+            }
+            FlowControl::Return | FlowControl::Interrupt => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Finds the libc this process runs with: a dynamically linked program started from here uses
 /// the same one, found the same way by the dynamic loader.
 pub fn find_libc() -> Result<PathBuf> {

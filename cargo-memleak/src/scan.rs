@@ -9,7 +9,9 @@
 //!   `cache_new` still points where `/etc/ld.so.cache` was mapped before it was unmapped, and a
 //!   later `mmap` can land there), and what it legitimately points to it allocated itself,
 //!   which is a root of its own (see [`linker_blocks`]);
-//! - mappings holding outstanding blocks: they are blocks, scanned only once reached.
+//! - the mappings a `#[global_allocator]` made for itself inside its own calls (its arenas);
+//! - outstanding blocks: they are scanned only once reached (what lies around them in a mapping
+//!   that holds them, a bss holding a static arena for example, stays a root).
 //!
 //! Every thread alive at the exit adds its registers and its stack from its stack pointer (less
 //! the 128-byte red zone) up; with the stack pointer elsewhere (a signal or coroutine stack),
@@ -156,6 +158,9 @@ pub struct SystemObjects<'m> {
     pub allocator: BTreeSet<&'m Path>,
     /// The dynamic linker: the object mapped at `AT_BASE`.
     pub linker: BTreeSet<&'m Path>,
+    /// Mappings the allocator made for itself inside its own calls (a `#[global_allocator]`'s
+    /// arenas, segments, extents): their free parts keep stale pointers.
+    pub allocator_maps: Vec<Range<u64>>,
 }
 
 /// The path of the dynamic linker mapped into process `pid`: the object whose first mapping
@@ -292,6 +297,25 @@ pub fn roots(
             .checked_sub(1)
             .is_some_and(|last| sorted_blocks[last].end > range.start)
     };
+    // The parts of a range that no block covers.
+    let around_blocks = |range: Range<u64>| {
+        let mut parts = Vec::new();
+        let mut at = range.start;
+        let first = sorted_blocks.partition_point(|block| block.end <= range.start);
+        for block in &sorted_blocks[first..] {
+            if block.start >= range.end {
+                break;
+            }
+            if block.start > at {
+                parts.push(at..block.start);
+            }
+            at = at.max(block.end);
+        }
+        if at < range.end {
+            parts.push(at..range.end);
+        }
+        parts
+    };
     let guard = |at: Option<usize>, adjacent_to: u64| {
         at.and_then(|at| maps.get(at)).is_some_and(|map| {
             map.kind == Kind::Anonymous
@@ -310,14 +334,25 @@ pub fn roots(
             continue;
         }
         let range = map.range.clone();
+        let allocators_own = objects
+            .allocator_maps
+            .iter()
+            .any(|own| own.start < range.end && range.start < own.end);
         match &map.kind {
             Kind::Heap | Kind::Stack | Kind::Special => continue,
+            Kind::Anonymous if allocators_own => continue,
             Kind::Anonymous => {
                 // Below it a guard page: a thread's stack, and its thread is gone.
                 let dead_stack = guard(at.checked_sub(1), range.start);
                 // 64 MiB-aligned with its reserve after it: a glibc arena.
                 let arena = range.start % ARENA_ALIGN == 0 && guard(Some(at + 1), range.end);
-                if dead_stack || arena || holds_block(&range) {
+                if dead_stack || arena {
+                    continue;
+                }
+                if holds_block(&range) {
+                    // A mapping of blocks, or a bss holding an arena (a `GlobalAlloc` over a
+                    // static): what lies around the blocks is still a root.
+                    roots.regions.extend(around_blocks(range));
                     continue;
                 }
                 if allocator_file_end == Some(range.start) {
@@ -327,7 +362,9 @@ pub fn roots(
                     roots.regions.push(range);
                 }
             }
-            Kind::File(_) if holds_block(&range) => continue,
+            // Data or bss holding blocks (a `GlobalAlloc` over a static arena): the program's
+            // statics around the blocks are still roots.
+            Kind::File(_) if holds_block(&range) => roots.regions.extend(around_blocks(range)),
             kind if is_linker(kind) => continue,
             kind if is_allocator(kind) => roots.allocator_regions.push(range),
             Kind::File(_) => roots.regions.push(range),

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    allocator,
+    allocator::{self, RustAllocator},
     classify::{self, Block, Classification},
     error::Result,
     scan::{self, Gap, ProcessMemory, SystemObjects, Threads},
@@ -131,6 +131,8 @@ pub fn trace(
         }
     };
     let pid = attachment.pid();
+    let mut attachment = attachment;
+    let shim = probe_rust_allocator(&mut lock(tracer), &mut attachment, gated.program());
     timings.attach = start.elapsed();
     let start = Instant::now();
     let mut running = match gated.release() {
@@ -145,6 +147,7 @@ pub fn trace(
 
     let executable = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let mut root = Followed::new(pid, program, executable, Some(attachment));
+    root.incomplete.extend(shim);
     let mut children: BTreeMap<u32, Followed> = BTreeMap::new();
     let mut ended = Vec::new();
     let outcome = follow(
@@ -277,6 +280,15 @@ fn follow(
                             child
                                 .incomplete
                                 .push(format!("restarting after its exec: {err}"));
+                        }
+                        if let (Some(attachment), Some(exe)) =
+                            (child.attachment.as_mut(), executable.as_deref())
+                        {
+                            child.incomplete.extend(probe_rust_allocator(
+                                &mut tracer,
+                                attachment,
+                                exe,
+                            ));
                         }
                         child.program = command_line_of(execed).unwrap_or(child.program);
                         child.executable = executable;
@@ -470,6 +482,52 @@ impl Followed {
     }
 }
 
+/// Probes `executable`'s allocator shim for the attached process when its Rust allocations
+/// do not end in libc's allocator; says why they are not traced when they cannot be.
+fn probe_rust_allocator(
+    tracer: &mut Tracer,
+    attachment: &mut Attachment,
+    executable: &std::path::Path,
+) -> Option<String> {
+    let not_traced = |why: String| {
+        Some(format!(
+            "the Rust allocations of {} were not traced: {why}",
+            executable.display()
+        ))
+    };
+    let probed = tracer.probes().object.clone();
+    let same_file = |a: &std::path::Path, b: &std::path::Path| {
+        a == b
+            || std::fs::canonicalize(a)
+                .is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b))
+    };
+    let allocators = match tracer.executable_allocators(executable) {
+        Ok(allocators) => allocators,
+        Err(err) => return not_traced(format!("it could not be read ({err})")),
+    };
+    if allocators.defines_malloc && !same_file(&probed, executable) {
+        return Some(format!(
+            "{} defines malloc itself, so its C allocations never reach {} and were not traced; \
+             probe its own with --allocator-object {}",
+            executable.display(),
+            probed.display(),
+            executable.display()
+        ));
+    }
+    match allocators.rust {
+        RustAllocator::System => None,
+        RustAllocator::Custom(probes) => match tracer.attach_object(attachment, &probes) {
+            Ok(()) => None,
+            Err(err) => not_traced(format!("its allocator shim could not be probed ({err})")),
+        },
+        RustAllocator::Unprobed => not_traced(
+            "it has a #[global_allocator] of its own, but no allocator shim (__rust_alloc) to \
+             probe (inlined by LTO?); build it without LTO for the trace"
+                .into(),
+        ),
+    }
+}
+
 /// The command line of process `pid`, from /proc.
 fn command_line_of(pid: u32) -> Option<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -533,6 +591,11 @@ fn scan_for_leaks(trace: &ProcessTrace, threads: &Threads, allocator: &std::path
         linker: scan::dynamic_linker(threads.pid, &maps)
             .map(|linker| scan::paths_of(&maps, linker))
             .unwrap_or_default(),
+        allocator_maps: trace
+            .allocator_maps
+            .iter()
+            .map(|&(start, len)| start..start.saturating_add(len))
+            .collect(),
     };
     if objects.allocator.is_empty() {
         incomplete.push(format!(

@@ -370,6 +370,11 @@ impl Gated {
         self.pid.as_raw() as u32
     }
 
+    /// The program it is about to exec, as found in PATH.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
     /// Opens the gate: the child execs the program. Fails if the exec failed.
     pub fn release(self) -> Result<Running> {
         let Gated {

@@ -29,7 +29,7 @@ use memleak_common::{
 };
 
 use crate::{
-    allocator::{AllocatorProbes, ProbeKind},
+    allocator::{AllocatorProbes, ExecutableAllocators, ProbeKind},
     error::{Error, Result},
 };
 
@@ -113,6 +113,8 @@ pub struct ProcessTrace {
     pub counters: Counters,
     /// Thread id → the alternate signal stack it registered (`ss_sp`).
     pub altstacks: std::collections::BTreeMap<u32, u64>,
+    /// The mappings the allocator made for itself inside its own calls: (start, length).
+    pub allocator_maps: Vec<(u64, u64)>,
 }
 
 /// Probes attached to one process.
@@ -189,6 +191,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     probes: AllocatorProbes,
     mode: LinkMode,
+    /// What each executable traced so far allocates through, by path.
+    executables: HashMap<std::path::PathBuf, ExecutableAllocators>,
     /// Links attached to every process, when [`Tracer::attach_everywhere`] was called.
     everywhere: Option<Attachment>,
     /// Threads dropping detached links (see [`Tracer::detach`]).
@@ -227,6 +231,7 @@ impl Tracer {
             ebpf,
             probes,
             mode,
+            executables: HashMap::new(),
             everywhere: None,
             retiring: Vec::new(),
         })
@@ -290,17 +295,62 @@ impl Tracer {
         })
     }
 
-    /// One link per program: all of the object's entry points, or all their returns, each
-    /// point with its cookie.
+    /// What `executable` allocates through (cached by path: a test run traces the same
+    /// binaries over and over).
+    pub fn executable_allocators(
+        &mut self,
+        executable: &std::path::Path,
+    ) -> Result<ExecutableAllocators> {
+        if let Some(known) = self.executables.get(executable) {
+            return Ok(known.clone());
+        }
+        let found = crate::allocator::executable_allocators(executable)?;
+        self.executables
+            .insert(executable.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// Adds the probes of another object (the executable's allocator shim) to a process's
+    /// attachment: two more links.
+    pub fn attach_object(
+        &mut self,
+        attachment: &mut Attachment,
+        probes: &AllocatorProbes,
+    ) -> Result<()> {
+        let pid = attachment.pid;
+        let scope =
+            UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or_else(|| Error::MapRead {
+                pid,
+                reason: "pid 0 cannot be traced".into(),
+            })?);
+        let links = self.link(probes, scope)?;
+        attachment.links.extend(links);
+        Ok(())
+    }
+
+    /// One link per program: all of the allocator object's entry points, or all their returns.
     fn attach_links(&mut self, pid: u32, scope: UProbeScope) -> Result<Attachment> {
-        let mut attachment = Attachment {
+        let probes = self.probes.clone();
+        Ok(Attachment {
             pid,
+            links: self.link(&probes, scope)?,
+        })
+    }
+
+    /// Links `probes`' entry points to the entry program and their returns to the return
+    /// program, each point with its cookie; on failure nothing stays attached.
+    fn link(
+        &mut self,
+        probes: &AllocatorProbes,
+        scope: UProbeScope,
+    ) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+        let mut attachment = Attachment {
+            pid: 0,
             links: Vec::new(),
         };
-        let object = self.probes.object.clone();
+        let object = probes.object.clone();
         for (kind, name) in self.mode.programs() {
-            let points: Vec<UProbeAttachPoint<'static>> = self
-                .probes
+            let points: Vec<UProbeAttachPoint<'static>> = probes
                 .points_of(kind)
                 .map(|point| UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(point.offset),
@@ -308,7 +358,7 @@ impl Tracer {
                 })
                 .collect();
             let symbols = || {
-                self.probes
+                probes
                     .points_of(kind)
                     .flat_map(|point| point.symbols.iter().copied())
                     .collect::<Vec<_>>()
@@ -329,7 +379,7 @@ impl Tracer {
                 }
             }
         }
-        Ok(attachment)
+        Ok(attachment.links)
     }
 
     /// Detaches the probes of one process, in the background: the report, and the next
@@ -419,6 +469,13 @@ impl Tracer {
         });
         remove_where::<u64, u64>(map_mut(ebpf, names::ALTSTACKS, tgid)?, |key| {
             (key >> 32) as u32 == tgid
+        });
+        remove_where::<u64, memleak_common::NestedMmap>(
+            map_mut(ebpf, names::NESTED_MMAPS, tgid)?,
+            |key| (key >> 32) as u32 == tgid,
+        );
+        remove_where::<AllocKey, u64>(map_mut(ebpf, names::ALLOCATOR_MAPS, tgid)?, |key| {
+            key.tgid == tgid
         });
         Ok(())
     }
@@ -551,6 +608,15 @@ fn read_trace(ebpf: &Ebpf, tgid: u32) -> Result<ProcessTrace> {
     }
 
     if tgid != KERNEL_TGID {
+        let maps: BpfHashMap<&MapData, AllocKey, u64> = map(ebpf, names::ALLOCATOR_MAPS, tgid)?;
+        for entry in maps.iter() {
+            let (key, len) = entry.map_err(|err| map_error(tgid, err))?;
+            if key.tgid == tgid {
+                trace.allocator_maps.push((key.addr, len));
+            }
+        }
+        trace.allocator_maps.sort_unstable();
+        trace.allocator_maps.dedup();
         let altstacks: BpfHashMap<&MapData, u64, u64> = map(ebpf, names::ALTSTACKS, tgid)?;
         for entry in altstacks.iter() {
             let (pid_tgid, ss_sp) = entry.map_err(|err| map_error(tgid, err))?;

@@ -22,6 +22,12 @@ pub mod names {
     /// Each traced thread's alternate signal stack, as it registered it with `sigaltstack`:
     /// pid_tgid → `ss_sp`. The kernel holds that pointer, so it is a root.
     pub const ALTSTACKS: &str = "ALTSTACKS";
+    /// A `mmap` the allocator makes inside one of its own calls, between its entry and its
+    /// return: pid_tgid → [`NestedMmap`](super::NestedMmap).
+    pub const NESTED_MMAPS: &str = "NESTED_MMAPS";
+    /// The mappings the allocator made for itself (arenas, segments, extents): [`AllocKey`]
+    /// (their start) → length. Neither blocks nor roots.
+    pub const ALLOCATOR_MAPS: &str = "ALLOCATOR_MAPS";
     /// The read-only global holding [`KernelFields`](super::KernelFields).
     pub const KERNEL_FIELDS: &str = "KERNEL_FIELDS";
 }
@@ -107,6 +113,10 @@ pub enum CallKind {
     Mmap = 3,
     /// `mremap`: moves or resizes `old_addr`; returns the mapping, or `MAP_FAILED`.
     Mremap = 4,
+    /// Rust's `__rust_dealloc`: frees `old_addr` when it returns. Pending like an allocation,
+    /// so that the allocator's own calls inside it (a `GlobalAlloc` on top of libc's `free`)
+    /// are nested in it and not counted again.
+    Dealloc = 5,
 }
 
 /// Key of an outstanding allocation. Keyed by process as well as address, so that several
@@ -183,10 +193,19 @@ pub enum EntryPoint {
     /// `sigaltstack(ss, old)`: not an allocator call, but the kernel then holds a pointer to
     /// the stack (often an mmap'd region) that no memory of the program may hold.
     Sigaltstack = 12,
+    /// Rust's allocator shim, in the executable, whatever the `#[global_allocator]`:
+    /// `__rust_alloc(size, align)`.
+    RustAlloc = 13,
+    /// `__rust_alloc_zeroed(size, align)`.
+    RustAllocZeroed = 14,
+    /// `__rust_realloc(ptr, old_size, align, new_size)`.
+    RustRealloc = 15,
+    /// `__rust_dealloc(ptr, size, align)`.
+    RustDealloc = 16,
 }
 
 impl EntryPoint {
-    pub const ALL: [EntryPoint; 12] = [
+    pub const ALL: [EntryPoint; 16] = [
         EntryPoint::Malloc,
         EntryPoint::Calloc,
         EntryPoint::Realloc,
@@ -199,6 +218,10 @@ impl EntryPoint {
         EntryPoint::Free,
         EntryPoint::Munmap,
         EntryPoint::Sigaltstack,
+        EntryPoint::RustAlloc,
+        EntryPoint::RustAllocZeroed,
+        EntryPoint::RustRealloc,
+        EntryPoint::RustDealloc,
     ];
 
     pub fn from_u8(value: u8) -> Option<EntryPoint> {
@@ -248,6 +271,15 @@ impl Cookie {
     pub const fn text_len(self) -> u64 {
         self.0 & Self::TEXT_MASK
     }
+}
+
+/// A `mmap` made inside a pending allocator call, until its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NestedMmap {
+    /// The stack pointer at its entry: its return comes with this plus one slot.
+    pub entry_sp: u64,
+    pub len: u64,
 }
 
 /// Per process counters, indexed by [`Counter`].
@@ -365,6 +397,7 @@ mod pod {
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::ProcessStats {}
     unsafe impl aya::Pod for super::KernelFields {}
+    unsafe impl aya::Pod for super::NestedMmap {}
 }
 
 #[cfg(test)]
@@ -397,5 +430,6 @@ const _: () = {
     assert!(core::mem::size_of::<PendingCall>() == 40);
     assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
     assert!(core::mem::size_of::<KernelFields>() == 56);
+    assert!(core::mem::size_of::<NestedMmap>() == 16);
     assert!(Counter::ALL.len() == Counter::COUNT);
 };

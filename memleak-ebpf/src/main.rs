@@ -33,7 +33,7 @@ use aya_ebpf::{
 };
 use memleak_common::{
     AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, KERNEL_TGID, KernelFields,
-    PAGE_KEY_BASE, PendingCall, ProcessStats, STACK_DEPTH, StackFrames, StackKey,
+    NestedMmap, PAGE_KEY_BASE, PendingCall, ProcessStats, STACK_DEPTH, StackFrames, StackKey,
 };
 
 // Sizes here are defaults; userspace resizes ALLOCS and STACKS at load time.
@@ -55,6 +55,12 @@ static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries
 
 #[map]
 static ALTSTACKS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+static NESTED_MMAPS: HashMap<u64, NestedMmap> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static ALLOCATOR_MAPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 /// Set by userspace at load time (read-only data; see `KernelFields`).
 #[unsafe(no_mangle)]
@@ -133,6 +139,16 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
         // Below the outer call's entry: nested. At the same stack pointer: a tail call (glibc's
         // reallocarray jumps to realloc), which returns the outer call's result.
         if entry_sp <= outer.entry_sp {
+            // The allocator mapping memory for itself: remember where, at the return.
+            if kind as u32 == CallKind::Mmap as u32 && entry_sp < outer.entry_sp {
+                let nested = NestedMmap {
+                    entry_sp,
+                    len: size,
+                };
+                if NESTED_MMAPS.insert(&pid_tgid, &nested, 0).is_err() {
+                    count(tgid, Counter::PendingMapFull);
+                }
+            }
             return 0;
         }
         count(tgid, Counter::StalePending);
@@ -164,7 +180,25 @@ fn leave(ctx: &RetProbeContext) -> u32 {
     };
     // At return the caller's stack pointer is one slot above the entry's: a return at or below
     // the outer call's entry is a nested call returning.
-    if stack_pointer(ctx) <= call.entry_sp {
+    let sp = stack_pointer(ctx);
+    if sp <= call.entry_sp {
+        // SAFETY: this thread's own record, copied out before it is removed.
+        if let Some(nested) = (unsafe { NESTED_MMAPS.get(&pid_tgid) }).copied()
+            && sp == nested.entry_sp + 8
+        {
+            let _ = NESTED_MMAPS.remove(&pid_tgid);
+            let addr: u64 = ctx.ret();
+            if addr != MAP_FAILED {
+                let key = AllocKey {
+                    addr,
+                    tgid: tgid_of(pid_tgid),
+                    _pad: 0,
+                };
+                if ALLOCATOR_MAPS.insert(&key, &nested.len, 0).is_err() {
+                    count(tgid_of(pid_tgid), Counter::AllocMapFull);
+                }
+            }
+        }
         return 0;
     }
     let _ = PENDING.remove(&pid_tgid);
@@ -198,6 +232,11 @@ fn leave(ctx: &RetProbeContext) -> u32 {
                     Ok(_) => {}
                     Err(_) => count(tgid, Counter::ReadFailed),
                 }
+            }
+        }
+        k if k == CallKind::Dealloc as u32 => {
+            if !release(tgid, call.old_addr) {
+                count(tgid, Counter::FreeUnknown);
             }
         }
         k if k == CallKind::Mmap as u32 => {
@@ -371,6 +410,14 @@ fn on_entry(ctx: &ProbeContext) -> u32 {
         Some(EntryPoint::Free) => on_free(ctx),
         Some(EntryPoint::Munmap) => on_munmap(ctx),
         Some(EntryPoint::Sigaltstack) => on_sigaltstack(ctx),
+        Some(EntryPoint::RustAlloc | EntryPoint::RustAllocZeroed) => {
+            enter(ctx, CallKind::Plain, arg(ctx, 0), 0, 0)
+        }
+        Some(EntryPoint::RustRealloc) => enter(ctx, CallKind::Realloc, arg(ctx, 3), arg(ctx, 0), 0),
+        Some(EntryPoint::RustDealloc) => match arg(ctx, 0) {
+            0 => 0,
+            addr => enter(ctx, CallKind::Dealloc, 0, addr, 0),
+        },
         None => {
             if let Some(pid_tgid) = traced() {
                 count(tgid_of(pid_tgid), Counter::ReadFailed);
@@ -473,15 +520,17 @@ fn on_munmap(ctx: &ProbeContext) -> u32 {
     let Some(pid_tgid) = traced() else {
         return 0;
     };
-    if nested_in_pending(ctx, pid_tgid) || called_by_allocator(ctx) {
-        return 0;
-    }
     let tgid = tgid_of(pid_tgid);
     let key = AllocKey {
         addr,
         tgid,
         _pad: 0,
     };
+    if nested_in_pending(ctx, pid_tgid) || called_by_allocator(ctx) {
+        // The allocator giving back a mapping of its own.
+        let _ = ALLOCATOR_MAPS.remove(&key);
+        return 0;
+    }
     // SAFETY: the value is copied out before the entry is changed.
     let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
         count(tgid, Counter::MunmapUntracked);
