@@ -82,13 +82,121 @@ const SHIM: &[(&str, EntryPoint)] = &[
     ("__rust_dealloc", EntryPoint::RustDealloc),
 ];
 
+/// Allocators known by their own symbols, probed wherever an executable defines them: they
+/// see the C code's calls as well as Rust's, and they are still there when LTO has inlined
+/// the shim away. Each maps its functions to the libc entry point whose arguments they share.
+const KNOWN: &[KnownFamily] = &[
+    KnownFamily {
+        name: "jemalloc",
+        // tikv-jemallocator (and jemallocator) build jemalloc with this prefix.
+        prefix: "_rjem_",
+        crates: &["tikv_jemallocator::", "jemallocator::"],
+        // Its internal functions are `_rjem_je_*`.
+        code: &["_rjem_"],
+        entry_points: &[
+            ("malloc", EntryPoint::Malloc, true),
+            // `mallocx(size, flags)`.
+            ("mallocx", EntryPoint::Malloc, true),
+            ("calloc", EntryPoint::Calloc, true),
+            ("realloc", EntryPoint::Realloc, true),
+            // `rallocx(ptr, size, flags)`.
+            ("rallocx", EntryPoint::Realloc, true),
+            ("posix_memalign", EntryPoint::PosixMemalign, true),
+            ("aligned_alloc", EntryPoint::Memalign, true),
+            ("memalign", EntryPoint::Memalign, true),
+            ("valloc", EntryPoint::Valloc, true),
+            ("free", EntryPoint::Free, false),
+            // `sdallocx(ptr, size, flags)`, `dallocx(ptr, flags)`.
+            ("sdallocx", EntryPoint::Free, false),
+            ("dallocx", EntryPoint::Free, false),
+        ],
+    },
+    KnownFamily {
+        name: "mimalloc",
+        prefix: "mi_",
+        crates: &["mimalloc::"],
+        code: &["mi_", "_mi_"],
+        entry_points: &[
+            ("malloc", EntryPoint::Malloc, true),
+            ("zalloc", EntryPoint::Malloc, true),
+            ("malloc_small", EntryPoint::Malloc, true),
+            ("zalloc_small", EntryPoint::Malloc, true),
+            // `mi_malloc_aligned(size, alignment)` and friends: the size comes first.
+            ("malloc_aligned", EntryPoint::Malloc, true),
+            ("zalloc_aligned", EntryPoint::Malloc, true),
+            ("malloc_aligned_at", EntryPoint::Malloc, true),
+            ("zalloc_aligned_at", EntryPoint::Malloc, true),
+            ("new", EntryPoint::Malloc, true),
+            ("new_aligned", EntryPoint::Malloc, true),
+            ("calloc", EntryPoint::Calloc, true),
+            ("calloc_aligned", EntryPoint::Calloc, true),
+            ("new_n", EntryPoint::Calloc, true),
+            ("realloc", EntryPoint::Realloc, true),
+            ("rezalloc", EntryPoint::Realloc, true),
+            ("reallocf", EntryPoint::Realloc, true),
+            ("realloc_aligned", EntryPoint::Realloc, true),
+            ("rezalloc_aligned", EntryPoint::Realloc, true),
+            ("reallocarray", EntryPoint::Reallocarray, true),
+            ("posix_memalign", EntryPoint::PosixMemalign, true),
+            ("aligned_alloc", EntryPoint::Memalign, true),
+            ("memalign", EntryPoint::Memalign, true),
+            ("valloc", EntryPoint::Valloc, true),
+            ("pvalloc", EntryPoint::Valloc, true),
+            ("free", EntryPoint::Free, false),
+            ("free_size", EntryPoint::Free, false),
+            ("free_aligned", EntryPoint::Free, false),
+            ("free_size_aligned", EntryPoint::Free, false),
+        ],
+    },
+];
+
+/// The allocating and freeing functions of libc, under another prefix (`--symbols-prefix`).
+const PREFIXED: &[(&str, EntryPoint, bool)] = &[
+    ("malloc", EntryPoint::Malloc, true),
+    ("calloc", EntryPoint::Calloc, true),
+    ("realloc", EntryPoint::Realloc, true),
+    ("reallocarray", EntryPoint::Reallocarray, true),
+    ("posix_memalign", EntryPoint::PosixMemalign, true),
+    ("aligned_alloc", EntryPoint::Memalign, true),
+    ("memalign", EntryPoint::Memalign, true),
+    ("valloc", EntryPoint::Valloc, true),
+    ("pvalloc", EntryPoint::Valloc, true),
+    ("free", EntryPoint::Free, false),
+];
+
+struct KnownFamily {
+    name: &'static str,
+    prefix: &'static str,
+    /// Paths a shim calling into the family's Rust binding starts with.
+    crates: &'static [&'static str],
+    /// Prefixes of its functions, internal ones too: where its code lies.
+    code: &'static [&'static str],
+    /// Name after the prefix, the entry point it behaves as, whether its return is probed.
+    entry_points: &'static [(&'static str, EntryPoint, bool)],
+}
+
 /// What an executable's allocations go through, as far as tracing it goes.
 #[derive(Clone, Debug)]
 pub struct ExecutableAllocators {
     pub rust: RustAllocator,
     /// It defines a `malloc` of its own (an allocator linked in, or a static binary): its C
-    /// allocations never reach libc's.
-    pub defines_malloc: bool,
+    /// allocations never reach libc's. `Some` holds its own malloc family's probes, or why
+    /// they could not be resolved.
+    pub own_malloc: Option<std::result::Result<AllocatorProbes, String>>,
+    /// Known allocators (and `--symbols-prefix` functions) it defines, to be probed.
+    pub known: Vec<KnownAllocator>,
+}
+
+/// An allocator the executable defines, found by its own symbols.
+#[derive(Clone, Debug)]
+pub struct KnownAllocator {
+    /// `jemalloc`, `mimalloc`, or `PREFIX*` for `--symbols-prefix`.
+    pub name: String,
+    pub probes: AllocatorProbes,
+    /// The file offsets its code spans in the executable: a mapping made from there is the
+    /// allocator's own, even outside its entry points (jemalloc maps its first chunks from a
+    /// constructor).
+    pub code: Option<std::ops::Range<u64>>,
 }
 
 /// What an executable's Rust allocation goes through.
@@ -97,14 +205,21 @@ pub enum RustAllocator {
     /// Not a Rust program, or one on the system allocator (the shim ends in libc's `malloc`,
     /// which is probed anyway).
     System,
+    /// A known allocator the executable defines ([`ExecutableAllocators::known`]), probed by
+    /// its own symbols.
+    Known,
     /// A `#[global_allocator]` of its own, and the shim that reaches it.
     Custom(AllocatorProbes),
     /// A `#[global_allocator]` of its own, but no shim to probe (inlined away).
     Unprobed,
 }
 
-/// Reads `executable` once for what [`ExecutableAllocators`] says.
-pub fn executable_allocators(executable: &Path) -> Result<ExecutableAllocators> {
+/// Reads `executable` once for what [`ExecutableAllocators`] says; `prefix` is
+/// `--symbols-prefix`.
+pub fn executable_allocators(
+    executable: &Path,
+    prefix: Option<&str>,
+) -> Result<ExecutableAllocators> {
     let read_error = |err: std::io::Error| Error::AllocatorObject {
         path: executable.to_owned(),
         reason: err.to_string(),
@@ -117,23 +232,73 @@ pub fn executable_allocators(executable: &Path) -> Result<ExecutableAllocators> 
     let Ok(elf) = object::File::parse(&*data) else {
         return Ok(ExecutableAllocators {
             rust: RustAllocator::System,
-            defines_malloc: false,
+            own_malloc: None,
+            known: Vec::new(),
         });
     };
+    let mut known = Vec::new();
+    let families = KNOWN.iter().map(|family| {
+        (
+            family.name.to_owned(),
+            family.prefix,
+            family.code,
+            family.entry_points,
+        )
+    });
+    let custom = prefix.map(|prefix| (format!("{prefix}*"), prefix, &[][..], PREFIXED));
+    for (name, prefix, code, entry_points) in families.chain(custom) {
+        let (points, _) = resolve_symbols(&elf, &data, prefix, entry_points);
+        let frees = points
+            .iter()
+            .any(|point| point.cookie.entry() == Some(EntryPoint::Free));
+        // An allocator without a free to probe would make every block look lost.
+        if frees && points.iter().any(|point| point.kind == ProbeKind::Return) {
+            let probes = AllocatorProbes {
+                object: executable.to_owned(),
+                points,
+                missing: Vec::new(),
+            };
+            let own_prefix = [prefix];
+            let code = code_range(&elf, if code.is_empty() { &own_prefix } else { code });
+            known.push(KnownAllocator { name, probes, code });
+        }
+    }
+    let own_malloc = symbol_address(&elf, "malloc").is_some().then(|| {
+        resolve_elf(executable, &elf, &data, "").map_err(|err| match err {
+            Error::AllocatorObject { reason, .. } => reason,
+            other => other.to_string(),
+        })
+    });
+    let known_prefixes: Vec<&str> = KNOWN
+        .iter()
+        .filter(|family| known.iter().any(|found| found.name == family.name))
+        .flat_map(|family| std::iter::once(family.prefix).chain(family.crates.iter().copied()))
+        .chain(prefix.filter(|_| known.iter().any(|found| found.name.ends_with('*'))))
+        .collect();
     Ok(ExecutableAllocators {
-        rust: rust_allocator(executable, &elf, &data)?,
-        defines_malloc: symbol_address(&elf, "malloc").is_some(),
+        rust: rust_allocator(executable, &elf, &data, &known_prefixes)?,
+        own_malloc,
+        known,
     })
 }
 
 /// Finds the shim in `executable` and says whether it needs probing: only where the program
 /// has a global allocator of its own, which [`shim_reaches_libc`] tells from the shim's code.
-fn rust_allocator(executable: &Path, elf: &object::File<'_>, data: &[u8]) -> Result<RustAllocator> {
+///
+/// `known` are the symbol prefixes and crate paths of the known allocators the executable
+/// defines: a shim that calls into one of them needs no probes of its own.
+fn rust_allocator(
+    executable: &Path,
+    elf: &object::File<'_>,
+    data: &[u8],
+    known: &[&str],
+) -> Result<RustAllocator> {
     let object_error = |reason: String| Error::AllocatorObject {
         path: executable.to_owned(),
         reason,
     };
     let mut found: Vec<(&str, EntryPoint, u64)> = Vec::new();
+    let mut rust = false;
     for symbol in elf.symbols().chain(elf.dynamic_symbols()) {
         if !symbol.is_definition() || symbol.address() == 0 {
             continue;
@@ -142,6 +307,8 @@ fn rust_allocator(executable: &Path, elf: &object::File<'_>, data: &[u8]) -> Res
         if !raw.contains("__rust_") {
             continue;
         }
+        // Every Rust program has some of these (`__rust_start_panic`, backtrace markers).
+        rust = true;
         let name = format!("{:#}", rustc_demangle::demangle(raw));
         let last = name.rsplit("::").next().unwrap_or(&name);
         if let Some(&(shim, entry)) = SHIM.iter().find(|(shim, _)| *shim == last)
@@ -154,14 +321,27 @@ fn rust_allocator(executable: &Path, elf: &object::File<'_>, data: &[u8]) -> Res
         .iter()
         .find(|(shim, ..)| *shim == "__rust_alloc")
         .map(|&(.., address)| address);
-    match alloc {
-        // Not a Rust program (or one that never allocates).
-        None if found.is_empty() => return Ok(RustAllocator::System),
+    match alloc.map(|address| shim_callee(elf, data, address)) {
+        // Not a Rust program.
+        None if !rust => return Ok(RustAllocator::System),
+        // The whole shim inlined (LTO): a known allocator is all there is to probe.
+        None if !known.is_empty() => return Ok(RustAllocator::Known),
         None => return Ok(RustAllocator::Unprobed),
-        Some(address) if shim_reaches_libc(elf, data, address) => {
-            return Ok(RustAllocator::System);
+        Some(ShimCallee::Libc) => return Ok(RustAllocator::System),
+        Some(ShimCallee::Function(name))
+            if known
+                .iter()
+                .any(|known| name.trim_start_matches('<').starts_with(known)) =>
+        {
+            return Ok(RustAllocator::Known);
         }
-        Some(_) if found.len() < SHIM.len() => return Ok(RustAllocator::Unprobed),
+        Some(_) if found.len() < SHIM.len() => {
+            return Ok(if known.is_empty() {
+                RustAllocator::Unprobed
+            } else {
+                RustAllocator::Known
+            });
+        }
         Some(_) => {}
     }
     let text = executable_range(elf);
@@ -179,11 +359,36 @@ fn rust_allocator(executable: &Path, elf: &object::File<'_>, data: &[u8]) -> Res
     }))
 }
 
-/// Whether the shim's `__rust_alloc` (at `address`) ends in the system allocator: its first
-/// call or jump that decides goes to `__rdl_alloc` or `<std::alloc::System as GlobalAlloc>`, or
-/// through the GOT to libc's `malloc` family. Anything else, or nothing recognizable (an
-/// allocator inlined into the shim), is a global allocator of its own.
-fn shim_reaches_libc(elf: &object::File<'_>, data: &[u8], address: u64) -> bool {
+/// The file offsets spanned by the functions whose names start with one of `prefixes`.
+fn code_range(elf: &object::File<'_>, prefixes: &[&str]) -> Option<std::ops::Range<u64>> {
+    let (start, end) = elf
+        .symbols()
+        .chain(elf.dynamic_symbols())
+        .filter(|symbol| symbol.kind() == object::SymbolKind::Text && symbol.address() != 0)
+        .filter(|symbol| {
+            symbol
+                .name()
+                .is_ok_and(|name| prefixes.iter().any(|prefix| name.starts_with(prefix)))
+        })
+        .map(|symbol| (symbol.address(), symbol.address() + symbol.size().max(1)))
+        .reduce(|(start, end), (from, to)| (start.min(from), end.max(to)))?;
+    Some(file_offset(elf, start)?..file_offset(elf, end - 1)? + 1)
+}
+
+/// Where the shim's `__rust_alloc` goes.
+enum ShimCallee {
+    /// The system allocator: `__rdl_alloc`, `<std::alloc::System as GlobalAlloc>`, or libc's
+    /// `malloc` family through the GOT.
+    Libc,
+    /// Another function (demangled): a global allocator of the program's own.
+    Function(String),
+    /// Nothing recognizable (an allocator inlined into the shim).
+    Unknown,
+}
+
+/// Where the shim's `__rust_alloc` (at `address`) ends: its first call or jump that decides
+/// (layout checks are skipped).
+fn shim_callee(elf: &object::File<'_>, data: &[u8], address: u64) -> ShimCallee {
     use iced_x86::{FlowControl, OpKind};
     const LIBC: &[&str] = &[
         "malloc",
@@ -193,10 +398,10 @@ fn shim_reaches_libc(elf: &object::File<'_>, data: &[u8], address: u64) -> bool 
         "memalign",
     ];
     let Some(offset) = file_offset(elf, address) else {
-        return false;
+        return ShimCallee::Unknown;
     };
     let Some(code) = usize::try_from(offset).ok().and_then(|at| data.get(at..)) else {
-        return false;
+        return ShimCallee::Unknown;
     };
     // The function a target falls in: the defined symbol at or below it, demangled.
     let name_at = |target: u64| -> Option<String> {
@@ -233,24 +438,30 @@ fn shim_reaches_libc(elf: &object::File<'_>, data: &[u8], address: u64) -> bool 
                 if instruction.op0_kind() == OpKind::NearBranch64 =>
             {
                 let Some(name) = name_at(instruction.near_branch_target()) else {
-                    return false;
+                    return ShimCallee::Unknown;
                 };
                 if name.contains("Layout") {
                     continue;
                 }
-                return name.ends_with("__rdl_alloc") || name.contains("std::alloc::System as");
+                if name.ends_with("__rdl_alloc") || name.contains("std::alloc::System as") {
+                    return ShimCallee::Libc;
+                }
+                return ShimCallee::Function(name);
             }
             FlowControl::IndirectCall | FlowControl::IndirectBranch
                 if instruction.is_ip_rel_memory_operand() =>
             {
-                return got_symbol(instruction.ip_rel_memory_address())
-                    .is_some_and(|name| LIBC.contains(&name.as_str()));
+                return match got_symbol(instruction.ip_rel_memory_address()) {
+                    Some(name) if LIBC.contains(&name.as_str()) => ShimCallee::Libc,
+                    Some(name) => ShimCallee::Function(name),
+                    None => ShimCallee::Unknown,
+                };
             }
-            FlowControl::Return | FlowControl::Interrupt => return false,
+            FlowControl::Return | FlowControl::Interrupt => return ShimCallee::Unknown,
             _ => {}
         }
     }
-    false
+    ShimCallee::Unknown
 }
 
 /// Finds the libc this process runs with: a dynamically linked program started from here uses
@@ -288,29 +499,69 @@ pub fn find_libc_of(pid: u32) -> Result<PathBuf> {
     })
 }
 
-/// Resolves the probe points of `object`.
-pub fn resolve(object: &Path) -> Result<AllocatorProbes> {
+/// Resolves the probe points of `object`; with `prefix` (`--symbols-prefix`), of its
+/// prefixed allocator functions instead of libc's names.
+pub fn resolve(object: &Path, prefix: Option<&str>) -> Result<AllocatorProbes> {
     let object_error = |reason: String| Error::AllocatorObject {
         path: object.to_owned(),
         reason,
     };
     let data = std::fs::read(object).map_err(|err| object_error(err.to_string()))?;
     let elf = object::File::parse(&*data).map_err(|err| object_error(err.to_string()))?;
+    resolve_elf(object, &elf, &data, prefix.unwrap_or(""))
+}
 
-    let text = executable_range(&elf);
+/// [`resolve`] on a parsed object.
+fn resolve_elf(
+    object: &Path,
+    elf: &object::File<'_>,
+    data: &[u8],
+    prefix: &str,
+) -> Result<AllocatorProbes> {
+    let entry_points = if prefix.is_empty() {
+        ENTRY_POINTS
+    } else {
+        PREFIXED
+    };
+    let (points, missing) = resolve_symbols(elf, data, prefix, entry_points);
+    if let Some(required) = REQUIRED.iter().find(|symbol| missing.contains(symbol)) {
+        return Err(Error::AllocatorObject {
+            path: object.to_owned(),
+            reason: format!(
+                "exports no `{prefix}{required}`; pass the allocator's shared object with \
+                 --allocator-object"
+            ),
+        });
+    }
+    Ok(AllocatorProbes {
+        object: object.to_owned(),
+        points,
+        missing,
+    })
+}
+
+/// The probe points of the functions `prefix` + name of `entry_points` that `elf` defines, and
+/// the names it does not.
+fn resolve_symbols(
+    elf: &object::File<'_>,
+    data: &[u8],
+    prefix: &str,
+    entry_points: &[(&'static str, EntryPoint, bool)],
+) -> (Vec<ProbePoint>, Vec<&'static str>) {
+    let text = executable_range(elf);
     let mut points: Vec<ProbePoint> = Vec::new();
     let mut missing = Vec::new();
-    for &(symbol, entry_point, with_return) in ENTRY_POINTS {
-        let Some(address) = symbol_address(&elf, symbol) else {
+    for &(symbol, entry_point, with_return) in entry_points {
+        let Some(offset) = symbol_address(elf, &format!("{prefix}{symbol}"))
+            .and_then(|address| file_offset(elf, address))
+        else {
             missing.push(symbol);
             continue;
         };
-        let entry = file_offset(&elf, address)
-            .ok_or_else(|| object_error(format!("{symbol} at {address:#x} is in no segment")))?;
-        let entry = if symbol == "free" {
-            skip_unemulated_prologue(&data, entry)
+        let entry = if entry_point == EntryPoint::Free {
+            skip_unemulated_prologue(data, offset)
         } else {
-            entry
+            offset
         };
         add_point(
             &mut points,
@@ -321,27 +572,17 @@ pub fn resolve(object: &Path) -> Result<AllocatorProbes> {
             text,
         );
         if with_return {
-            let start = file_offset(&elf, address).unwrap_or(entry);
             add_point(
                 &mut points,
                 ProbeKind::Return,
                 entry_point,
                 symbol,
-                start,
+                offset,
                 text,
             );
         }
     }
-    if let Some(required) = REQUIRED.iter().find(|symbol| missing.contains(symbol)) {
-        return Err(object_error(format!(
-            "exports no `{required}`; pass the allocator's shared object with --allocator-object"
-        )));
-    }
-    Ok(AllocatorProbes {
-        object: object.to_owned(),
-        points,
-        missing,
-    })
+    (points, missing)
 }
 
 fn add_point(
@@ -436,7 +677,7 @@ mod tests {
     #[test]
     fn resolves_every_glibc_entry_point_once_per_address() {
         let libc = find_libc().expect("this test binary links glibc");
-        let probes = resolve(&libc).expect("glibc exports malloc and free");
+        let probes = resolve(&libc, None).expect("glibc exports malloc and free");
         assert!(probes.missing.is_empty(), "missing: {:?}", probes.missing);
         // glibc 2.36 aliases aligned_alloc to memalign: 14 entry points at 13 addresses, 13
         // entry probes (free's one past its first instruction) and 10 return probes.

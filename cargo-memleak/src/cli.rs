@@ -386,6 +386,10 @@ pub struct TraceArgs {
     /// The allocator's shared object [default: the libc this system runs programs with].
     #[arg(short = 'O', long, value_name = "PATH")]
     pub allocator_object: Option<PathBuf>,
+    /// The allocator's functions are PREFIXmalloc, PREFIXfree, ... (BCC's option): probed in
+    /// the allocator object instead of libc's names, and in the traced executable too.
+    #[arg(long, value_name = "PREFIX", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub symbols_prefix: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -422,6 +426,7 @@ impl TraceArgs {
     fn options(&self, defaults: Limits) -> TraceOptions {
         TraceOptions {
             allocator_object: self.allocator_object.clone(),
+            symbols_prefix: self.symbols_prefix.clone(),
             limits: self.limits.limits(defaults),
         }
     }

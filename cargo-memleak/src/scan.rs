@@ -48,6 +48,8 @@ const ARENA_ALIGN: u64 = 64 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub range: Range<u64>,
+    /// Where in its file it starts (0 for anonymous memory).
+    pub offset: u64,
     pub readable: bool,
     pub writable: bool,
     pub kind: Kind,
@@ -73,6 +75,7 @@ pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
         .into_iter()
         .map(|map| Mapping {
             range: map.address.0..map.address.1,
+            offset: map.offset,
             readable: map.perms.contains(MMPermissions::READ),
             writable: map.perms.contains(MMPermissions::WRITE),
             kind: match map.pathname {
@@ -84,6 +87,17 @@ pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
             },
         })
         .collect())
+}
+
+/// Whether `address` lies in `file`'s mapping at one of the file offsets `code`.
+pub fn in_code(maps: &[Mapping], file: &Path, code: &[Range<u64>], address: u64) -> bool {
+    maps.iter().any(|map| {
+        map.range.contains(&address)
+            && map.kind == Kind::File(file.to_owned())
+            && code
+                .iter()
+                .any(|code| code.contains(&(address - map.range.start + map.offset)))
+    })
 }
 
 /// The mapped paths that are `file`: by path, or by the file a mapped path resolves to (each
@@ -539,6 +553,7 @@ mod tests {
         ]
         .map(|(range, readable)| Mapping {
             range,
+            offset: 0,
             readable,
             writable: readable,
             kind: Kind::Anonymous,

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -26,6 +26,9 @@ use crate::{
 pub struct TraceOptions {
     /// The allocator's shared object; libc when `None`.
     pub allocator_object: Option<PathBuf>,
+    /// `--symbols-prefix`: the allocator functions are `PREFIXmalloc`, `PREFIXfree`, ...: in
+    /// `allocator_object` instead of libc's names, and in each traced executable as well.
+    pub symbols_prefix: Option<String>,
     pub limits: Limits,
 }
 
@@ -100,12 +103,14 @@ pub struct Timings {
 
 /// Loads the tracer for the configured allocator.
 pub fn load_tracer(options: &TraceOptions) -> Result<Tracer> {
-    let object = match &options.allocator_object {
-        Some(path) => path.clone(),
-        None => allocator::find_libc()?,
+    let (object, prefix) = match &options.allocator_object {
+        Some(path) => (path.clone(), options.symbols_prefix.as_deref()),
+        None => (allocator::find_libc()?, None),
     };
-    let probes = allocator::resolve(&object)?;
-    Tracer::load(probes, options.limits)
+    let probes = allocator::resolve(&object, prefix)?;
+    let mut tracer = Tracer::load(probes, options.limits)?;
+    tracer.set_symbols_prefix(options.symbols_prefix.clone());
+    Ok(tracer)
 }
 
 /// Runs `command` traced to its end, and the children it starts when they are followed. The
@@ -132,7 +137,7 @@ pub fn trace(
     };
     let pid = attachment.pid();
     let mut attachment = attachment;
-    let shim = probe_rust_allocator(&mut lock(tracer), &mut attachment, gated.program());
+    let shim = probe_program_allocators(&mut lock(tracer), &mut attachment, gated.program());
     timings.attach = start.elapsed();
     let start = Instant::now();
     let mut running = match gated.release() {
@@ -284,7 +289,7 @@ fn follow(
                         if let (Some(attachment), Some(exe)) =
                             (child.attachment.as_mut(), executable.as_deref())
                         {
-                            child.incomplete.extend(probe_rust_allocator(
+                            child.incomplete.extend(probe_program_allocators(
                                 &mut tracer,
                                 attachment,
                                 exe,
@@ -387,10 +392,20 @@ impl Followed {
         }
         let mut spent = Timings::default();
         let start = Instant::now();
-        let (trace, allocator) = {
-            let tracer = lock(tracer);
-            (tracer.read(self.pid), tracer.probes().object.clone())
+        let (mut trace, allocator, code) = {
+            let mut tracer = lock(tracer);
+            let code: Vec<std::ops::Range<u64>> = self
+                .executable
+                .as_deref()
+                .and_then(|exe| tracer.executable_allocators(exe).ok())
+                .into_iter()
+                .flat_map(|found| found.known.into_iter().filter_map(|known| known.code))
+                .collect();
+            (tracer.read(self.pid), tracer.probes().object.clone(), code)
         };
+        if let (Ok(trace), Some(executable)) = (&mut trace, &self.executable) {
+            claim_allocator_maps(trace, self.pid, executable, &code);
+        }
         spent.read = start.elapsed();
         let scanned = trace.map(|trace| {
             let start = Instant::now();
@@ -482,9 +497,11 @@ impl Followed {
     }
 }
 
-/// Probes `executable`'s allocator shim for the attached process when its Rust allocations
-/// do not end in libc's allocator; says why they are not traced when they cannot be.
-fn probe_rust_allocator(
+/// Probes what `executable` allocates through besides libc, for the attached process: its
+/// own `malloc` family when it defines one, the known allocators it defines (jemalloc,
+/// mimalloc, `--symbols-prefix`), and its allocator shim when its Rust allocations reach none
+/// of those. Says why some allocations are not traced when they cannot be.
+pub fn probe_program_allocators(
     tracer: &mut Tracer,
     attachment: &mut Attachment,
     executable: &std::path::Path,
@@ -505,27 +522,81 @@ fn probe_rust_allocator(
         Ok(allocators) => allocators,
         Err(err) => return not_traced(format!("it could not be read ({err})")),
     };
-    if allocators.defines_malloc && !same_file(&probed, executable) {
-        return Some(format!(
-            "{} defines malloc itself, so its C allocations never reach {} and were not traced; \
-             probe its own with --allocator-object {}",
-            executable.display(),
-            probed.display(),
-            executable.display()
-        ));
+    match &allocators.own_malloc {
+        Some(_) if same_file(&probed, executable) => {}
+        Some(Ok(probes)) => {
+            if let Err(err) = tracer.attach_object(attachment, probes) {
+                return Some(own_malloc_untraced(executable, &probed, &err.to_string()));
+            }
+        }
+        Some(Err(why)) => return Some(own_malloc_untraced(executable, &probed, why)),
+        None => {}
+    }
+    for known in &allocators.known {
+        if let Err(err) = tracer.attach_object(attachment, &known.probes) {
+            return Some(format!(
+                "the {} functions of {} were not traced: they could not be probed ({err})",
+                known.name,
+                executable.display()
+            ));
+        }
     }
     match allocators.rust {
-        RustAllocator::System => None,
+        RustAllocator::System | RustAllocator::Known => None,
         RustAllocator::Custom(probes) => match tracer.attach_object(attachment, &probes) {
             Ok(()) => None,
             Err(err) => not_traced(format!("its allocator shim could not be probed ({err})")),
         },
         RustAllocator::Unprobed => not_traced(
-            "it has a #[global_allocator] of its own, but no allocator shim (__rust_alloc) to \
-             probe (inlined by LTO?); build it without LTO for the trace"
+            "it has a #[global_allocator] of its own, but no whole allocator shim \
+             (__rust_alloc, __rust_dealloc, ...) to probe (inlined by LTO?) and no allocator \
+             known by its symbols; name its functions with --symbols-prefix, or build it \
+             without LTO"
                 .into(),
         ),
     }
+}
+
+/// Moves the regions a known allocator in `executable` mapped from its own code (`code`, file
+/// offsets) outside any of its entry points (jemalloc's first chunks, mapped by a constructor)
+/// from the blocks to the allocator's own mappings: they hold the program's blocks and stale
+/// free lists, and are neither blocks nor roots.
+fn claim_allocator_maps(
+    trace: &mut ProcessTrace,
+    pid: u32,
+    executable: &Path,
+    code: &[std::ops::Range<u64>],
+) {
+    if code.is_empty() {
+        return;
+    }
+    let Ok(maps) = scan::mappings(pid) else {
+        return;
+    };
+    let stacks = &trace.stacks;
+    let (own, blocks): (Vec<_>, Vec<_>) = std::mem::take(&mut trace.outstanding)
+        .into_iter()
+        .partition(|alloc| {
+            stacks
+                .get(&alloc.stack_id)
+                .and_then(|frames| frames.first())
+                .is_some_and(|&caller| scan::in_code(&maps, executable, code, caller))
+        });
+    trace.outstanding = blocks;
+    trace
+        .allocator_maps
+        .extend(own.iter().map(|alloc| (alloc.addr, alloc.size)));
+    trace.allocator_maps.sort_unstable();
+}
+
+/// Why the C allocations of an executable with a `malloc` of its own were not traced.
+fn own_malloc_untraced(executable: &Path, probed: &Path, why: &str) -> String {
+    format!(
+        "{} defines malloc itself, so its C allocations never reach {} and were not traced \
+         ({why}); name its allocator with --allocator-object",
+        executable.display(),
+        probed.display(),
+    )
 }
 
 /// The command line of process `pid`, from /proc.

@@ -193,6 +193,9 @@ pub struct Tracer {
     mode: LinkMode,
     /// What each executable traced so far allocates through, by path.
     executables: HashMap<std::path::PathBuf, ExecutableAllocators>,
+    /// `--symbols-prefix`: allocator functions under this prefix are looked for in each
+    /// executable too.
+    symbols_prefix: Option<String>,
     /// Links attached to every process, when [`Tracer::attach_everywhere`] was called.
     everywhere: Option<Attachment>,
     /// Threads dropping detached links (see [`Tracer::detach`]).
@@ -232,6 +235,7 @@ impl Tracer {
             probes,
             mode,
             executables: HashMap::new(),
+            symbols_prefix: None,
             everywhere: None,
             retiring: Vec::new(),
         })
@@ -297,6 +301,12 @@ impl Tracer {
 
     /// What `executable` allocates through (cached by path: a test run traces the same
     /// binaries over and over).
+    /// Looks for allocator functions named `prefix` + libc's names in each executable.
+    pub fn set_symbols_prefix(&mut self, prefix: Option<String>) {
+        self.symbols_prefix = prefix;
+        self.executables.clear();
+    }
+
     pub fn executable_allocators(
         &mut self,
         executable: &std::path::Path,
@@ -304,7 +314,8 @@ impl Tracer {
         if let Some(known) = self.executables.get(executable) {
             return Ok(known.clone());
         }
-        let found = crate::allocator::executable_allocators(executable)?;
+        let found =
+            crate::allocator::executable_allocators(executable, self.symbols_prefix.as_deref())?;
         self.executables
             .insert(executable.to_owned(), found.clone());
         Ok(found)

@@ -363,11 +363,18 @@ pub fn attach(pid: u32, options: &Options, trace: &TraceOptions) -> Result<u8> {
         allocator_object: Some(object),
         ..trace.clone()
     })?;
-    let attachment = tracer.attach(pid)?;
+    let mut attachment = tracer.attach(pid)?;
+    // Its own allocators (a #[global_allocator], jemalloc, mimalloc) are probed in its
+    // executable; what cannot be makes every report incomplete.
+    let executable = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let untraced = session::probe_program_allocators(&mut tracer, &mut attachment, &executable);
     eprintln!("Attaching to pid {pid}, Ctrl+C to quit.");
+    if let Some(untraced) = &untraced {
+        eprintln!("memleak: INCOMPLETE: {untraced}");
+    }
+    let mut incomplete = untraced.is_some();
     let symbolizer = Symbolizer::new();
     let target = format!("pid {pid}");
-    let mut incomplete = false;
     let end = every(options, &interrupts, Some(&exited), || {
         let trace = tracer.read(pid)?;
         let snapshot = snapshot(

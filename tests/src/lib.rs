@@ -177,27 +177,31 @@ pub fn leak_summary(run: &Run) -> [(u64, u64); 3] {
 /// The `scenarios` test binary of the Rust fixture, built with frame pointers.
 pub fn scenarios_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        escargot::CargoBuild::new()
-            .manifest_path(workspace_root().join("fixtures/leaky/Cargo.toml"))
-            .test("scenarios")
-            .target_dir(workspace_root().join("target/fixtures/leaky"))
-            .env("RUSTFLAGS", "-C force-frame-pointers=yes")
-            .exec()
-            .expect("cargo runs")
-            .find_map(|message| {
-                let message = message.expect("cargo's messages are read");
-                match message.decode().expect("cargo's messages parse") {
-                    escargot::format::Message::CompilerArtifact(artifact)
-                        if artifact.target.name == "scenarios" =>
-                    {
-                        artifact.executable.map(|path| path.into_owned())
-                    }
-                    _ => None,
+    BINARY.get_or_init(|| fixture_test_binary("leaky", "scenarios"))
+}
+
+/// Test target `test` of `fixtures/<fixture>`, built with frame pointers in a target directory
+/// of its own (under `target/fixtures`).
+pub fn fixture_test_binary(fixture: &str, test: &str) -> PathBuf {
+    escargot::CargoBuild::new()
+        .manifest_path(workspace_root().join(format!("fixtures/{fixture}/Cargo.toml")))
+        .test(test)
+        .target_dir(workspace_root().join(format!("target/fixtures/{fixture}")))
+        .env("RUSTFLAGS", "-C force-frame-pointers=yes")
+        .exec()
+        .expect("cargo runs")
+        .find_map(|message| {
+            let message = message.expect("cargo's messages are read");
+            match message.decode().expect("cargo's messages parse") {
+                escargot::format::Message::CompilerArtifact(artifact)
+                    if artifact.target.name == test =>
+                {
+                    artifact.executable.map(|path| path.into_owned())
                 }
-            })
-            .expect("cargo built the scenarios test binary")
-    })
+                _ => None,
+            }
+        })
+        .unwrap_or_else(|| panic!("cargo built the {fixture} test binary {test}"))
 }
 
 /// What memcheck calls (definitely lost, indirectly lost), each (bytes, blocks), for a program

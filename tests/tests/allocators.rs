@@ -3,16 +3,27 @@
 //! exactly its 30000 bytes at the leaking frame; every clean one passes. A program whose
 //! allocator cannot be traced is never reported clean.
 
-use std::{path::Path, process::Command};
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Child, ChildStdout, Command, Stdio},
+    time::Duration,
+};
 
-use memleak_tests::{cargo_memleak, marker_line, privileged, workspace_root};
+use memleak_tests::{
+    Periodic, cargo_memleak, fixture_test_binary, frames, leak_summary, marker_line, memleak,
+    privileged, report_stacks_with, symbol_of, workspace_root,
+};
 use serde_json::Value;
 
-/// `cargo memleak test` on the fixture: every test-finished event.
-fn results() -> Vec<Value> {
+/// `cargo memleak test` on the fixture with `args`, in `env`: every test-finished event of a
+/// test that ran.
+fn results(args: &[&str], env: &[(&str, &str)]) -> Vec<Value> {
     let output = Command::new(cargo_memleak())
         .args(["test", "--message-format", "json", "--manifest-path"])
         .arg(workspace_root().join("fixtures/allocators/Cargo.toml"))
+        .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("cargo memleak test runs");
     assert_eq!(
@@ -24,8 +35,51 @@ fn results() -> Vec<Value> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| event["event"] == "test-finished")
+        .filter(|event| event["event"] == "test-finished" && event["result"] != "ignored")
         .collect()
+}
+
+/// Checks that `allocator`'s leaking test failed with exactly its 30000 bytes at the leaking
+/// frame, and its clean tests passed, all completely traced.
+fn check_allocator(results: &[Value], allocator: &str) {
+    let source = workspace_root().join("fixtures/allocators/tests/common/scenarios.rs");
+    let line = marker_line(&source, "leak_a_vec");
+    let binary = format!("allocators::{allocator}");
+    let of_binary: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["binary_id"] == binary)
+        .collect();
+    assert_eq!(of_binary.len(), 5, "{binary}: five tests ran");
+    for result in of_binary {
+        let test = result["test"].as_str().unwrap_or_default();
+        assert_eq!(
+            result["incomplete"],
+            serde_json::json!([]),
+            "{binary} {test}: {result:#}"
+        );
+        if test == "leaks_a_vec" {
+            assert_eq!(result["result"], "failed", "{binary}: {result:#}");
+            assert_eq!(
+                result["lost"],
+                serde_json::json!({"bytes": 30000, "blocks": 1}),
+                "{binary}: {result:#}"
+            );
+            let frame = result["stacks"][0]["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|frame| {
+                    frame["symbol"]
+                        .as_str()
+                        // Line tables alone (a release build) name it without its path.
+                        .is_some_and(|s| s.rsplit("::").next() == Some("leak_a_vec"))
+                })
+                .unwrap_or_else(|| panic!("{binary}: the leaking frame: {result:#}"));
+            assert_eq!(frame["line"], line, "{binary}: {frame:#}");
+        } else {
+            assert_eq!(result["result"], "ok", "{binary} {test}: {result:#}");
+        }
+    }
 }
 
 #[test]
@@ -33,51 +87,161 @@ fn a_leak_fails_under_every_global_allocator_and_clean_tests_pass() {
     if !privileged("a_leak_fails_under_every_global_allocator_and_clean_tests_pass") {
         return;
     }
-    let results = results();
-    let source = workspace_root().join("fixtures/allocators/tests/common/scenarios.rs");
-    let line = marker_line(&source, "leak_a_vec");
+    let results = results(&[], &[]);
     for allocator in ["jemalloc", "mimalloc", "bump", "system"] {
-        let binary = format!("allocators::{allocator}");
-        let of_binary: Vec<&Value> = results
-            .iter()
-            .filter(|r| r["binary_id"] == binary)
-            .collect();
-        assert_eq!(of_binary.len(), 5, "{binary}: five tests ran");
-        for result in of_binary {
-            let test = result["test"].as_str().unwrap_or_default();
-            assert_eq!(
-                result["incomplete"],
-                serde_json::json!([]),
-                "{binary} {test}: {result:#}"
-            );
-            if test == "leaks_a_vec" {
-                assert_eq!(result["result"], "failed", "{binary}: {result:#}");
-                assert_eq!(
-                    result["lost"],
-                    serde_json::json!({"bytes": 30000, "blocks": 1}),
-                    "{binary}: {result:#}"
-                );
-                let frame = result["stacks"][0]["frames"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|frame| {
-                        frame["symbol"]
-                            .as_str()
-                            .is_some_and(|s| s.ends_with("::leak_a_vec"))
-                    })
-                    .unwrap_or_else(|| panic!("{binary}: the leaking frame: {result:#}"));
-                assert_eq!(frame["line"], line, "{binary}: {frame:#}");
-            } else {
-                assert_eq!(result["result"], "ok", "{binary} {test}: {result:#}");
-            }
-        }
+        check_allocator(&results, allocator);
+    }
+}
+
+/// Fat LTO inlines the shim away, wholly (mimalloc) or in part (jemalloc's `__rust_alloc_zeroed`,
+/// the bump allocator's no-op `__rust_dealloc`): jemalloc and mimalloc are then traced by their
+/// own symbols, and the bump allocator, which has none, is reported untraced, never clean.
+#[test]
+fn under_lto_known_allocators_are_traced_by_their_own_symbols() {
+    if !privileged("under_lto_known_allocators_are_traced_by_their_own_symbols") {
+        return;
+    }
+    let results = results(
+        &[
+            "--release",
+            "--test",
+            "jemalloc",
+            "--test",
+            "mimalloc",
+            "--test",
+            "bump",
+        ],
+        &[
+            ("CARGO_PROFILE_RELEASE_LTO", "fat"),
+            ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1"),
+        ],
+    );
+    check_allocator(&results, "jemalloc");
+    check_allocator(&results, "mimalloc");
+    let bump: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["binary_id"] == "allocators::bump")
+        .collect();
+    assert_eq!(bump.len(), 5, "{results:#?}");
+    for result in bump {
+        assert_eq!(result["result"], "failed", "{result:#}");
+        let incomplete = result["incomplete"].to_string();
+        assert!(
+            incomplete.contains("were not traced") && incomplete.contains("--symbols-prefix"),
+            "{result:#}"
+        );
+    }
+}
+
+/// The jemalloc scenarios' test binary, in `serves` mode: READY once started, KEPT after
+/// each `a`.
+struct Served {
+    child: Child,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Served {
+    fn start(binary: &Path) -> Self {
+        let mut child = Command::new(binary)
+            .args([
+                "--exact",
+                "serves",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the test binary starts");
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut served = Self { child, lines };
+        served.wait_for("READY");
+        served
+    }
+
+    fn wait_for(&mut self, word: &str) {
+        let found = self
+            .lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.trim() == word);
+        assert!(found, "the test binary said {word}");
+    }
+
+    fn keep(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        stdin.write_all(b"a").expect("sent");
+        stdin.flush().expect("flushed");
+        self.wait_for("KEPT");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 #[test]
-fn a_program_with_its_own_malloc_is_never_reported_clean() {
-    if !privileged("a_program_with_its_own_malloc_is_never_reported_clean") {
+fn exec_and_attach_see_a_jemalloc_program() {
+    if !privileged("exec_and_attach_see_a_jemalloc_program") {
+        return;
+    }
+    let binary = fixture_test_binary("allocators", "jemalloc");
+    let source = workspace_root().join("fixtures/allocators/tests/common/scenarios.rs");
+
+    let binary_path = binary.to_str().expect("a UTF-8 path");
+    let run = memleak(&["exec", "--", binary_path, "--exact", "leaks_a_vec"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(leak_summary(&run)[0], (30000, 1), "{}", run.report);
+    let lost = report_stacks_with(&run.report, "leak_a_vec");
+    assert_eq!(lost.len(), 1, "{}", run.report);
+    assert_eq!(lost[0]["bytes"], 30000, "{}", run.report);
+    assert_eq!(
+        run.report["incomplete"],
+        serde_json::json!([]),
+        "{}",
+        run.report
+    );
+
+    let mut served = Served::start(&binary);
+    let pid = served.child.id().to_string();
+    let mut memleak = Periodic::start(&[
+        "attach", "-p", &pid, "--older", "0", "--format", "json", "0.2",
+    ]);
+    memleak.wait_for_stderr("Attaching to pid", Duration::from_secs(20));
+    served.keep();
+    served.keep();
+    let report =
+        memleak.wait_for_report("the two kept blocks", Duration::from_secs(20), |report| {
+            !report_stacks_with(report, "serve_keep").is_empty()
+        });
+    let kept = report_stacks_with(&report, "serve_keep");
+    assert_eq!(kept.len(), 1, "{report:#}");
+    assert_eq!(kept[0]["bytes"], 60000, "{report:#}");
+    assert_eq!(kept[0]["allocations"], 2, "{report:#}");
+    let frame = frames(kept[0])
+        .iter()
+        .find(|frame| symbol_of(frame).ends_with("serve_keep"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        frame["line"],
+        marker_line(&source, "serve_keep"),
+        "{report:#}"
+    );
+    assert_eq!(report["incomplete"], serde_json::json!([]), "{report:#}");
+    drop(served);
+    let (code, stderr) = memleak.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn a_program_with_its_own_malloc_has_it_probed() {
+    if !privileged("a_program_with_its_own_malloc_has_it_probed") {
         return;
     }
     let out_dir = workspace_root().join("target/fixtures");
@@ -115,20 +279,17 @@ fn a_program_with_its_own_malloc_is_never_reported_clean() {
             .output()
             .expect("cargo-memleak runs")
     };
-    let output = run(&[]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "incomplete: {stderr}");
-    assert!(
-        stderr.contains("defines malloc itself") && stderr.contains("--allocator-object"),
-        "{stderr}"
-    );
-    // With its allocator named, its leak is found.
-    let output = run(&[&binary]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("definitely lost: 30000 bytes in 1 blocks"),
-        "{stderr}"
-    );
+    // Its own malloc family is found in it and probed: the leak is seen, and the run is
+    // complete. Naming it with --allocator-object gives the same.
+    for extra in [&[][..], &[binary.as_path()][..]] {
+        let output = run(extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("definitely lost: 30000 bytes in 1 blocks")
+                && !stderr.contains("INCOMPLETE"),
+            "{stderr}"
+        );
+    }
     let _ = std::fs::remove_file(binary);
 }
