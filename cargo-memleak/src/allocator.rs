@@ -8,9 +8,12 @@
 
 use std::path::{Path, PathBuf};
 
-use iced_x86::{Code, Decoder, DecoderOptions, Register};
+use iced_x86::{Decoder, DecoderOptions, Register};
 use memleak_common::{Cookie, EntryPoint};
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SegmentFlags, elf::PF_X};
+use object::{
+    Object as _, ObjectSegment as _, ObjectSymbol as _, ObjectSymbolTable as _, SegmentFlags,
+    elf::PF_X,
+};
 
 use crate::error::{Error, Result};
 
@@ -390,6 +393,10 @@ enum ShimCallee {
 /// (layout checks are skipped).
 fn shim_callee(elf: &object::File<'_>, data: &[u8], address: u64) -> ShimCallee {
     use iced_x86::{FlowControl, OpKind};
+    let shim_size = elf
+        .symbols()
+        .find(|symbol| symbol.address() == address && symbol.size() > 0)
+        .map_or(1, |symbol| symbol.size());
     const LIBC: &[&str] = &[
         "malloc",
         "calloc",
@@ -419,11 +426,15 @@ fn shim_callee(elf: &object::File<'_>, data: &[u8], address: u64) -> ShimCallee 
     let got_symbol = |slot: u64| -> Option<String> {
         let relocations = elf.dynamic_relocations()?;
         let (_, relocation) = relocations.into_iter().find(|(at, _)| *at == slot)?;
-        let object::RelocationTarget::Symbol(index) = relocation.target() else {
-            return None;
-        };
-        let symbol = elf.symbol_by_index(index).ok()?;
-        Some(symbol.name().ok()?.split('@').next()?.to_owned())
+        match relocation.target() {
+            // Dynamic relocations index the dynamic symbol table.
+            object::RelocationTarget::Symbol(index) => {
+                let symbol = elf.dynamic_symbol_table()?.symbol_by_index(index).ok()?;
+                Some(symbol.name().ok()?.split('@').next()?.to_owned())
+            }
+            // A function of the executable's own, through a relative relocation.
+            _ => name_at(u64::try_from(relocation.addend()).ok()?),
+        }
     };
     let mut decoder = Decoder::with_ip(
         64,
@@ -437,7 +448,12 @@ fn shim_callee(elf: &object::File<'_>, data: &[u8], address: u64) -> ShimCallee 
             FlowControl::Call | FlowControl::UnconditionalBranch
                 if instruction.op0_kind() == OpKind::NearBranch64 =>
             {
-                let Some(name) = name_at(instruction.near_branch_target()) else {
+                let target = instruction.near_branch_target();
+                // A jump within the shim itself (past an alignment check) decides nothing.
+                if (address..address + shim_size).contains(&target) {
+                    continue;
+                }
+                let Some(name) = name_at(target) else {
                     return ShimCallee::Unknown;
                 };
                 if name.contains("Layout") {
@@ -558,17 +574,13 @@ fn resolve_symbols(
             missing.push(symbol);
             continue;
         };
-        let entry = if entry_point == EntryPoint::Free {
-            skip_unemulated_prologue(data, offset)
-        } else {
-            offset
-        };
+        let offset = probe_offset(data, offset, entry_point);
         add_point(
             &mut points,
             ProbeKind::Entry,
             entry_point,
             symbol,
-            entry,
+            offset,
             text,
         );
         if with_return {
@@ -650,23 +662,80 @@ fn file_offset(elf: &object::File<'_>, address: u64) -> Option<u64> {
     })
 }
 
-/// The kernel single-steps a probed instruction it cannot emulate, which costs a few µs per
-/// hit. glibc's `free` starts with `test %rdi,%rdi`, which is not emulated; it reads rdi and
-/// writes only flags, so a probe just after it sees the same argument. Decoded, not assumed:
-/// any other prologue keeps the probe at the entry.
-fn skip_unemulated_prologue(data: &[u8], offset: u64) -> u64 {
+/// Where to put the probes of a function at file offset `offset`. The kernel emulates a few
+/// instructions at a probe (push, jumps, calls, nops) and single-steps any other out of line,
+/// which costs a few µs more per hit. Allocator entry points often start with a check that
+/// only sets flags (glibc's `free`: `test %rdi,%rdi`; jemalloc's `cmp $0x1000,%rdi`): the
+/// probe goes past such instructions to the first emulated one, as long as every instruction
+/// passed runs on every call (no branch), writes no memory, leaves the stack pointer alone
+/// (so the return address is still at the top of the stack, for the return probe) and leaves
+/// alone the argument registers `entry_point`'s program reads. Otherwise it stays at the entry.
+fn probe_offset(data: &[u8], offset: u64, entry_point: EntryPoint) -> u64 {
+    use iced_x86::{FlowControl, InstructionInfoFactory, Mnemonic, OpAccess};
     let Some(code) = usize::try_from(offset).ok().and_then(|at| data.get(at..)) else {
         return offset;
     };
-    let mut decoder = Decoder::with_ip(64, &code[..code.len().min(16)], 0, DecoderOptions::NONE);
-    let first = decoder.decode();
-    let is_test_rdi = first.code() == Code::Test_rm64_r64
-        && first.op0_register() == Register::RDI
-        && first.op1_register() == Register::RDI;
-    if is_test_rdi {
-        offset + first.len() as u64
-    } else {
-        offset
+    let read = arguments_read(entry_point);
+    let mut decoder = Decoder::with_ip(
+        64,
+        &code[..code.len().min(64)],
+        offset,
+        DecoderOptions::NONE,
+    );
+    let mut info = InstructionInfoFactory::new();
+    for _ in 0..6 {
+        if !decoder.can_decode() {
+            break;
+        }
+        let instruction = decoder.decode();
+        // Relative jumps and calls, conditional jumps, push of a register.
+        let emulated = instruction.is_jcc_short_or_near()
+            || instruction.is_jmp_short_or_near()
+            || instruction.is_call_near()
+            || instruction.mnemonic() == Mnemonic::Push
+                && instruction.op0_kind() == iced_x86::OpKind::Register;
+        if emulated {
+            return instruction.ip();
+        }
+        let info = info.info(&instruction);
+        let writes = |access: OpAccess| {
+            !matches!(
+                access,
+                OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
+            )
+        };
+        let harmless = instruction.flow_control() == FlowControl::Next
+            && info
+                .used_memory()
+                .iter()
+                .all(|memory| !writes(memory.access()))
+            && info.used_registers().iter().all(|used| {
+                let register = used.register().full_register();
+                !writes(used.access()) || (register != Register::RSP && !read.contains(&register))
+            });
+        if !harmless {
+            break;
+        }
+    }
+    offset
+}
+
+/// The argument registers the entry program reads for `entry_point` (`on_entry`).
+fn arguments_read(entry_point: EntryPoint) -> &'static [Register] {
+    use Register::{RCX, RDI, RDX, RSI};
+    match entry_point {
+        EntryPoint::Malloc
+        | EntryPoint::Valloc
+        | EntryPoint::Free
+        | EntryPoint::Sigaltstack
+        | EntryPoint::RustAlloc
+        | EntryPoint::RustAllocZeroed
+        | EntryPoint::RustDealloc => &[RDI],
+        EntryPoint::Calloc | EntryPoint::Realloc | EntryPoint::Munmap => &[RDI, RSI],
+        EntryPoint::Reallocarray => &[RDI, RSI, RDX],
+        EntryPoint::PosixMemalign | EntryPoint::Mremap => &[RDI, RDX],
+        EntryPoint::Memalign | EntryPoint::Mmap => &[RSI],
+        EntryPoint::RustRealloc => &[RDI, RCX],
     }
 }
 
@@ -708,12 +777,30 @@ mod tests {
     }
 
     #[test]
-    fn free_probe_skips_the_test_instruction_only() {
-        // test %rdi,%rdi ; je ...
+    fn probes_skip_flag_checks_to_the_first_emulated_instruction() {
+        // glibc's free: test %rdi,%rdi ; je ...: the probe goes on the je.
         let code = [0x48, 0x85, 0xff, 0x0f, 0x84, 0, 0, 0, 0];
-        assert_eq!(skip_unemulated_prologue(&code, 0), 3);
-        // push %r12 (malloc's prologue) stays put.
+        assert_eq!(probe_offset(&code, 0, EntryPoint::Free), 3);
+        // jemalloc's malloc: cmp $0x1000,%rdi ; ja ...
+        let code = [0x48, 0x81, 0xff, 0, 0x10, 0, 0, 0x77, 0x10];
+        assert_eq!(probe_offset(&code, 0, EntryPoint::Malloc), 7);
+        // endbr64 ; push %rbp
+        let code = [0xf3, 0x0f, 0x1e, 0xfa, 0x55];
+        assert_eq!(probe_offset(&code, 0, EntryPoint::Malloc), 4);
+        // push %r12 (glibc malloc's prologue) is emulated: it stays put.
         let code = [0x41, 0x54, 0x55, 0x53];
-        assert_eq!(skip_unemulated_prologue(&code, 0), 0);
+        assert_eq!(probe_offset(&code, 0, EntryPoint::Malloc), 0);
+        // mov %rsi,%rdx ; jmp ...: realloc reads rsi, and rdx is not read.
+        let code = [0x48, 0x89, 0xf2, 0xeb, 0x00];
+        assert_eq!(probe_offset(&code, 0, EntryPoint::Realloc), 3);
+        // mov %rdi,%rsi ; jmp ...: realloc reads rsi, which the mov writes.
+        let code = [0x48, 0x89, 0xfe, 0xeb, 0x00];
+        assert_eq!(probe_offset(&code, 0, EntryPoint::Realloc), 0);
+        // sub $8,%rsp ; jmp ...: the return address would no longer be on top.
+        let code = [0x48, 0x83, 0xec, 0x08, 0xeb, 0x00];
+        assert_eq!(probe_offset(&code, 0, EntryPoint::Malloc), 0);
+        // mov %rax,(%rip) ; jmp ...: writes memory.
+        let code = [0x48, 0x89, 0x05, 0, 0, 0, 0, 0xeb, 0x00];
+        assert_eq!(probe_offset(&code, 0, EntryPoint::Malloc), 0);
     }
 }

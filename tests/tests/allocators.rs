@@ -293,3 +293,48 @@ fn a_program_with_its_own_malloc_has_it_probed() {
     }
     let _ = std::fs::remove_file(binary);
 }
+
+/// BCC's `--symbols-prefix`: an allocator of the program's own under a prefix of its own.
+#[test]
+fn symbols_prefix_probes_a_prefixed_allocator_in_the_executable() {
+    if !privileged("symbols_prefix_probes_a_prefixed_allocator_in_the_executable") {
+        return;
+    }
+    let out_dir = workspace_root().join("target/fixtures");
+    std::fs::create_dir_all(&out_dir).expect("target/fixtures");
+    let source = out_dir.join("prefixed-malloc.c");
+    std::fs::write(
+        &source,
+        "#include <stddef.h>\n\
+         static char arena[1 << 20]; static size_t used;\n\
+         void *my_malloc(size_t n) { void *p = arena + used; used += (n + 15) & ~15UL; return p; }\n\
+         void my_free(void *p) { (void)p; }\n\
+         static void *kept;\n\
+         int main(void) {\n\
+           void *volatile lost = my_malloc(30000); /* LEAK:my_malloc */\n\
+           lost = 0; kept = my_malloc(100); my_free(my_malloc(50)); return 0;\n\
+         }\n",
+    )
+    .expect("write the source");
+    let binary = out_dir.join(format!("prefixed-malloc-{}", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("cc runs");
+    assert!(status.success());
+    let binary_path = binary.to_str().expect("a UTF-8 path");
+    let run = memleak(&["exec", "--symbols-prefix", "my_", "--", binary_path]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(leak_summary(&run)[0], (30000, 1), "{}", run.report);
+    assert_eq!(leak_summary(&run)[2], (100, 1), "{}", run.report);
+    let lost = report_stacks_with(&run.report, "main");
+    let frame = frames(lost[0])
+        .iter()
+        .find(|frame| symbol_of(frame) == "main")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(frame["line"], marker_line(&source, "my_malloc"), "{}", run.report);
+    let _ = std::fs::remove_file(binary);
+}

@@ -581,6 +581,7 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
         bystander,
         bystander / untraced
     );
+    bench_global_allocators(&memleak, pairs, runs)?;
     bench_kernel(&memleak, &kpairs, runs)?;
     let root = workspace_root();
     bench_suite(
@@ -605,6 +606,56 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
             memcheck: true,
         },
     )
+}
+
+/// A Rust `Box<[u8; 64]>` made and dropped, through each global allocator, untraced and under
+/// `cargo memleak exec`: the system allocator is probed in libc alone (the shim ends there),
+/// jemalloc and mimalloc by their own symbols.
+fn bench_global_allocators(memleak: &Path, pairs: u64, runs: usize) -> Result<()> {
+    let crate_dir = workspace_root().join("xtask/bench/alloc-pairs");
+    run(
+        cargo()
+            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .arg(crate_dir.join("Cargo.toml"))
+            .env("RUSTFLAGS", "-C force-frame-pointers=yes"),
+        "cargo build xtask/bench/alloc-pairs",
+    )?;
+    for (allocator, how) in [
+        ("system", "through libc's malloc"),
+        ("jemalloc", "tikv-jemallocator"),
+        ("mimalloc", "mimalloc"),
+    ] {
+        let binary = crate_dir.join("target/release").join(allocator);
+        let ns = |traced: bool| -> Result<f64> {
+            let mut command = if traced {
+                let mut command = Command::new(memleak);
+                command.args(["exec", "--output", "/dev/null", "--"]).arg(&binary);
+                command
+            } else {
+                Command::new(&binary)
+            };
+            let stdout = output(command.arg(pairs.to_string()), allocator)?;
+            stdout
+                .trim()
+                .parse::<f64>()
+                .with_context(|| format!("{allocator} prints ns per pair"))
+        };
+        let mut untraced = Vec::new();
+        let mut traced = Vec::new();
+        for _ in 0..runs {
+            untraced.push(ns(false)?);
+            traced.push(ns(true)?);
+        }
+        let (untraced, traced) = (median(untraced), median(traced));
+        println!(
+            "{:<36} {:>11.1} ns {:>11.1} ns {:>9.0}x",
+            format!("Rust Box pair, {how}"),
+            untraced,
+            traced,
+            traced / untraced
+        );
+    }
+    Ok(())
 }
 
 /// What `cargo memleak kernel` costs the kernel's allocations: an eventfd made and closed
