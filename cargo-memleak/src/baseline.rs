@@ -275,7 +275,7 @@ impl Baseline {
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
         text.push('\n');
-        crate::cli::write_atomically(path, text.as_bytes())
+        crate::fsutil::write_atomically(path, text.as_bytes())
     }
 }
 

@@ -14,6 +14,7 @@ pub mod build;
 pub mod classify;
 pub mod cli;
 pub mod error;
+pub mod fsutil;
 pub mod kernel;
 pub mod report;
 pub mod scan;

@@ -414,7 +414,7 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
         }
     }
     if let Some(path) = &options.junit {
-        crate::cli::write_atomically(path, junit(&results, &skipped)?.as_bytes())?;
+        crate::fsutil::write_atomically(path, junit(&results, &skipped)?.as_bytes())?;
     }
 
     let mut code = if conclusion.num_failed > 0 {
