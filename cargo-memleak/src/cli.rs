@@ -14,8 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     baseline::{self, FailOn},
     build::{BuildOptions, RunSelection, TestSelection},
-    error::{Error, Result, exit},
+    error::{Error, Result},
     fsutil, kernel,
+    outcome::{self, Outcome},
     report::{self, Format, SortKey},
     session::{self, TraceOptions},
     spawn::Command,
@@ -34,12 +35,7 @@ use crate::{
     long_about = "Traces every allocation of a program from its first instruction (eBPF uprobes \
                   on libc's allocator, attached before the program execs) and reports what it \
                   never freed, grouped by call stack, when it exits.",
-    after_help = "Exit codes: 0 ok, 1 the program failed, 2 usage, 3 trace incomplete, \
-                  4 no tests matched, 69 kernel support or allocator missing, 70 internal \
-                  error, 77 privileges, 96 malformed baseline or suppressions, 100 tests failed \
-                  or leaks over budget, 101 build failed, 102 cargo metadata failed, \
-                  104 listing tests failed, 126 not executable, 127 program (or, for attach, \
-                  process) not found."
+    after_help = outcome::help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -453,22 +449,22 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(err) => {
             let _ = err.print();
             return ExitCode::from(if err.use_stderr() {
-                exit::USAGE
+                outcome::USAGE.code
             } else {
-                exit::OK
+                outcome::OK.code
             });
         }
     };
     match run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(outcome) => ExitCode::from(outcome.exit_code().code),
         Err(err) => {
             eprintln!("error: {err}");
-            ExitCode::from(err.exit_code())
+            ExitCode::from(err.exit_code().code)
         }
     }
 }
 
-fn run(cli: Cli) -> Result<u8> {
+fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Commands::Exec(args) => {
             let (program, rest) = args.command.split_first().ok_or_else(|| {
@@ -519,7 +515,7 @@ fn trace_and_report(
     report_args: &ReportArgs,
     trace_args: &TraceArgs,
     gate: Option<(&LoadedGate, &str)>,
-) -> Result<u8> {
+) -> Result<Outcome> {
     let options = report_args.options()?;
     let start = Instant::now();
     let tracer = std::sync::Mutex::new(session::load_tracer(
@@ -556,19 +552,19 @@ fn trace_and_report(
     }
     let allow_incomplete = gate.is_some_and(|(gate, _)| gate.options.allow_incomplete);
     if !report.exit.success() {
-        return Ok(exit::PROGRAM_FAILED);
+        return Ok(Outcome::ProgramFailed);
     }
     if !report.is_complete() && !allow_incomplete {
-        return Ok(exit::INCOMPLETE);
+        return Ok(Outcome::Incomplete);
     }
     let Some((gate, binary_id)) = gate else {
-        return Ok(exit::OK);
+        return Ok(Outcome::Ok);
     };
     judge_run(&run, gate, binary_id)
 }
 
 /// `cargo memleak run`'s leak gate: the run's lost memory against `runs[binary_id]`.
-fn judge_run(run: &session::TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<u8> {
+fn judge_run(run: &session::TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<Outcome> {
     let all = report::build(
         run,
         &report::Options {
@@ -600,10 +596,10 @@ fn judge_run(run: &session::TracedRun, gate: &LoadedGate, binary_id: &str) -> Re
             judgement.lost.bytes,
             judgement.lost.blocks
         );
-        return Ok(exit::OK);
+        return Ok(Outcome::Ok);
     }
     if judgement.over_budget.is_empty() {
-        return Ok(exit::OK);
+        return Ok(Outcome::Ok);
     }
     for reason in &judgement.over_budget {
         eprintln!(
@@ -611,5 +607,61 @@ fn judge_run(run: &session::TracedRun, gate: &LoadedGate, binary_id: &str) -> Re
             gate.path.display()
         );
     }
-    Ok(exit::FAILED)
+    Ok(Outcome::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+    use crate::outcome::{self, Command};
+
+    /// The codes of a help text's `Exit codes: ...` line (`69/70/77 tool errors` is three),
+    /// ascending; `None` when it has none.
+    fn listed_codes(help: &str) -> Option<Vec<u8>> {
+        let line = help.split("Exit codes: ").nth(1)?.lines().next()?;
+        let mut codes: Vec<u8> = line
+            .split(", ")
+            .filter_map(|item| {
+                let first = item.split_whitespace().next()?;
+                first
+                    .split('/')
+                    .map(|code| code.parse::<u8>().ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .flatten()
+            .collect();
+        codes.sort_unstable();
+        Some(codes)
+    }
+
+    #[test]
+    fn help_texts_list_exactly_the_exit_codes_of_the_table() {
+        let mut cli = Cli::command();
+        let top = cli.render_long_help().to_string();
+        assert!(top.contains(&outcome::help()), "{top}");
+        let all: Vec<u8> = outcome::TABLE.iter().map(|row| row.code).collect();
+        assert_eq!(listed_codes(&top), Some(all));
+        for command in Command::ALL {
+            let sub = cli
+                .find_subcommand_mut(command.name())
+                .unwrap_or_else(|| panic!("subcommand {}", command.name()));
+            let help = sub.render_long_help().to_string();
+            match listed_codes(&help) {
+                Some(codes) => assert_eq!(
+                    codes,
+                    outcome::codes_of(command),
+                    "`cargo memleak {} --help`: {help}",
+                    command.name()
+                ),
+                // exec and run are documented by the top-level list only.
+                None => assert!(
+                    matches!(command, Command::Exec | Command::Run),
+                    "`cargo memleak {} --help` lists its exit codes",
+                    command.name()
+                ),
+            }
+        }
+    }
 }

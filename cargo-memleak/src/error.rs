@@ -1,43 +1,11 @@
 //! The errors cargo-memleak reports, each with the exit code it maps to.
 //!
 //! Every variant renders as one line that says what went wrong and, where the fix is known,
-//! what to do. The exit codes are documented in the README; keep the two in step.
+//! what to do. Each maps to a row of the one exit-code table, [`crate::outcome::TABLE`].
 
 use std::path::PathBuf;
 
-/// Exit codes. Part of the CLI contract (README, "Exit codes").
-pub mod exit {
-    /// The traced program succeeded and the trace is complete.
-    pub const OK: u8 = 0;
-    /// The traced program failed: it exited non-zero or was killed by a signal.
-    pub const PROGRAM_FAILED: u8 = 1;
-    /// Bad command line.
-    pub const USAGE: u8 = 2;
-    /// The trace is incomplete: the tracer dropped data (see the summary's counters).
-    pub const INCOMPLETE: u8 = 3;
-    /// `cargo memleak test`: no test matched the filters.
-    pub const NO_TESTS: u8 = 4;
-    /// The baseline or a suppressions file is malformed.
-    pub const BAD_BASELINE: u8 = 96;
-    /// Tests failed, or lost memory over its budget (`test`, and `run` over budget).
-    pub const FAILED: u8 = 100;
-    /// Listing a test binary's tests failed.
-    pub const LISTING_FAILED: u8 = 104;
-    /// Not enough privileges (root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).
-    pub const PRIVILEGES: u8 = 77;
-    /// The kernel cannot do what is needed (BPF, uprobes), or the allocator was not found.
-    pub const UNAVAILABLE: u8 = 69;
-    /// Any other failure of cargo-memleak itself.
-    pub const INTERNAL: u8 = 70;
-    /// The cargo build failed.
-    pub const BUILD_FAILED: u8 = 101;
-    /// `cargo metadata` failed.
-    pub const METADATA_FAILED: u8 = 102;
-    /// The program cannot be executed.
-    pub const NOT_EXECUTABLE: u8 = 126;
-    /// The program (or, for `attach`, the process) was not found.
-    pub const NOT_FOUND: u8 = 127;
-}
+use crate::outcome::{self, ExitCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -129,26 +97,26 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit_code(&self) -> &'static ExitCode {
         match self {
-            Error::Privileges { .. } => exit::PRIVILEGES,
-            Error::ProgramNotFound { .. } | Error::NoProcess { .. } => exit::NOT_FOUND,
-            Error::NotExecutable { .. } => exit::NOT_EXECUTABLE,
+            Error::Privileges { .. } => &outcome::PRIVILEGES,
+            Error::ProgramNotFound { .. } | Error::NoProcess { .. } => &outcome::NOT_FOUND,
+            Error::NotExecutable { .. } => &outcome::NOT_EXECUTABLE,
             Error::NoLibc
             | Error::AllocatorObject { .. }
             | Error::BpfLoad { .. }
             | Error::Attach { .. }
-            | Error::Tracefs { .. } => exit::UNAVAILABLE,
-            Error::Metadata { .. } => exit::METADATA_FAILED,
-            Error::Build { .. } => exit::BUILD_FAILED,
-            Error::Selection(_) => exit::USAGE,
-            Error::Baseline { .. } => exit::BAD_BASELINE,
-            Error::Listing { .. } => exit::LISTING_FAILED,
+            | Error::Tracefs { .. } => &outcome::UNAVAILABLE,
+            Error::Metadata { .. } => &outcome::METADATA_FAILED,
+            Error::Build { .. } => &outcome::BUILD_FAILED,
+            Error::Selection(_) => &outcome::USAGE,
+            Error::Baseline { .. } => &outcome::BAD_BASELINE,
+            Error::Listing { .. } => &outcome::LISTING_FAILED,
             Error::MapRead { .. }
             | Error::Ptrace { .. }
             | Error::Spawn { .. }
             | Error::Write { .. }
-            | Error::Io { .. } => exit::INTERNAL,
+            | Error::Io { .. } => &outcome::INTERNAL,
         }
     }
 

@@ -19,7 +19,8 @@ use nix::{
 };
 
 use crate::{
-    error::{Error, Result, exit},
+    error::{Error, Result},
+    outcome::Outcome,
     symbolize::Symbolizer,
     tracer::{KernelEvent, KernelTracer, Limits},
     watch::{self, End, Interrupts},
@@ -50,7 +51,7 @@ const PERCPU_EVENTS: &[KernelEvent] = &[
 ];
 
 /// `cargo memleak kernel`.
-pub fn trace(options: &watch::Options, percpu: bool, limits: Limits) -> Result<u8> {
+pub fn trace(options: &watch::Options, percpu: bool, limits: Limits) -> Result<Outcome> {
     let interrupts = Interrupts::block()?;
     let tracefs = Tracefs::find_or_mount()?;
     let events = if percpu {
@@ -87,9 +88,9 @@ pub fn trace(options: &watch::Options, percpu: bool, limits: Limits) -> Result<u
         eprintln!("memleak: interrupted; detaching");
     }
     Ok(if incomplete {
-        exit::INCOMPLETE
+        Outcome::Incomplete
     } else {
-        exit::OK
+        Outcome::Ok
     })
 }
 

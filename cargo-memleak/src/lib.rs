@@ -16,6 +16,7 @@ pub mod cli;
 pub mod error;
 pub mod fsutil;
 pub mod kernel;
+pub mod outcome;
 pub mod report;
 pub mod scan;
 pub mod session;

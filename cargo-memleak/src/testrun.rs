@@ -24,7 +24,8 @@ use serde::Serialize;
 use crate::{
     baseline::{self, Baseline, Budget, FailOn, Judgement, Suppression},
     build::{BuildOptions, Executable, TestSelection},
-    error::{Error, Result, exit},
+    error::{Error, Result},
+    outcome::Outcome,
     report::{self, Amount, LeakSummary, StackReport},
     scan::Gap,
     session::{self, TraceOptions},
@@ -271,7 +272,11 @@ thread_local! {
 }
 
 /// Builds, lists, runs and judges; returns the exit code.
-pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions) -> Result<u8> {
+pub fn run(
+    build: &BuildOptions,
+    selection: &TestSelection,
+    options: TestOptions,
+) -> Result<Outcome> {
     // Fail on privileges and kernel support before the (slow) build.
     let tracer = session::load_tracer(&options.trace)?;
     let built = build.build_tests(selection)?;
@@ -417,16 +422,16 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
         crate::fsutil::write_atomically(path, junit(&results, &skipped)?.as_bytes())?;
     }
 
-    let mut code = if conclusion.num_failed > 0 {
-        exit::FAILED
+    let mut outcome = if conclusion.num_failed > 0 {
+        Outcome::Failed
     } else if conclusion.num_passed == 0 && conclusion.num_ignored == 0 {
         eprintln!("memleak: no tests matched; check the filters and target selection");
-        exit::NO_TESTS
+        Outcome::NoTests
     } else {
-        exit::OK
+        Outcome::Ok
     };
     if gate.options.bless {
-        code = bless(&gate, &results, &stale, code)?;
+        outcome = bless(&gate, &results, &stale, outcome)?;
     }
     if options.message_format == MessageFormat::Json {
         emit(&JsonEvent::RunFinished {
@@ -434,10 +439,10 @@ pub fn run(build: &BuildOptions, selection: &TestSelection, options: TestOptions
             failed: conclusion.num_failed,
             ignored: conclusion.num_ignored,
             filtered_out: conclusion.num_filtered_out,
-            exit_code: code,
+            exit_code: outcome.exit_code().code,
         });
     }
-    Ok(code)
+    Ok(outcome)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -707,8 +712,8 @@ fn bless(
     gate: &LoadedGate,
     results: &[TestResult],
     stale: &[(String, Option<String>)],
-    code: u8,
-) -> Result<u8> {
+    outcome: Outcome,
+) -> Result<Outcome> {
     let unmeasured: Vec<String> = results
         .iter()
         .filter(|result| result.unmeasured)
@@ -722,7 +727,7 @@ fn bless(
             unmeasured.len(),
             unmeasured.join(", ")
         );
-        return Ok(exit::FAILED);
+        return Ok(Outcome::Failed);
     }
     let mut baseline = gate.baseline.clone();
     let fail_on = gate.options.fail_on;
@@ -753,7 +758,7 @@ fn bless(
         "memleak: blessed {}: {budgets} tests with leak budgets",
         gate.path.display()
     );
-    Ok(code)
+    Ok(outcome)
 }
 
 /// JUnit XML: one testsuite per test binary, one testcase per test.

@@ -29,7 +29,8 @@ use serde::Serialize;
 
 use crate::{
     allocator,
-    error::{Error, Result, exit},
+    error::{Error, Result},
+    outcome::Outcome,
     report::{Format, SortKey, clock_time, dropped_words, render_frame, stacks_shown},
     session::{self, TraceOptions},
     symbolize::{Frame, Symbolizer},
@@ -351,7 +352,7 @@ pub fn every(
 }
 
 /// `cargo memleak attach`: traces the running process `pid` and reports periodically.
-pub fn attach(pid: u32, options: &Options, trace: &TraceOptions) -> Result<u8> {
+pub fn attach(pid: u32, options: &Options, trace: &TraceOptions) -> Result<Outcome> {
     let interrupts = Interrupts::block()?;
     check_process(pid)?;
     let exited = pidfd_open(pid)?;
@@ -397,9 +398,9 @@ pub fn attach(pid: u32, options: &Options, trace: &TraceOptions) -> Result<u8> {
     }
     drop(tracer);
     Ok(if incomplete {
-        exit::INCOMPLETE
+        Outcome::Incomplete
     } else {
-        exit::OK
+        Outcome::Ok
     })
 }
 
