@@ -12,16 +12,17 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    baseline::{self, FailOn},
     build::{BuildOptions, RunSelection, TestSelection},
     error::{Error, Result},
-    fsutil, kernel,
+    fsutil,
+    gate::{FailOn, Gate, LoadedGate},
+    kernel,
     outcome::{self, Outcome},
     report::{self, Format, SortKey},
     session::{self, TraceOptions},
     spawn::Command,
     symbolize::Symbolizer,
-    testrun::{self, Gate, LoadedGate, MessageFormat, TestFilters, TestOptions},
+    testrun::{self, MessageFormat, TestFilters, TestOptions},
     tracer::Limits,
     watch,
 };
@@ -565,31 +566,9 @@ fn trace_and_report(
 
 /// `cargo memleak run`'s leak gate: the run's lost memory against `runs[binary_id]`.
 fn judge_run(run: &session::TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<Outcome> {
-    let all = report::build(
-        run,
-        &report::Options {
-            top: usize::MAX,
-            show_reachable: true,
-            ..report::Options::default()
-        },
-    );
-    let fail_on = gate.options.fail_on;
-    let judgement = baseline::judge(
-        &all,
-        gate.baseline.runs.get(binary_id),
-        &gate.suppressions,
-        fail_on,
-    );
+    let (_, judgement) = gate.judge(run, gate.baseline.runs.get(binary_id));
     if gate.options.bless {
-        let mut blessed = gate.baseline.clone();
-        if judgement.needs_budget(fail_on) {
-            blessed
-                .runs
-                .insert(binary_id.to_owned(), judgement.as_budget(fail_on));
-        } else {
-            blessed.runs.remove(binary_id);
-        }
-        blessed.write(&gate.path)?;
+        gate.bless_run(binary_id, &judgement)?;
         eprintln!(
             "memleak: blessed {}: {binary_id} may lose {} bytes in {} blocks",
             gate.path.display(),

@@ -9,12 +9,12 @@
 //! [`kernel`] (tracepoints on the kernel's allocators).
 
 pub mod allocator;
-pub mod baseline;
 pub mod build;
 pub mod classify;
 pub mod cli;
 pub mod error;
 pub mod fsutil;
+pub mod gate;
 pub mod kernel;
 pub mod outcome;
 pub mod report;

@@ -22,9 +22,9 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use serde::Serialize;
 
 use crate::{
-    baseline::{self, Baseline, Budget, FailOn, Judgement, Suppression},
     build::{BuildOptions, Executable, TestSelection},
     error::{Error, Result},
+    gate::{self, Blessing, Budget, Gate, Judgement, LoadedGate, Measured, StaleEntry},
     outcome::Outcome,
     report::{self, Amount, LeakSummary, StackReport},
     scan::Gap,
@@ -76,46 +76,6 @@ pub struct TestOptions {
     /// Stacks shown under a failed test.
     pub top: usize,
     pub trace: TraceOptions,
-}
-
-/// The leak gate: budgets, suppressions, and what fails a run. Shared with `cargo memleak run`.
-#[derive(Clone, Debug, Default)]
-pub struct Gate {
-    /// `--baseline PATH`; the workspace root's `memleak-baseline.json` when `None`.
-    pub baseline: Option<PathBuf>,
-    pub suppressions: Option<PathBuf>,
-    pub fail_on: FailOn,
-    pub allow_incomplete: bool,
-    pub bless: bool,
-}
-
-/// The gate with its files read.
-#[derive(Debug)]
-pub struct LoadedGate {
-    pub path: PathBuf,
-    pub baseline: Baseline,
-    /// The baseline's suppressions and the `--suppressions` file's.
-    pub suppressions: Vec<Suppression>,
-    pub options: Gate,
-}
-
-impl Gate {
-    /// Reads the baseline (missing is empty) and the suppressions file.
-    pub fn load(&self, workspace_root: &std::path::Path) -> Result<LoadedGate> {
-        let path = baseline::path(self.baseline.as_deref(), workspace_root);
-        let baseline = Baseline::read(&path)?;
-        let mut suppressions = baseline::builtin_suppressions();
-        suppressions.extend(baseline.suppressions.iter().cloned());
-        if let Some(file) = &self.suppressions {
-            suppressions.extend(baseline::read_suppressions(file)?);
-        }
-        Ok(LoadedGate {
-            path,
-            baseline,
-            suppressions,
-            options: self.clone(),
-        })
-    }
 }
 
 /// One test to run.
@@ -399,8 +359,8 @@ pub fn run(
     let _tracer = shared.tracer;
     let gate = shared.gate;
 
-    let stale = stale_entries(&gate.baseline, &listed, &workspace_members);
-    for (binary_id, test) in &stale {
+    let stale = gate.baseline.stale_entries(&listed, &workspace_members);
+    for StaleEntry { binary_id, test } in &stale {
         match options.message_format {
             MessageFormat::Json => emit(&JsonEvent::StaleEntry {
                 binary_id,
@@ -549,20 +509,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
             return result;
         }
     };
-    let report = report::build(
-        &run,
-        &report::Options {
-            top: usize::MAX,
-            show_reachable: true,
-            ..report::Options::default()
-        },
-    );
-    let judgement = baseline::judge(
-        &report,
-        result.budget.as_ref(),
-        &gate.suppressions,
-        gate.options.fail_on,
-    );
+    let (report, judgement) = gate.judge(&run, result.budget.as_ref());
     result.exit = Some(run.status.clone());
     result.timed_out = run.timed_out;
     result.output = run.output.clone();
@@ -572,7 +519,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     result.leak_summary = report.leak_summary;
     result.incomplete = report.incomplete.clone();
     result.unseen = report.unseen.clone();
-    result.stacks = baseline::lost_stacks(&report, &gate.suppressions)
+    result.stacks = gate::lost_stacks(&report, &gate.suppressions)
         .cloned()
         .collect();
 
@@ -681,84 +628,41 @@ fn failure_message(result: &TestResult, top: usize) -> Option<String> {
     Some(out)
 }
 
-/// Baseline entries for tests (in binaries that were listed) and binaries (of packages that
-/// are not in the workspace any more) that no longer exist.
-fn stale_entries(
-    baseline: &Baseline,
-    listed: &BTreeMap<String, BTreeSet<String>>,
-    workspace_members: &BTreeSet<String>,
-) -> Vec<(String, Option<String>)> {
-    let mut stale = Vec::new();
-    for (binary_id, tests) in &baseline.tests {
-        match listed.get(binary_id) {
-            Some(names) => {
-                for test in tests.keys().filter(|test| !names.contains(*test)) {
-                    stale.push((binary_id.clone(), Some(test.clone())));
-                }
-            }
-            None => {
-                let package = binary_id.split("::").next().unwrap_or_default();
-                if !workspace_members.contains(package) {
-                    stale.push((binary_id.clone(), None));
-                }
-            }
-        }
-    }
-    stale
-}
-
 /// Writes the budgets this run measured; refuses when a test could not be measured.
 fn bless(
     gate: &LoadedGate,
     results: &[TestResult],
-    stale: &[(String, Option<String>)],
+    stale: &[StaleEntry],
     outcome: Outcome,
 ) -> Result<Outcome> {
-    let unmeasured: Vec<String> = results
-        .iter()
-        .filter(|result| result.unmeasured)
-        .map(|result| format!("[{}] {}", result.binary_id, result.test))
-        .collect();
-    if !unmeasured.is_empty() {
-        eprintln!(
-            "memleak: not blessing {}: {} tests failed or were not fully traced ({}); fix or \
-             --skip them and bless again",
-            gate.path.display(),
-            unmeasured.len(),
-            unmeasured.join(", ")
-        );
-        return Ok(Outcome::Failed);
-    }
-    let mut baseline = gate.baseline.clone();
-    let fail_on = gate.options.fail_on;
-    for result in results {
-        let tests = baseline.tests.entry(result.binary_id.clone()).or_default();
-        if result.judgement.needs_budget(fail_on) {
-            tests.insert(result.test.clone(), result.judgement.as_budget(fail_on));
-        } else {
-            tests.remove(&result.test);
+    let blessing = gate.bless_tests(
+        results.iter().map(|result| Measured {
+            binary_id: &result.binary_id,
+            test: &result.test,
+            judgement: &result.judgement,
+            measured: !result.unmeasured,
+        }),
+        stale,
+    )?;
+    match blessing {
+        Blessing::Refused { unmeasured } => {
+            eprintln!(
+                "memleak: not blessing {}: {} tests failed or were not fully traced ({}); fix \
+                 or --skip them and bless again",
+                gate.path.display(),
+                unmeasured.len(),
+                unmeasured.join(", ")
+            );
+            Ok(Outcome::Failed)
+        }
+        Blessing::Written { budgets } => {
+            eprintln!(
+                "memleak: blessed {}: {budgets} tests with leak budgets",
+                gate.path.display()
+            );
+            Ok(outcome)
         }
     }
-    for (binary_id, test) in stale {
-        match test {
-            Some(test) => {
-                if let Some(tests) = baseline.tests.get_mut(binary_id) {
-                    tests.remove(test);
-                }
-            }
-            None => {
-                baseline.tests.remove(binary_id);
-            }
-        }
-    }
-    baseline.tests.retain(|_, tests| !tests.is_empty());
-    baseline.write(&gate.path)?;
-    let budgets: usize = baseline.tests.values().map(BTreeMap::len).sum();
-    eprintln!(
-        "memleak: blessed {}: {budgets} tests with leak budgets",
-        gate.path.display()
-    );
-    Ok(outcome)
 }
 
 /// JUnit XML: one testsuite per test binary, one testcase per test.

@@ -1,0 +1,103 @@
+//! `--bless`: what a run lost becomes its budget in the baseline.
+//!
+//! Invariants: a budget is exactly what was lost (per stack too), or no entry when nothing that
+//! counts was lost; `cargo memleak test --bless` writes nothing unless every test it ran was
+//! measured (passed or only over budget, and traced completely), and drops stale entries; the
+//! file is written atomically, or not at all.
+
+use std::collections::BTreeMap;
+
+use super::{Budget, FailOn, Judgement, LoadedGate, StaleEntry};
+use crate::error::Result;
+
+/// What `cargo memleak test --bless` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blessing {
+    /// The baseline was written; this many tests have budgets in it.
+    Written { budgets: usize },
+    /// Nothing was written: these tests (`[binary id] test`) failed or were not fully traced.
+    Refused { unmeasured: Vec<String> },
+}
+
+/// One test's verdict, for blessing.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured<'a> {
+    pub binary_id: &'a str,
+    pub test: &'a str,
+    pub judgement: &'a Judgement,
+    /// False when the test failed, timed out, was not fully traced or could not be run: what
+    /// it lost is not known.
+    pub measured: bool,
+}
+
+/// `budgets[key]` becomes what `judgement` lost, or goes when nothing that counts was lost.
+fn set_budget(
+    budgets: &mut BTreeMap<String, Budget>,
+    key: &str,
+    judgement: &Judgement,
+    fail_on: FailOn,
+) {
+    if judgement.needs_budget(fail_on) {
+        budgets.insert(key.to_owned(), judgement.as_budget(fail_on));
+    } else {
+        budgets.remove(key);
+    }
+}
+
+impl LoadedGate {
+    /// `cargo memleak run --bless`: `runs[binary_id]` becomes what this run lost.
+    pub fn bless_run(&self, binary_id: &str, judgement: &Judgement) -> Result<()> {
+        let mut blessed = self.baseline.clone();
+        set_budget(
+            &mut blessed.runs,
+            binary_id,
+            judgement,
+            self.options.fail_on,
+        );
+        blessed.write(&self.path)
+    }
+
+    /// `cargo memleak test --bless`: every test's budget becomes what it lost, and stale
+    /// entries go; refused when a test could not be measured.
+    pub fn bless_tests<'a>(
+        &self,
+        results: impl IntoIterator<Item = Measured<'a>>,
+        stale: &[StaleEntry],
+    ) -> Result<Blessing> {
+        let results: Vec<Measured> = results.into_iter().collect();
+        let unmeasured: Vec<String> = results
+            .iter()
+            .filter(|result| !result.measured)
+            .map(|result| format!("[{}] {}", result.binary_id, result.test))
+            .collect();
+        if !unmeasured.is_empty() {
+            return Ok(Blessing::Refused { unmeasured });
+        }
+        let mut baseline = self.baseline.clone();
+        let fail_on = self.options.fail_on;
+        for result in &results {
+            let tests = baseline
+                .tests
+                .entry(result.binary_id.to_owned())
+                .or_default();
+            set_budget(tests, result.test, result.judgement, fail_on);
+        }
+        for entry in stale {
+            match &entry.test {
+                Some(test) => {
+                    if let Some(tests) = baseline.tests.get_mut(&entry.binary_id) {
+                        tests.remove(test);
+                    }
+                }
+                None => {
+                    baseline.tests.remove(&entry.binary_id);
+                }
+            }
+        }
+        baseline.tests.retain(|_, tests| !tests.is_empty());
+        baseline.write(&self.path)?;
+        Ok(Blessing::Written {
+            budgets: baseline.tests.values().map(BTreeMap::len).sum(),
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! The verdict on one traced run: its leak figures after suppressions, and how they compare
+//! with its budget.
+//!
+//! Invariants: [`judge`] is pure (a report in, a [`Judgement`] out); still-reachable memory is
+//! never suppressed and only gated with `--fail-on reachable`; lost stacks are compared by
+//! their key ([`stack_key`]), never by address.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Budget, StackBudget, Suppression, stack_key};
+use crate::{
+    classify::Category,
+    report::{Amount, Report, StackReport},
+};
+
+/// What counts toward the gate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// Lost memory (definitely and indirectly lost).
+    #[default]
+    Lost,
+    /// Lost memory, and still-reachable memory over its budget too.
+    Reachable,
+}
+
+/// A run's leak figures after suppressions, and how they compare with the budget.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Judgement {
+    /// Definitely plus indirectly lost, suppressions applied.
+    pub lost: Amount,
+    pub reachable: Amount,
+    /// Lost memory that matched a suppression.
+    pub suppressed: Amount,
+    /// Lost stacks by key, suppressions applied, largest first.
+    pub stacks: Vec<KeyedStack>,
+    /// Why the run is over budget, one line each; empty when within.
+    pub over_budget: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyedStack {
+    pub frames: Vec<String>,
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+/// Compares `report` (built with every stack, reachable ones included) with `budget`.
+pub fn judge(
+    report: &Report,
+    budget: Option<&Budget>,
+    suppressions: &[Suppression],
+    fail_on: FailOn,
+) -> Judgement {
+    let mut judgement = Judgement::default();
+    let mut by_key: BTreeMap<Vec<String>, Amount> = BTreeMap::new();
+    for stack in &report.stacks {
+        let amount = Amount {
+            bytes: stack.bytes,
+            blocks: stack.allocations,
+        };
+        match stack.category {
+            Category::StillReachable => add(&mut judgement.reachable, amount),
+            Category::DefinitelyLost | Category::IndirectlyLost => {
+                if suppressions.iter().any(|s| s.matches(&stack.frames)) {
+                    add(&mut judgement.suppressed, amount);
+                } else {
+                    add(&mut judgement.lost, amount);
+                    add(by_key.entry(stack_key(&stack.frames)).or_default(), amount);
+                }
+            }
+        }
+    }
+    judgement.stacks = by_key
+        .into_iter()
+        .map(|(frames, amount)| KeyedStack {
+            frames,
+            bytes: amount.bytes,
+            blocks: amount.blocks,
+        })
+        .collect();
+    judgement
+        .stacks
+        .sort_by_key(|stack| std::cmp::Reverse((stack.bytes, stack.blocks)));
+
+    let zero = Budget::default();
+    let budget = budget.unwrap_or(&zero);
+    let over = |what: &str, have: Amount, allowed: Amount| {
+        (have.bytes > allowed.bytes || have.blocks > allowed.blocks).then(|| {
+            format!(
+                "{what} {} bytes in {} blocks, over its budget of {} bytes in {} blocks",
+                have.bytes, have.blocks, allowed.bytes, allowed.blocks
+            )
+        })
+    };
+    judgement
+        .over_budget
+        .extend(over("lost", judgement.lost, budget.lost));
+    if fail_on == FailOn::Reachable {
+        judgement.over_budget.extend(over(
+            "still reachable",
+            judgement.reachable,
+            budget.reachable.unwrap_or_default(),
+        ));
+    }
+    if !budget.stacks.is_empty() {
+        for stack in &judgement.stacks {
+            let allowed = budget
+                .stacks
+                .iter()
+                .find(|allowed| allowed.frames == stack.frames);
+            let have = Amount {
+                bytes: stack.bytes,
+                blocks: stack.blocks,
+            };
+            match allowed {
+                None => judgement.over_budget.push(format!(
+                    "lost {} bytes in {} blocks from a stack the baseline does not list: {}",
+                    stack.bytes,
+                    stack.blocks,
+                    stack.frames.join(" <- ")
+                )),
+                Some(allowed) => judgement.over_budget.extend(over(
+                    &format!("stack {}: lost", stack.frames.join(" <- ")),
+                    have,
+                    Amount {
+                        bytes: allowed.bytes,
+                        blocks: allowed.blocks,
+                    },
+                )),
+            }
+        }
+    }
+    judgement
+}
+
+fn add(total: &mut Amount, amount: Amount) {
+    total.bytes += amount.bytes;
+    total.blocks += amount.blocks;
+}
+
+impl Judgement {
+    /// The budget that makes this run pass exactly.
+    pub fn as_budget(&self, fail_on: FailOn) -> Budget {
+        Budget {
+            lost: self.lost,
+            reachable: (fail_on == FailOn::Reachable).then_some(self.reachable),
+            stacks: self
+                .stacks
+                .iter()
+                .map(|stack| StackBudget {
+                    frames: stack.frames.clone(),
+                    bytes: stack.bytes,
+                    blocks: stack.blocks,
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether blessing should record a budget at all (absent means zero).
+    pub fn needs_budget(&self, fail_on: FailOn) -> bool {
+        self.lost.blocks > 0 || (fail_on == FailOn::Reachable && self.reachable.blocks > 0)
+    }
+}
+
+/// The lost, unsuppressed stacks of a report, for showing under a failed test.
+pub fn lost_stacks<'a>(
+    report: &'a Report,
+    suppressions: &'a [Suppression],
+) -> impl Iterator<Item = &'a StackReport> {
+    report.stacks.iter().filter(|stack| {
+        stack.category != Category::StillReachable
+            && !suppressions.iter().any(|s| s.matches(&stack.frames))
+    })
+}

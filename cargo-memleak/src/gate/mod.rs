@@ -1,0 +1,84 @@
+//! The leak gate, shared by `cargo memleak run` and `cargo memleak test`: the baseline file of
+//! leak budgets ([`baseline`]), suppressions ([`suppressions`]), the gate's options and files
+//! ([`Gate`], [`LoadedGate`]), the verdict on one traced run ([`judge`] → [`Judgement`]) and
+//! `--bless`, which writes what a run lost as the budgets ([`bless`]).
+//!
+//! Invariants: a run is judged on a report of every stack (reachable ones included), whatever
+//! the report shown to the user asks for; suppressed memory is counted, never gated; a budget
+//! is recorded only for a run that lost something that counts (absent means zero), and the
+//! baseline is written only by a bless that could measure every test it blesses.
+
+mod baseline;
+mod bless;
+mod judge;
+mod suppressions;
+
+use std::path::{Path, PathBuf};
+
+pub use baseline::{
+    Baseline, Budget, FILE_NAME, SCHEMA_VERSION, StackBudget, StaleEntry, Version, path, stack_key,
+};
+pub use bless::{Blessing, Measured};
+pub use judge::{FailOn, Judgement, KeyedStack, judge, lost_stacks};
+pub use suppressions::{
+    BUILTIN_SUPPRESSIONS, Suppression, builtin_suppressions, read_suppressions,
+};
+
+use crate::{error::Result, report, session::TracedRun};
+
+/// The leak gate's options: budgets, suppressions, and what fails a run.
+#[derive(Clone, Debug, Default)]
+pub struct Gate {
+    /// `--baseline PATH`; the workspace root's `memleak-baseline.json` when `None`.
+    pub baseline: Option<PathBuf>,
+    pub suppressions: Option<PathBuf>,
+    pub fail_on: FailOn,
+    pub allow_incomplete: bool,
+    pub bless: bool,
+}
+
+/// The gate with its files read.
+#[derive(Debug)]
+pub struct LoadedGate {
+    pub path: PathBuf,
+    pub baseline: Baseline,
+    /// The built-in suppressions, the baseline's and the `--suppressions` file's.
+    pub suppressions: Vec<Suppression>,
+    pub options: Gate,
+}
+
+impl Gate {
+    /// Reads the baseline (missing is empty) and the suppressions file.
+    pub fn load(&self, workspace_root: &Path) -> Result<LoadedGate> {
+        let path = baseline::path(self.baseline.as_deref(), workspace_root);
+        let baseline = Baseline::read(&path)?;
+        let mut suppressions = builtin_suppressions();
+        suppressions.extend(baseline.suppressions.iter().cloned());
+        if let Some(file) = &self.suppressions {
+            suppressions.extend(read_suppressions(file)?);
+        }
+        Ok(LoadedGate {
+            path,
+            baseline,
+            suppressions,
+            options: self.clone(),
+        })
+    }
+}
+
+impl LoadedGate {
+    /// Judges one traced run against `budget`: the report of every stack it left, and the
+    /// verdict on it.
+    pub fn judge(&self, run: &TracedRun, budget: Option<&Budget>) -> (report::Report, Judgement) {
+        let report = report::build(
+            run,
+            &report::Options {
+                top: usize::MAX,
+                show_reachable: true,
+                ..report::Options::default()
+            },
+        );
+        let judgement = judge(&report, budget, &self.suppressions, self.options.fail_on);
+        (report, judgement)
+    }
+}
