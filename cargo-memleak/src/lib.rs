@@ -15,6 +15,7 @@ pub mod cli;
 pub mod error;
 pub mod fsutil;
 pub mod gate;
+pub mod incomplete;
 pub mod kernel;
 pub mod outcome;
 pub mod report;

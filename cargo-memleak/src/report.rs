@@ -13,7 +13,12 @@ use memleak_common::Counter;
 use serde::Serialize;
 
 use crate::{
-    classify::Category, scan::Gap, session::TracedRun, spawn::ExitStatus, symbolize::Frame,
+    classify::Category,
+    incomplete::{Incomplete, Reasons},
+    scan::Gap,
+    session::TracedRun,
+    spawn::ExitStatus,
+    symbolize::Frame,
     tracer::Outstanding,
 };
 
@@ -76,8 +81,10 @@ pub struct Report {
     pub counters: BTreeMap<&'static str, u64>,
     /// Counters that lost data, non-zero only. Non-empty means the trace is incomplete.
     pub dropped: BTreeMap<&'static str, u64>,
-    /// Why the trace is incomplete, in words (drops included). Empty when complete.
-    pub incomplete: Vec<String>,
+    /// Why the trace is incomplete (drops included): `incomplete` in words and
+    /// `incomplete_reasons` as data. Empty when complete.
+    #[serde(flatten)]
+    pub incomplete: Reasons,
     /// Roots the leak scan could not see while nothing was lost: they can only make memory
     /// look lost, so the result stands.
     pub unseen: Vec<Gap>,
@@ -212,13 +219,10 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
         .into_iter()
         .map(|(counter, value)| (counter.name(), value))
         .collect();
-    let mut incomplete: Vec<String> = counters
+    let mut incomplete: Vec<Incomplete> = counters
         .drops()
         .into_iter()
-        .map(|(counter, value)| match counter.remedy() {
-            Some(remedy) => format!("{}: {value}, {remedy}", counter.name()),
-            None => format!("{}: {value}", counter.name()),
-        })
+        .map(|(counter, n)| Incomplete::Dropped { counter, n })
         .collect();
     incomplete.extend(run.incomplete.iter().cloned());
 
@@ -235,7 +239,7 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
             .map(|&counter| (counter.name(), counters.get(counter)))
             .collect(),
         dropped,
-        incomplete,
+        incomplete: Reasons(incomplete),
         unseen: run.unseen.clone(),
     }
 }
@@ -390,11 +394,11 @@ pub fn stacks_shown(shown: usize, matching: usize) -> String {
 }
 
 /// `dropped: none`, or `INCOMPLETE: ` and the reasons.
-pub fn dropped_words(incomplete: &[String]) -> String {
+pub fn dropped_words(incomplete: &Reasons) -> String {
     if incomplete.is_empty() {
         "dropped: none".to_owned()
     } else {
-        format!("INCOMPLETE: {}", incomplete.join("; "))
+        format!("INCOMPLETE: {}", incomplete.joined())
     }
 }
 

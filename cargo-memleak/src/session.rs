@@ -15,6 +15,7 @@ use crate::{
     allocator::{self, RustAllocator},
     classify::{self, Block, Classification},
     error::Result,
+    incomplete::Incomplete,
     scan::{self, Gap, ProcessMemory, SystemObjects, Threads},
     spawn::{self, Command, Event, ExitStatus, Running},
     symbolize::{Frame, Symbolizer},
@@ -45,7 +46,7 @@ pub struct TracedRun {
     /// The category of each of `trace`'s outstanding allocations, in order.
     pub classification: Option<Classification>,
     /// Reasons the trace is incomplete, other than the drop counters.
-    pub incomplete: Vec<String>,
+    pub incomplete: Vec<Incomplete>,
     /// Roots the scan could not see, when nothing was lost (so they cannot change the result;
     /// with something lost they are in `incomplete`).
     pub unseen: Vec<Gap>,
@@ -185,11 +186,7 @@ pub fn trace(
     let scanned = root.scanned.take().transpose()?;
     forgotten?;
     if scanned.is_none() && !timed_out {
-        root.incomplete.push(
-            "the process ended without an exit stop (killed by SIGKILL?): its outstanding \
-             allocations could not be read"
-                .into(),
-        );
+        root.incomplete.push(Incomplete::NoExitStop);
     }
     let mut run = root.into_run(status, scanned);
     run.output = output;
@@ -257,9 +254,9 @@ fn follow(
                     && followed.attachment.is_some()
                     && let Err(err) = tracer.inherit(parent, child)
                 {
-                    followed.incomplete.push(format!(
-                        "its parent's outstanding blocks could not be copied at the fork: {err}"
-                    ));
+                    followed.incomplete.push(Incomplete::NotInherited {
+                        error: err.to_string(),
+                    });
                 }
                 children.insert(child, followed);
                 running.resume(parent);
@@ -282,9 +279,9 @@ fn follow(
                         if child.attachment.is_some()
                             && let Err(err) = tracer.restart(execed)
                         {
-                            child
-                                .incomplete
-                                .push(format!("restarting after its exec: {err}"));
+                            child.incomplete.push(Incomplete::NotRestarted {
+                                error: err.to_string(),
+                            });
                         }
                         if let (Some(attachment), Some(exe)) =
                             (child.attachment.as_mut(), executable.as_deref())
@@ -345,7 +342,7 @@ struct Followed {
     /// What was read at its exit stop (an error reading the maps is the run's error).
     scanned: Option<Result<Scanned>>,
     status: Option<ExitStatus>,
-    incomplete: Vec<String>,
+    incomplete: Vec<Incomplete>,
     /// Why it could not be traced at all.
     untraced: Option<String>,
 }
@@ -355,7 +352,7 @@ struct Scanned {
     trace: ProcessTrace,
     frames: HashMap<u64, Vec<Frame>>,
     classification: Classification,
-    incomplete: Vec<String>,
+    incomplete: Vec<Incomplete>,
     unseen: Vec<Gap>,
 }
 
@@ -482,8 +479,9 @@ impl Followed {
         let run = match (self.scanned.take(), self.status.clone()) {
             (Some(Ok(scanned)), Some(status)) => Some(self.into_run(status, Some(scanned))),
             (Some(Err(err)), Some(status)) => {
-                self.incomplete
-                    .push(format!("its trace could not be read at its exit: {err}"));
+                self.incomplete.push(Incomplete::TraceUnreadable {
+                    error: err.to_string(),
+                });
                 Some(self.into_run(status, None))
             }
             _ => None,
@@ -505,12 +503,12 @@ pub fn probe_program_allocators(
     tracer: &mut Tracer,
     attachment: &mut Attachment,
     executable: &std::path::Path,
-) -> Option<String> {
+) -> Option<Incomplete> {
     let not_traced = |why: String| {
-        Some(format!(
-            "the Rust allocations of {} were not traced: {why}",
-            executable.display()
-        ))
+        Some(Incomplete::RustAllocationsNotTraced {
+            executable: executable.to_owned(),
+            why,
+        })
     };
     let probed = tracer.probes().object.clone();
     let same_file = |a: &std::path::Path, b: &std::path::Path| {
@@ -534,11 +532,11 @@ pub fn probe_program_allocators(
     }
     for known in &allocators.known {
         if let Err(err) = tracer.attach_object(attachment, &known.probes) {
-            return Some(format!(
-                "the {} functions of {} were not traced: they could not be probed ({err})",
-                known.name,
-                executable.display()
-            ));
+            return Some(Incomplete::KnownAllocatorNotProbed {
+                name: known.name.to_string(),
+                executable: executable.to_owned(),
+                error: err.to_string(),
+            });
         }
     }
     match allocators.rust {
@@ -590,13 +588,12 @@ fn claim_allocator_maps(
 }
 
 /// Why the C allocations of an executable with a `malloc` of its own were not traced.
-fn own_malloc_untraced(executable: &Path, probed: &Path, why: &str) -> String {
-    format!(
-        "{} defines malloc itself, so its C allocations never reach {} and were not traced \
-         ({why}); name its allocator with --allocator-object",
-        executable.display(),
-        probed.display(),
-    )
+fn own_malloc_untraced(executable: &Path, probed: &Path, why: &str) -> Incomplete {
+    Incomplete::DefinesMalloc {
+        executable: executable.to_owned(),
+        probed: probed.to_owned(),
+        why: why.to_owned(),
+    }
 }
 
 /// The command line of process `pid`, from /proc.
@@ -622,7 +619,7 @@ fn lock(tracer: &Mutex<Tracer>) -> MutexGuard<'_, Tracer> {
 struct Scan {
     classification: Classification,
     /// Why the result may be wrong.
-    incomplete: Vec<String>,
+    incomplete: Vec<Incomplete>,
     /// Roots it could not see, which cannot change a result with nothing lost.
     unseen: Vec<Gap>,
 }
@@ -649,9 +646,9 @@ fn scan_for_leaks(trace: &ProcessTrace, threads: &Threads, allocator: &std::path
                     categories: vec![classify::Category::DefinitelyLost; blocks.len()],
                     ..Classification::default()
                 },
-                incomplete: vec![format!(
-                    "the memory map could not be read ({err}): nothing was scanned for pointers"
-                )],
+                incomplete: vec![Incomplete::MemoryMapUnreadable {
+                    error: err.to_string(),
+                }],
                 unseen: Vec::new(),
             };
         }
@@ -669,11 +666,9 @@ fn scan_for_leaks(trace: &ProcessTrace, threads: &Threads, allocator: &std::path
             .collect(),
     };
     if objects.allocator.is_empty() {
-        incomplete.push(format!(
-            "the program never loaded {}, so its allocations were not traced \
-             (statically linked, or another allocator? see --allocator-object)",
-            allocator.display()
-        ));
+        incomplete.push(Incomplete::AllocatorNotLoaded {
+            allocator: allocator.to_owned(),
+        });
     }
     let (mut roots, mut gaps) = scan::roots(&maps, &blocks, threads, &objects);
     let callers = trace.outstanding.iter().map(|alloc| {
@@ -696,7 +691,7 @@ fn scan_for_leaks(trace: &ProcessTrace, threads: &Threads, allocator: &std::path
         .iter()
         .any(|&category| category != classify::Category::StillReachable);
     let unseen = if lost {
-        incomplete.extend(gaps.iter().map(Gap::to_string));
+        incomplete.extend(gaps.iter().cloned().map(Incomplete::from));
         Vec::new()
     } else {
         gaps

@@ -24,7 +24,8 @@ use serde::Serialize;
 use crate::{
     build::{BuildOptions, Executable, TestSelection},
     error::{Error, Result},
-    gate::{self, Blessing, Budget, Gate, Judgement, LoadedGate, Measured, StaleEntry},
+    gate::{self, Blessing, Budget, Gate, Judgement, LoadedGate, Measured, OverBudget, StaleEntry},
+    incomplete::{self, Incomplete, Reasons},
     outcome::Outcome,
     report::{self, Amount, LeakSummary, StackReport},
     scan::Gap,
@@ -86,17 +87,104 @@ struct TestCase {
     ignored: bool,
 }
 
+/// Why a test failed. Serialized tagged by `kind` (a budget overrun by its own kind, see
+/// [`OverBudget`]); `Display` is the sentence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Failure {
+    /// cargo-memleak could not run it traced.
+    NotRun { error: String },
+    /// `--timeout` killed it (and its process group).
+    TimedOut {
+        #[serde(rename = "after_secs", serialize_with = "seconds")]
+        after: Duration,
+    },
+    /// The test itself failed: a non-zero exit or a signal.
+    TestFailed { exit: ExitStatus },
+    /// Its trace is incomplete (and `--allow-incomplete` was not given).
+    Incomplete { reasons: Vec<Incomplete> },
+    /// It lost more than its budget.
+    #[serde(untagged)]
+    OverBudget(OverBudget),
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+impl Failure {
+    /// Whether this failure leaves what the test lost unknown (everything but a budget
+    /// overrun): such a run cannot be blessed.
+    pub fn unmeasured(&self) -> bool {
+        !matches!(self, Failure::OverBudget(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotRun { error } => write!(f, "cargo-memleak could not run it: {error}"),
+            Failure::TimedOut { after } => write!(
+                f,
+                "timed out after {} s; its process group was killed",
+                after.as_secs_f64()
+            ),
+            Failure::TestFailed { exit } => write!(f, "the test failed: {exit}"),
+            Failure::Incomplete { reasons } => write!(
+                f,
+                "the trace is incomplete ({}); --allow-incomplete accepts that",
+                incomplete::joined(reasons)
+            ),
+            Failure::OverBudget(over) => over.fmt(f),
+        }
+    }
+}
+
+/// Why a test failed; serialized (flattened into its result) as `failures`, the sentences, and
+/// `failure_reasons`, the failures themselves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failures(pub Vec<Failure>);
+
+impl Failures {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether any failure leaves what the test lost unknown: see [`Failure::unmeasured`].
+    pub fn unmeasured(&self) -> bool {
+        self.0.iter().any(Failure::unmeasured)
+    }
+
+    /// The sentences, joined by `; `.
+    pub fn joined(&self) -> String {
+        self.0
+            .iter()
+            .map(Failure::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl Serialize for Failures {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let words: Vec<String> = self.0.iter().map(Failure::to_string).collect();
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("failures", &words)?;
+        map.serialize_entry("failure_reasons", &self.0)?;
+        map.end()
+    }
+}
+
 /// How one test went.
 #[derive(Clone, Debug, Serialize)]
 pub struct TestResult {
     pub binary_id: String,
     pub test: String,
     /// Why it failed; empty when it passed.
-    pub failures: Vec<String>,
-    /// Failures that are not about leaks (the test failed, timed out, was not fully traced, or
-    /// could not be run): such a run cannot be blessed.
-    #[serde(skip)]
-    pub unmeasured: bool,
+    #[serde(flatten)]
+    pub failures: Failures,
     pub exit: Option<ExitStatus>,
     pub timed_out: bool,
     pub duration_ms: f64,
@@ -106,7 +194,8 @@ pub struct TestResult {
     pub leak_summary: LeakSummary,
     /// Lost stacks, unsuppressed, with their frames.
     pub stacks: Vec<StackReport>,
-    pub incomplete: Vec<String>,
+    #[serde(flatten)]
+    pub incomplete: Reasons,
     /// Roots the scan could not see while nothing was lost (they cannot change the result).
     pub unseen: Vec<Gap>,
     pub budget: Option<Budget>,
@@ -480,8 +569,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     let mut result = TestResult {
         binary_id: case.binary.id.clone(),
         test: case.name.clone(),
-        failures: Vec::new(),
-        unmeasured: false,
+        failures: Failures::default(),
         exit: None,
         timed_out: false,
         duration_ms: 0.0,
@@ -490,7 +578,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         suppressed: Amount::default(),
         leak_summary: LeakSummary::default(),
         stacks: Vec::new(),
-        incomplete: Vec::new(),
+        incomplete: Reasons::default(),
         unseen: Vec::new(),
         budget,
         judgement: Judgement::default(),
@@ -502,10 +590,9 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     let run = match traced {
         Ok(run) => run,
         Err(err) => {
-            result.unmeasured = true;
-            result
-                .failures
-                .push(format!("cargo-memleak could not run it: {err}"));
+            result.failures.0.push(Failure::NotRun {
+                error: err.to_string(),
+            });
             return result;
         }
     };
@@ -523,33 +610,33 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         .cloned()
         .collect();
 
+    let failures = &mut result.failures.0;
     if run.timed_out {
-        result.unmeasured = true;
-        result.failures.push(format!(
-            "timed out after {} s; its process group was killed",
-            options.timeout.unwrap_or_default().as_secs_f64()
-        ));
+        failures.push(Failure::TimedOut {
+            after: options.timeout.unwrap_or_default(),
+        });
     } else if !run.status.success() {
-        result.unmeasured = true;
-        result
-            .failures
-            .push(format!("the test failed: {}", run.status));
+        failures.push(Failure::TestFailed {
+            exit: run.status.clone(),
+        });
     }
     if !report.is_complete() && !run.timed_out {
         if gate.options.allow_incomplete {
             // Reported, not failed.
         } else {
-            result.unmeasured = true;
-            result.failures.push(format!(
-                "the trace is incomplete ({}); --allow-incomplete accepts that",
-                report.incomplete.join("; ")
-            ));
+            failures.push(Failure::Incomplete {
+                reasons: report.incomplete.0.clone(),
+            });
         }
     }
     if !gate.options.bless && !run.timed_out {
-        result
-            .failures
-            .extend(judgement.over_budget.iter().cloned());
+        failures.extend(
+            judgement
+                .over_budget
+                .iter()
+                .cloned()
+                .map(Failure::OverBudget),
+        );
     }
     result.judgement = judgement;
     result
@@ -564,7 +651,7 @@ fn failure_message(result: &TestResult, top: usize) -> Option<String> {
     let mut out = String::new();
     // libtest's heading names the test only; several binaries may have one of that name.
     let _ = writeln!(out, "in test binary {}", result.binary_id);
-    for failure in &result.failures {
+    for failure in &result.failures.0 {
         let _ = writeln!(out, "memleak: {failure}");
     }
     if result.lost.blocks > 0 {
@@ -615,7 +702,7 @@ fn failure_message(result: &TestResult, top: usize) -> Option<String> {
             amount.bytes, amount.blocks
         );
     }
-    if result.unmeasured
+    if result.failures.unmeasured()
         && let Some(output) = &result.output
         && !output.is_empty()
     {
@@ -640,7 +727,7 @@ fn bless(
             binary_id: &result.binary_id,
             test: &result.test,
             judgement: &result.judgement,
-            measured: !result.unmeasured,
+            measured: !result.failures.unmeasured(),
         }),
         stale,
     )?;
@@ -676,8 +763,8 @@ fn junit(results: &[TestResult], skipped: &[(String, String)]) -> Result<String>
             Some(message) => {
                 let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 status
-                    .set_message(result.failures.join("; "))
-                    .set_type(if result.unmeasured {
+                    .set_message(result.failures.joined())
+                    .set_type(if result.failures.unmeasured() {
                         "test failure"
                     } else {
                         "leak over budget"

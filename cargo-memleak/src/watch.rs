@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::{
     allocator,
     error::{Error, Result},
+    incomplete::{Incomplete, Reasons},
     outcome::Outcome,
     report::{Format, SortKey, clock_time, dropped_words, render_frame, stacks_shown},
     session::{self, TraceOptions},
@@ -72,8 +73,10 @@ pub struct Snapshot {
     pub counters: BTreeMap<&'static str, u64>,
     /// Counters that lost data, non-zero only (not `free_unknown`: expected here).
     pub dropped: BTreeMap<&'static str, u64>,
-    /// Why the report is incomplete, in words. Empty when complete.
-    pub incomplete: Vec<String>,
+    /// Why the report is incomplete: `incomplete` in words and `incomplete_reasons` as data.
+    /// Empty when complete.
+    #[serde(flatten)]
+    pub incomplete: Reasons,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -195,24 +198,23 @@ pub fn snapshot(
 }
 
 /// The drops of a trace that began mid-run: everything but frees of unknown blocks.
-fn drops(counters: &Counters) -> (BTreeMap<&'static str, u64>, Vec<String>) {
+fn drops(counters: &Counters) -> (BTreeMap<&'static str, u64>, Reasons) {
     let drops: Vec<(Counter, u64)> = counters
         .drops()
         .into_iter()
         .filter(|&(counter, _)| counter != Counter::FreeUnknown)
         .collect();
-    let words = drops
-        .iter()
-        .map(|&(counter, value)| match counter.remedy() {
-            Some(remedy) => format!("{}: {value}, {remedy}", counter.name()),
-            None => format!("{}: {value}", counter.name()),
-        })
-        .collect();
+    let reasons = Reasons(
+        drops
+            .iter()
+            .map(|&(counter, n)| Incomplete::Dropped { counter, n })
+            .collect(),
+    );
     let by_name = drops
         .into_iter()
         .map(|(counter, value)| (counter.name(), value))
         .collect();
-    (by_name, words)
+    (by_name, reasons)
 }
 
 /// BCC's layout: a timestamped heading, then each stack with its frames.

@@ -35,8 +35,68 @@ pub struct Judgement {
     pub suppressed: Amount,
     /// Lost stacks by key, suppressions applied, largest first.
     pub stacks: Vec<KeyedStack>,
-    /// Why the run is over budget, one line each; empty when within.
-    pub over_budget: Vec<String>,
+    /// Why the run is over budget; empty when within.
+    pub over_budget: Vec<OverBudget>,
+}
+
+/// One way a run is over its budget. Serialized tagged by `kind`; `Display` is the sentence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind")]
+#[non_exhaustive]
+pub enum OverBudget {
+    /// Lost more than the budget's `lost`.
+    #[serde(rename = "lost_over_budget")]
+    Lost { lost: Amount, budget: Amount },
+    /// `--fail-on reachable`: more still reachable than the budget's `reachable`.
+    #[serde(rename = "reachable_over_budget")]
+    Reachable { reachable: Amount, budget: Amount },
+    /// A stack the budget lists lost more than its own budget.
+    #[serde(rename = "stack_over_budget")]
+    Stack {
+        frames: Vec<String>,
+        lost: Amount,
+        budget: Amount,
+    },
+    /// A stack lost memory and the budget, which lists stacks, does not list it.
+    #[serde(rename = "unlisted_stack")]
+    UnlistedStack { frames: Vec<String>, lost: Amount },
+}
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let over = |f: &mut std::fmt::Formatter<'_>, have: &Amount, allowed: &Amount| {
+            write!(
+                f,
+                " {} bytes in {} blocks, over its budget of {} bytes in {} blocks",
+                have.bytes, have.blocks, allowed.bytes, allowed.blocks
+            )
+        };
+        match self {
+            OverBudget::Lost { lost, budget } => {
+                f.write_str("lost")?;
+                over(f, lost, budget)
+            }
+            OverBudget::Reachable { reachable, budget } => {
+                f.write_str("still reachable")?;
+                over(f, reachable, budget)
+            }
+            OverBudget::Stack {
+                frames,
+                lost,
+                budget,
+            } => {
+                write!(f, "stack {}: lost", frames.join(" <- "))?;
+                over(f, lost, budget)
+            }
+            OverBudget::UnlistedStack { frames, lost } => write!(
+                f,
+                "lost {} bytes in {} blocks from a stack the baseline does not list: {}",
+                lost.bytes,
+                lost.blocks,
+                frames.join(" <- ")
+            ),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,23 +146,20 @@ pub fn judge(
 
     let zero = Budget::default();
     let budget = budget.unwrap_or(&zero);
-    let over = |what: &str, have: Amount, allowed: Amount| {
-        (have.bytes > allowed.bytes || have.blocks > allowed.blocks).then(|| {
-            format!(
-                "{what} {} bytes in {} blocks, over its budget of {} bytes in {} blocks",
-                have.bytes, have.blocks, allowed.bytes, allowed.blocks
-            )
-        })
-    };
-    judgement
-        .over_budget
-        .extend(over("lost", judgement.lost, budget.lost));
-    if fail_on == FailOn::Reachable {
-        judgement.over_budget.extend(over(
-            "still reachable",
-            judgement.reachable,
-            budget.reachable.unwrap_or_default(),
-        ));
+    let over =
+        |have: Amount, allowed: Amount| have.bytes > allowed.bytes || have.blocks > allowed.blocks;
+    if over(judgement.lost, budget.lost) {
+        judgement.over_budget.push(OverBudget::Lost {
+            lost: judgement.lost,
+            budget: budget.lost,
+        });
+    }
+    let reachable_budget = budget.reachable.unwrap_or_default();
+    if fail_on == FailOn::Reachable && over(judgement.reachable, reachable_budget) {
+        judgement.over_budget.push(OverBudget::Reachable {
+            reachable: judgement.reachable,
+            budget: reachable_budget,
+        });
     }
     if !budget.stacks.is_empty() {
         for stack in &judgement.stacks {
@@ -115,20 +172,23 @@ pub fn judge(
                 blocks: stack.blocks,
             };
             match allowed {
-                None => judgement.over_budget.push(format!(
-                    "lost {} bytes in {} blocks from a stack the baseline does not list: {}",
-                    stack.bytes,
-                    stack.blocks,
-                    stack.frames.join(" <- ")
-                )),
-                Some(allowed) => judgement.over_budget.extend(over(
-                    &format!("stack {}: lost", stack.frames.join(" <- ")),
-                    have,
-                    Amount {
+                None => judgement.over_budget.push(OverBudget::UnlistedStack {
+                    frames: stack.frames.clone(),
+                    lost: have,
+                }),
+                Some(allowed) => {
+                    let allowed = Amount {
                         bytes: allowed.bytes,
                         blocks: allowed.blocks,
-                    },
-                )),
+                    };
+                    if over(have, allowed) {
+                        judgement.over_budget.push(OverBudget::Stack {
+                            frames: stack.frames.clone(),
+                            lost: have,
+                            budget: allowed,
+                        });
+                    }
+                }
             }
         }
     }

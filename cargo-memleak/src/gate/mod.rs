@@ -19,7 +19,7 @@ pub use baseline::{
     Baseline, Budget, FILE_NAME, SCHEMA_VERSION, StackBudget, StaleEntry, Version, path, stack_key,
 };
 pub use bless::{Blessing, Measured};
-pub use judge::{FailOn, Judgement, KeyedStack, judge, lost_stacks};
+pub use judge::{FailOn, Judgement, KeyedStack, OverBudget, judge, lost_stacks};
 pub use suppressions::{
     BUILTIN_SUPPRESSIONS, Suppression, builtin_suppressions, read_suppressions,
 };
