@@ -18,7 +18,7 @@ use crate::{
     gate::{FailOn, Gate, LoadedGate},
     kernel,
     outcome::{self, Outcome},
-    report::{self, Format, SortKey},
+    report::{self, Format, PeriodicOptions, SortKey, StackOptions},
     session::{self, TraceOptions},
     spawn::Command,
     symbolize::Symbolizer,
@@ -143,12 +143,16 @@ impl PeriodicArgs {
         Ok(watch::Options {
             interval: Duration::from_secs_f64(self.interval),
             count: self.count,
-            older: Duration::from_millis(self.older),
-            top: stacks.top,
-            sort: stacks.sort,
-            min_size: stacks.min_size,
-            max_size: stacks.max_size,
-            show_allocs: self.show_allocs,
+            report: PeriodicOptions {
+                older: Duration::from_millis(self.older),
+                stacks: StackOptions {
+                    top: stacks.top,
+                    sort: stacks.sort,
+                    min_size: stacks.min_size,
+                    max_size: stacks.max_size,
+                    show_allocs: self.show_allocs,
+                },
+            },
             format: self.format,
         })
     }
@@ -409,11 +413,13 @@ impl ReportArgs {
     fn options(&self) -> Result<report::Options> {
         self.stacks.check()?;
         Ok(report::Options {
-            top: self.stacks.top,
-            sort: self.stacks.sort,
-            min_size: self.stacks.min_size,
-            max_size: self.stacks.max_size,
-            show_allocs: self.show_allocs,
+            stacks: StackOptions {
+                top: self.stacks.top,
+                sort: self.stacks.sort,
+                min_size: self.stacks.min_size,
+                max_size: self.stacks.max_size,
+                show_allocs: self.show_allocs,
+            },
             show_reachable: self.show_reachable,
         })
     }

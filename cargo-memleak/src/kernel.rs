@@ -21,6 +21,7 @@ use nix::{
 use crate::{
     error::{Error, Result},
     outcome::Outcome,
+    report,
     symbolize::Symbolizer,
     tracer::{KernelEvent, KernelTracer, Limits},
     watch::{self, End, Interrupts},
@@ -76,11 +77,11 @@ pub fn trace(options: &watch::Options, percpu: bool, limits: Limits) -> Result<O
         // Per-CPU pointers are small enough to pass for frame numbers: only the default set
         // traces pages.
         let pfn_of = |key| if percpu { None } else { page_frame(key) };
-        let snapshot = watch::snapshot("kernel", &trace, options, pfn_of, |addrs| {
+        let snapshot = report::snapshot("kernel", &trace, &options.report, pfn_of, |addrs| {
             symbolizer.symbolize_kernel(addrs)
         });
         incomplete |= !snapshot.incomplete.is_empty();
-        print!("{}", watch::render(&snapshot, options.format));
+        print!("{}", report::render_periodic(&snapshot, options.format));
         Ok(())
     });
     drop(tracer);

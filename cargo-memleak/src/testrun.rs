@@ -27,7 +27,10 @@ use crate::{
     gate::{self, Blessing, Budget, Gate, Judgement, LoadedGate, Measured, OverBudget, StaleEntry},
     incomplete::{self, Incomplete, Reasons},
     outcome::Outcome,
-    report::{self, Amount, LeakSummary, StackReport},
+    report::{
+        Amount, LeakSummary, Stack,
+        text::{Frames, write_amount, write_stack},
+    },
     scan::Gap,
     session::{self, TraceOptions},
     spawn::{Command, ExitStatus},
@@ -193,7 +196,7 @@ pub struct TestResult {
     pub suppressed: Amount,
     pub leak_summary: LeakSummary,
     /// Lost stacks, unsuppressed, with their frames.
-    pub stacks: Vec<StackReport>,
+    pub stacks: Vec<Stack>,
     #[serde(flatten)]
     pub incomplete: Reasons,
     /// Roots the scan could not see while nothing was lost (they cannot change the result).
@@ -656,34 +659,8 @@ fn failure_message(result: &TestResult, top: usize) -> Option<String> {
     }
     if result.lost.blocks > 0 {
         for stack in result.stacks.iter().take(top) {
-            let _ = writeln!(
-                out,
-                "\t{} bytes in {} allocations from stack ({})",
-                stack.bytes,
-                stack.allocations,
-                report::category_words(stack.category)
-            );
             // Below the test's own frames lies libtest's harness: leave it out.
-            let shown = stack
-                .frames
-                .iter()
-                .take_while(|frame| {
-                    !frame
-                        .symbol
-                        .as_deref()
-                        .is_some_and(|symbol| symbol.starts_with("test::"))
-                })
-                .collect::<Vec<_>>();
-            for frame in &shown {
-                let _ = writeln!(out, "\t\t{}", report::render_frame(frame));
-            }
-            if shown.len() < stack.frames.len() {
-                let _ = writeln!(
-                    out,
-                    "\t\t... {} frames of the test harness",
-                    stack.frames.len() - shown.len()
-                );
-            }
+            write_stack(&mut out, stack, Frames::AboveHarness);
         }
         if result.stacks.len() > top {
             let _ = writeln!(out, "\t({} more stacks)", result.stacks.len() - top);
@@ -696,11 +673,7 @@ fn failure_message(result: &TestResult, top: usize) -> Option<String> {
         ("still reachable", summary.still_reachable),
         ("suppressed", result.suppressed),
     ] {
-        let _ = writeln!(
-            out,
-            "{words:>19}: {} bytes in {} blocks",
-            amount.bytes, amount.blocks
-        );
+        write_amount(&mut out, words, amount);
     }
     if result.failures.unmeasured()
         && let Some(output) = &result.output

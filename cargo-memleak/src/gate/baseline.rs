@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::Suppression;
 use crate::{
     error::{Error, Result},
-    report::Amount,
+    report::{Amount, above_harness},
     symbolize::Frame,
 };
 
@@ -154,7 +154,8 @@ pub fn path(given: Option<&Path>, workspace_root: &Path) -> PathBuf {
 /// impls, `__rust_alloc`, ...), so it names the code that allocated and survives toolchain
 /// changes. A stack of standard-library frames only is keyed by those. Unknown frames are `??`.
 pub fn stack_key(frames: &[Frame]) -> Vec<String> {
-    let names: Vec<String> = frames
+    // libtest's harness is below the test: not part of what leaked.
+    let names: Vec<String> = above_harness(frames)
         .iter()
         .map(|frame| frame.symbol.clone().unwrap_or_else(|| "??".into()))
         .collect();
@@ -169,16 +170,15 @@ pub fn stack_key(frames: &[Frame]) -> Vec<String> {
                 .iter()
                 .any(|prefix| name.starts_with(prefix))
     };
-    // libtest's harness is below the test: not part of what leaked.
-    let before_harness = || names.iter().take_while(|name| !name.starts_with("test::"));
-    let key: Vec<String> = before_harness()
+    let key: Vec<String> = names
+        .iter()
         .filter(|name| !plumbing(name))
         .take(STACK_KEY_FRAMES)
         .cloned()
         .collect();
     if key.is_empty() {
         // Only the standard library's own frames (its runtime allocating): key by those.
-        return before_harness().take(STACK_KEY_FRAMES).cloned().collect();
+        return names.into_iter().take(STACK_KEY_FRAMES).collect();
     }
     key
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Budget, StackBudget, Suppression, stack_key};
 use crate::{
     classify::Category,
-    report::{Amount, Report, StackReport},
+    report::{Amount, Report, Stack},
 };
 
 /// What counts toward the gate.
@@ -121,8 +121,9 @@ pub fn judge(
             blocks: stack.allocations,
         };
         match stack.category {
-            Category::StillReachable => add(&mut judgement.reachable, amount),
-            Category::DefinitelyLost | Category::IndirectlyLost => {
+            Some(Category::StillReachable) => add(&mut judgement.reachable, amount),
+            // A report at exit classifies every stack; one that is not is counted as lost.
+            Some(Category::DefinitelyLost | Category::IndirectlyLost) | None => {
                 if suppressions.iter().any(|s| s.matches(&stack.frames)) {
                     add(&mut judgement.suppressed, amount);
                 } else {
@@ -228,9 +229,9 @@ impl Judgement {
 pub fn lost_stacks<'a>(
     report: &'a Report,
     suppressions: &'a [Suppression],
-) -> impl Iterator<Item = &'a StackReport> {
+) -> impl Iterator<Item = &'a Stack> {
     report.stacks.iter().filter(|stack| {
-        stack.category != Category::StillReachable
+        stack.category != Some(Category::StillReachable)
             && !suppressions.iter().any(|s| s.matches(&stack.frames))
     })
 }

@@ -73,9 +73,11 @@ impl LoadedGate {
         let report = report::build(
             run,
             &report::Options {
-                top: usize::MAX,
+                stacks: report::StackOptions {
+                    top: usize::MAX,
+                    ..report::StackOptions::default()
+                },
                 show_reachable: true,
-                ..report::Options::default()
             },
         );
         let judgement = judge(&report, budget, &self.suppressions, self.options.fail_on);

@@ -1,0 +1,143 @@
+//! The report at a traced program's exit: every outstanding allocation classified (definitely
+//! lost, indirectly lost, still reachable), memcheck's leak summary, and the stacks asked for.
+//!
+//! Invariants: totals and the leak summary count every outstanding allocation, whatever the
+//! filters; still-reachable stacks are listed only when asked for; an allocation the scan did
+//! not classify (no exit stop) counts as definitely lost.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::model::{self, Alloc, LeakSummary, Stack, StackOptions};
+use crate::{
+    classify::Category, incomplete::Reasons, scan::Gap, session::TracedRun, spawn::ExitStatus,
+    symbolize::Frame, tracer::Outstanding,
+};
+
+/// What goes into a report at exit.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub stacks: StackOptions,
+    /// List still-reachable stacks too, not only lost ones.
+    pub show_reachable: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub program: String,
+    /// How the program ended.
+    pub exit: ExitStatus,
+    /// Stacks with lost allocations, and reachable ones if asked (filtered, sorted, top N).
+    pub stacks: Vec<Stack>,
+    /// Stacks that passed the filters, before the top-N cut.
+    pub matching_stacks: usize,
+    /// All outstanding memory at exit, unfiltered.
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// Outstanding memory by category, unfiltered.
+    pub leak_summary: LeakSummary,
+    /// Every counter of the tracer, by name.
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Counters that lost data, non-zero only. Non-empty means the trace is incomplete.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Why the trace is incomplete (drops included): `incomplete` in words and
+    /// `incomplete_reasons` as data. Empty when complete.
+    #[serde(flatten)]
+    pub incomplete: Reasons,
+    /// Roots the leak scan could not see while nothing was lost: they can only make memory
+    /// look lost, so the result stands.
+    pub unseen: Vec<Gap>,
+}
+
+impl Report {
+    pub fn is_complete(&self) -> bool {
+        self.incomplete.is_empty()
+    }
+}
+
+/// Builds the report of one traced run.
+pub fn build(run: &TracedRun, options: &Options) -> Report {
+    let outstanding: &[Outstanding] = run
+        .trace
+        .as_ref()
+        .map(|trace| trace.outstanding.as_slice())
+        .unwrap_or_default();
+    let counters = run
+        .trace
+        .as_ref()
+        .map(|trace| trace.counters)
+        .unwrap_or_default();
+    let no_stacks = Default::default();
+    let stacks_of = run.trace.as_ref().map_or(&no_stacks, |trace| &trace.stacks);
+
+    // Without a scan (no exit stop) nothing can be called reachable.
+    let category = |index: usize| {
+        run.classification
+            .as_ref()
+            .and_then(|classification| classification.categories.get(index).copied())
+            .unwrap_or(Category::DefinitelyLost)
+    };
+    let mut leak_summary = LeakSummary::default();
+    for (index, alloc) in outstanding.iter().enumerate() {
+        leak_summary.add(category(index), alloc.size);
+    }
+    let shown = outstanding
+        .iter()
+        .enumerate()
+        .map(|(index, alloc)| (category(index), alloc))
+        .filter(|&(category, _)| options.show_reachable || category != Category::StillReachable)
+        .map(|(category, alloc)| (Some(category), alloc));
+    let mut stacks: Vec<Stack> = model::group(shown, &options.stacks)
+        .into_iter()
+        .map(|group| Stack {
+            category: group.category,
+            bytes: group.bytes(),
+            allocations: group.allocations(),
+            frames: model::stack_frames(stacks_of, &run.frames, group.stack_id),
+            allocs: options.stacks.show_allocs.then(|| {
+                group
+                    .allocs
+                    .iter()
+                    .map(|alloc| Alloc {
+                        addr: Some(alloc.addr),
+                        pfn: None,
+                        size: alloc.size,
+                        age_ms: None,
+                    })
+                    .collect()
+            }),
+        })
+        .collect();
+    let matching_stacks = model::order_and_cut(
+        &mut stacks,
+        options.stacks.sort,
+        options.stacks.top,
+        |stack| (stack.category, stack.bytes, stack.allocations),
+        |a, b| frame_key(&a.frames).cmp(&frame_key(&b.frames)),
+    );
+
+    let (dropped, mut incomplete) = model::drops(&counters, &[]);
+    incomplete.extend(run.incomplete.iter().cloned());
+
+    Report {
+        program: run.program.clone(),
+        exit: run.status.clone(),
+        stacks,
+        matching_stacks,
+        outstanding_bytes: outstanding.iter().map(|alloc| alloc.size).sum(),
+        outstanding_allocations: outstanding.len() as u64,
+        leak_summary,
+        counters: model::counter_values(&counters),
+        dropped,
+        incomplete: Reasons(incomplete),
+        unseen: run.unseen.clone(),
+    }
+}
+
+fn frame_key(frames: &[Frame]) -> Vec<(Option<&str>, Option<&str>, Option<u32>)> {
+    frames
+        .iter()
+        .map(|f| (f.symbol.as_deref(), f.file.as_deref(), f.line))
+        .collect()
+}

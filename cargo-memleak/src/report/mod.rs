@@ -1,0 +1,47 @@
+//! Reports: first the data, then its renderings. One model serves the report at a traced
+//! program's exit ([`Report`]: `exec`, `run`, and each test of `test`) and the periodic ones of
+//! a process or the kernel traced mid-run ([`Snapshot`]: `attach`, `kernel`): outstanding
+//! allocations pass a size filter, are grouped by stack (at exit, by category too), ordered and
+//! cut to the top N, and the tracer's drop counters become reasons the report is incomplete
+//! ([`model`]). [`text`] renders them in BCC memleak's and memcheck's wording, [`json`] as
+//! JSON.
+//!
+//! Invariants: stacks are ordered by category (definitely lost, indirectly lost, still
+//! reachable), then by bytes or count (descending), then by a deterministic tie-break (frames
+//! at exit, stack id mid-run), so output is deterministic; at exit totals count every
+//! outstanding allocation whatever the filters, mid-run every allocation that passes them;
+//! JSON carries no addresses unless `--show-allocs` asked for them.
+
+mod exit;
+pub mod json;
+mod model;
+mod periodic;
+pub mod text;
+
+pub use exit::{Options, Report, build};
+pub use model::{Alloc, Amount, LeakSummary, SortKey, Stack, StackOptions, above_harness};
+pub use periodic::{PeriodicOptions, Snapshot, snapshot};
+pub use text::{category_words, render_frame};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The report at exit, as text or JSON.
+pub fn render(report: &Report, format: Format) -> String {
+    match format {
+        Format::Text => text::render_exit(report),
+        Format::Json => json::render_exit(report),
+    }
+}
+
+/// A periodic report, as text or one JSON object per line.
+pub fn render_periodic(snapshot: &Snapshot, format: Format) -> String {
+    match format {
+        Format::Text => text::render_periodic(snapshot),
+        Format::Json => json::render_periodic(snapshot),
+    }
+}

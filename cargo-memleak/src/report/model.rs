@@ -1,0 +1,262 @@
+//! The one report model: which outstanding allocations a report counts, how it groups them
+//! into stacks, orders and cuts them, and what the tracer's counters say about completeness.
+//! Both [`super::Report`] (at exit) and [`super::Snapshot`] (periodic) are built from it.
+//!
+//! Invariants: the size filter applies to each allocation, before grouping; ordering is total
+//! (the caller's tie-break decides between equal figures, then the stack id); the top-N cut
+//! comes last, after the count of matching stacks is taken.
+
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap},
+};
+
+use memleak_common::Counter;
+use serde::Serialize;
+
+use crate::{
+    classify::Category,
+    incomplete::Incomplete,
+    symbolize::Frame,
+    tracer::{Counters, Outstanding},
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Outstanding bytes.
+    #[default]
+    Size,
+    /// Number of outstanding allocations.
+    Count,
+}
+
+/// Which stacks a report shows, and in what order: every report's options.
+#[derive(Clone, Copy, Debug)]
+pub struct StackOptions {
+    /// Show this many stacks.
+    pub top: usize,
+    pub sort: SortKey,
+    /// Only count allocations of at least this many bytes.
+    pub min_size: Option<u64>,
+    /// Only count allocations of at most this many bytes.
+    pub max_size: Option<u64>,
+    /// List every allocation of a shown stack.
+    pub show_allocs: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            top: 10,
+            sort: SortKey::Size,
+            min_size: None,
+            max_size: None,
+            show_allocs: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amount {
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+/// memcheck's LEAK SUMMARY.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LeakSummary {
+    pub definitely_lost: Amount,
+    pub indirectly_lost: Amount,
+    pub still_reachable: Amount,
+}
+
+impl LeakSummary {
+    pub(super) fn add(&mut self, category: Category, bytes: u64) {
+        let amount = match category {
+            Category::DefinitelyLost => &mut self.definitely_lost,
+            Category::IndirectlyLost => &mut self.indirectly_lost,
+            Category::StillReachable => &mut self.still_reachable,
+        };
+        amount.bytes += bytes;
+        amount.blocks += 1;
+    }
+
+    /// Definitely plus indirectly lost.
+    pub fn lost(&self) -> Amount {
+        Amount {
+            bytes: self.definitely_lost.bytes + self.indirectly_lost.bytes,
+            blocks: self.definitely_lost.blocks + self.indirectly_lost.blocks,
+        }
+    }
+
+    /// Its three lines, in memcheck's order and words.
+    pub fn rows(&self) -> [(Category, Amount); 3] {
+        [
+            (Category::DefinitelyLost, self.definitely_lost),
+            (Category::IndirectlyLost, self.indirectly_lost),
+            (Category::StillReachable, self.still_reachable),
+        ]
+    }
+}
+
+/// The outstanding allocations of one stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stack {
+    /// Lost or reachable, at exit; `None` in periodic reports, which classify nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
+    pub bytes: u64,
+    pub allocations: u64,
+    /// Innermost first: the function that called the allocator comes first.
+    pub frames: Vec<Frame>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocs: Option<Vec<Alloc>>,
+}
+
+/// One outstanding allocation, with `--show-allocs`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alloc {
+    /// The block's address (absent for a kernel page: see `pfn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u64>,
+    /// A kernel page's frame number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pfn: Option<u64>,
+    pub size: u64,
+    /// How long ago it was made (periodic reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+}
+
+/// The outstanding allocations of one stack and category, before they become a [`Stack`].
+pub(super) struct Group<'t> {
+    pub category: Option<Category>,
+    pub stack_id: u64,
+    pub allocs: Vec<&'t Outstanding>,
+}
+
+impl Group<'_> {
+    pub fn bytes(&self) -> u64 {
+        self.allocs.iter().map(|alloc| alloc.size).sum()
+    }
+
+    pub fn allocations(&self) -> u64 {
+        self.allocs.len() as u64
+    }
+}
+
+/// Groups the allocations that pass `options`' size filter by category and stack, in that
+/// order.
+pub(super) fn group<'t>(
+    allocs: impl IntoIterator<Item = (Option<Category>, &'t Outstanding)>,
+    options: &StackOptions,
+) -> Vec<Group<'t>> {
+    let mut by_stack: BTreeMap<(Option<Category>, u64), Vec<&Outstanding>> = BTreeMap::new();
+    for (category, alloc) in allocs {
+        let too_small = options.min_size.is_some_and(|min| alloc.size < min);
+        let too_big = options.max_size.is_some_and(|max| alloc.size > max);
+        if !too_small && !too_big {
+            by_stack
+                .entry((category, alloc.stack_id))
+                .or_default()
+                .push(alloc);
+        }
+    }
+    by_stack
+        .into_iter()
+        .map(|((category, stack_id), allocs)| Group {
+            category,
+            stack_id,
+            allocs,
+        })
+        .collect()
+}
+
+/// Orders `stacks` by category (lost first), then largest first by `sort`, then by `then`,
+/// keeping the given order between equals; cuts them to the top `top`, and returns how many
+/// there were before the cut. `figures` gives a stack's (category, bytes, allocations).
+pub(super) fn order_and_cut<T>(
+    stacks: &mut Vec<T>,
+    sort: SortKey,
+    top: usize,
+    figures: impl Fn(&T) -> (Option<Category>, u64, u64),
+    then: impl Fn(&T, &T) -> Ordering,
+) -> usize {
+    stacks.sort_by(|a, b| {
+        let (a_category, a_bytes, a_count) = figures(a);
+        let (b_category, b_bytes, b_count) = figures(b);
+        let key = |bytes: u64, count: u64| match sort {
+            SortKey::Size => (bytes, count),
+            SortKey::Count => (count, bytes),
+        };
+        a_category
+            .cmp(&b_category)
+            .then_with(|| key(b_bytes, b_count).cmp(&key(a_bytes, a_count)))
+            .then_with(|| then(a, b))
+    });
+    let matching = stacks.len();
+    stacks.truncate(top);
+    matching
+}
+
+/// A stack's frames: those of each of its return addresses, or one unknown frame when the
+/// stack was not captured.
+pub(super) fn stack_frames(
+    stacks: &HashMap<u64, Vec<u64>>,
+    frames: &HashMap<u64, Vec<Frame>>,
+    stack_id: u64,
+) -> Vec<Frame> {
+    let Some(addrs) = stacks.get(&stack_id) else {
+        return vec![Frame::unknown(0, "stack not captured".into())];
+    };
+    addrs
+        .iter()
+        .flat_map(|addr| frames.get(addr).cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Every counter of the tracer, by name.
+pub(super) fn counter_values(counters: &Counters) -> BTreeMap<&'static str, u64> {
+    Counter::ALL
+        .iter()
+        .map(|&counter| (counter.name(), counters.get(counter)))
+        .collect()
+}
+
+/// The counters that lost data (non-zero, other than `expected`): by name, and as the reasons
+/// the report is incomplete.
+pub(super) fn drops(
+    counters: &Counters,
+    expected: &[Counter],
+) -> (BTreeMap<&'static str, u64>, Vec<Incomplete>) {
+    let drops: Vec<(Counter, u64)> = counters
+        .drops()
+        .into_iter()
+        .filter(|(counter, _)| !expected.contains(counter))
+        .collect();
+    let by_name = drops
+        .iter()
+        .map(|&(counter, n)| (counter.name(), n))
+        .collect();
+    let reasons = drops
+        .into_iter()
+        .map(|(counter, n)| Incomplete::Dropped { counter, n })
+        .collect();
+    (by_name, reasons)
+}
+
+/// The frames above libtest's harness (everything from the first `test::` frame down is the
+/// harness, not the test): what a test's stack is shown and keyed by.
+pub fn above_harness(frames: &[Frame]) -> &[Frame] {
+    let harness = frames
+        .iter()
+        .position(|frame| {
+            frame
+                .symbol
+                .as_deref()
+                .is_some_and(|symbol| symbol.starts_with("test::"))
+        })
+        .unwrap_or(frames.len());
+    &frames[..harness]
+}
