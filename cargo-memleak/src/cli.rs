@@ -1,28 +1,23 @@
-//! The command line: clap definitions, and the dispatch from a parsed command to the library.
-//! Raw arguments become validated options here, before any work starts.
+//! The command line: clap's definitions of it, and the step from raw arguments to a validated
+//! [`commands::Command`], before any work starts.
+//!
+//! Invariants: every check of an argument's value happens here, so a driver never sees a bad
+//! one; a usage error is [`Error::Selection`] (exit 2); help and version print and exit 0.
 
-use std::{
-    ffi::OsString,
-    io::Write as _,
-    path::PathBuf,
-    process::ExitCode,
-    time::{Duration, Instant},
-};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     build::{BuildOptions, RunSelection, TestSelection},
+    commands::{self, attach, exec, kernel, run, test},
     error::{Error, Result},
-    fsutil,
-    gate::{FailOn, Gate, LoadedGate},
-    kernel,
-    outcome::{self, Outcome},
+    gate::{FailOn, Gate},
+    outcome,
     report::{self, Format, PeriodicOptions, SortKey, StackOptions},
-    session::{self, TraceOptions},
+    session::TraceOptions,
     spawn::Command,
-    symbolize::Symbolizer,
-    testrun::{self, MessageFormat, TestFilters, TestOptions},
+    testrun::{MessageFormat, TestFilters, TestOptions},
     tracer::Limits,
     watch,
 };
@@ -272,7 +267,7 @@ struct TrailingFilters {
 }
 
 impl TestArgs {
-    fn options(&self) -> Result<TestOptions> {
+    fn options(&self) -> Result<test::Options> {
         let mut filters = self.filters.clone();
         if !self.libtest_args.is_empty() {
             let trailing = TrailingFilters::try_parse_from(&self.libtest_args)
@@ -312,15 +307,19 @@ impl TestArgs {
             Some(jobs) => jobs,
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
-        Ok(TestOptions {
-            filters,
-            jobs,
-            timeout,
-            gate: self.gate.gate(),
-            junit: self.junit.clone(),
-            message_format: self.message_format,
-            top: self.top,
-            trace: self.trace.options(Limits::test_run()),
+        Ok(test::Options {
+            build: self.build.clone(),
+            selection: self.selection.clone(),
+            run: TestOptions {
+                filters,
+                jobs,
+                timeout,
+                gate: self.gate.gate(),
+                junit: self.junit.clone(),
+                message_format: self.message_format,
+                top: self.top,
+                trace: self.trace.options(Limits::test_run()),
+            },
         })
     }
 }
@@ -410,17 +409,22 @@ pub struct LimitArgs {
 }
 
 impl ReportArgs {
-    fn options(&self) -> Result<report::Options> {
+    fn options(&self) -> Result<exec::ReportOptions> {
         self.stacks.check()?;
-        Ok(report::Options {
-            stacks: StackOptions {
-                top: self.stacks.top,
-                sort: self.stacks.sort,
-                min_size: self.stacks.min_size,
-                max_size: self.stacks.max_size,
-                show_allocs: self.show_allocs,
+        Ok(exec::ReportOptions {
+            report: report::Options {
+                stacks: StackOptions {
+                    top: self.stacks.top,
+                    sort: self.stacks.sort,
+                    min_size: self.stacks.min_size,
+                    max_size: self.stacks.max_size,
+                    show_allocs: self.show_allocs,
+                },
+                show_reachable: self.show_reachable,
             },
-            show_reachable: self.show_reachable,
+            format: self.format,
+            output: self.output.clone(),
+            timings: self.timings,
         })
     }
 }
@@ -444,155 +448,73 @@ impl LimitArgs {
     }
 }
 
-/// Parses `args` (argv, with or without cargo's `memleak` word) and runs the command.
-pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+/// Parses `args` (argv, with or without cargo's `memleak` word).
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
     let mut args: Vec<OsString> = args.into_iter().collect();
     // `cargo memleak ...` runs `cargo-memleak memleak ...`.
     if args.get(1).is_some_and(|arg| arg == "memleak") {
         args.remove(1);
     }
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return ExitCode::from(if err.use_stderr() {
-                outcome::USAGE.code
-            } else {
-                outcome::OK.code
-            });
-        }
-    };
-    match run(cli) {
-        Ok(outcome) => ExitCode::from(outcome.exit_code().code),
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::from(err.exit_code().code)
-        }
+    Cli::try_parse_from(args)
+}
+
+/// The exit code for a command line clap would not parse (after it printed why), or for help
+/// and `--version` (after they were printed).
+pub fn parse_error_exit_code(err: &clap::Error) -> u8 {
+    if err.use_stderr() {
+        outcome::USAGE.code
+    } else {
+        outcome::OK.code
     }
 }
 
-fn run(cli: Cli) -> Result<Outcome> {
-    match cli.command {
-        Commands::Exec(args) => {
-            let (program, rest) = args.command.split_first().ok_or_else(|| {
-                Error::Selection(
-                    "no program given; usage: cargo memleak exec -- PROGRAM [ARGS]...".into(),
-                )
-            })?;
-            let command = Command::new(program.clone(), rest.to_vec());
-            trace_and_report(&command, &args.report, &args.trace, None)
-        }
-        Commands::Run(args) => {
-            // Validate everything before the (slow) build.
-            args.report.options()?;
-            let built = args.build.build_binary(&args.selection)?;
-            let gate = args.gate.gate().load(&built.workspace_root)?;
-            let Some(executable) = built.executables.into_iter().next() else {
-                return Err(Error::Selection("cargo built no binary to run".into()));
-            };
-            let mut command = Command::new(executable.path.into_os_string(), args.args);
-            command.env = executable.env;
-            trace_and_report(
-                &command,
-                &args.report,
-                &args.trace,
-                Some((&gate, &executable.id)),
+impl Cli {
+    /// Checks every argument and builds the command's options.
+    pub fn validate(self) -> Result<commands::Command> {
+        Ok(match self.command {
+            Commands::Exec(args) => commands::Command::Exec(args.options()?),
+            Commands::Run(args) => commands::Command::Run(Box::new(args.options()?)),
+            Commands::Test(args) => commands::Command::Test(Box::new(args.options()?)),
+            Commands::Attach(args) => commands::Command::Attach(attach::Options {
+                pid: args.pid,
+                periodic: args.periodic.options()?,
+                trace: args.trace.options(Limits::default()),
+            }),
+            Commands::Kernel(args) => commands::Command::Kernel(kernel::Options {
+                percpu: args.percpu,
+                periodic: args.periodic.options()?,
+                limits: args.limits.limits(Limits::default()),
+            }),
+        })
+    }
+}
+
+impl ExecArgs {
+    fn options(&self) -> Result<exec::Options> {
+        let (program, rest) = self.command.split_first().ok_or_else(|| {
+            Error::Selection(
+                "no program given; usage: cargo memleak exec -- PROGRAM [ARGS]...".into(),
             )
-        }
-        Commands::Test(args) => {
-            let options = args.options()?;
-            testrun::run(&args.build, &args.selection, options)
-        }
-        Commands::Attach(args) => watch::attach(
-            args.pid,
-            &args.periodic.options()?,
-            &args.trace.options(Limits::default()),
-        ),
-        Commands::Kernel(args) => kernel::trace(
-            &args.periodic.options()?,
-            args.percpu,
-            args.limits.limits(Limits::default()),
-        ),
+        })?;
+        Ok(exec::Options {
+            command: Command::new(program.clone(), rest.to_vec()),
+            report: self.report.options()?,
+            trace: self.trace.options(Limits::default()),
+        })
     }
 }
 
-/// Traces `command`, writes its report, and (for `run`) checks it against the leak gate.
-fn trace_and_report(
-    command: &Command,
-    report_args: &ReportArgs,
-    trace_args: &TraceArgs,
-    gate: Option<(&LoadedGate, &str)>,
-) -> Result<Outcome> {
-    let options = report_args.options()?;
-    let start = Instant::now();
-    let tracer = std::sync::Mutex::new(session::load_tracer(
-        &trace_args.options(Limits::default()),
-    )?);
-    let load = start.elapsed();
-    let symbolizer = Symbolizer::new();
-    let run = session::trace(&tracer, &symbolizer, command)?;
-    let report = report::build(&run, &options);
-    let rendered = report::render(&report, report_args.format);
-    match &report_args.output {
-        Some(path) => fsutil::write_atomically(path, rendered.as_bytes())?,
-        None => {
-            let _ = std::io::stderr().write_all(rendered.as_bytes());
-        }
+impl RunArgs {
+    fn options(&self) -> Result<run::Options> {
+        Ok(run::Options {
+            build: self.build.clone(),
+            selection: self.selection.clone(),
+            report: self.report.options()?,
+            gate: self.gate.gate(),
+            trace: self.trace.options(Limits::default()),
+            args: self.args.clone(),
+        })
     }
-    // Waits for the probes' removal (see Tracer::detach).
-    let start = Instant::now();
-    drop(tracer);
-    if report_args.timings {
-        let t = run.timings;
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        eprintln!(
-            "memleak: timings: load {:.1} ms, attach {:.1} ms, program {:.1} ms, read {:.1} ms, \
-             symbolize {:.1} ms, scan {:.1} ms, detach {:.1} ms",
-            ms(load),
-            ms(t.attach),
-            ms(t.program),
-            ms(t.read),
-            ms(t.symbolize),
-            ms(t.scan),
-            ms(start.elapsed())
-        );
-    }
-    let allow_incomplete = gate.is_some_and(|(gate, _)| gate.options.allow_incomplete);
-    if !report.exit.success() {
-        return Ok(Outcome::ProgramFailed);
-    }
-    if !report.is_complete() && !allow_incomplete {
-        return Ok(Outcome::Incomplete);
-    }
-    let Some((gate, binary_id)) = gate else {
-        return Ok(Outcome::Ok);
-    };
-    judge_run(&run, gate, binary_id)
-}
-
-/// `cargo memleak run`'s leak gate: the run's lost memory against `runs[binary_id]`.
-fn judge_run(run: &session::TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<Outcome> {
-    let (_, judgement) = gate.judge(run, gate.baseline.runs.get(binary_id));
-    if gate.options.bless {
-        gate.bless_run(binary_id, &judgement)?;
-        eprintln!(
-            "memleak: blessed {}: {binary_id} may lose {} bytes in {} blocks",
-            gate.path.display(),
-            judgement.lost.bytes,
-            judgement.lost.blocks
-        );
-        return Ok(Outcome::Ok);
-    }
-    if judgement.over_budget.is_empty() {
-        return Ok(Outcome::Ok);
-    }
-    for reason in &judgement.over_budget {
-        eprintln!(
-            "memleak: {binary_id}: {reason} (baseline {})",
-            gate.path.display()
-        );
-    }
-    Ok(Outcome::Failed)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Kernel allocators (BCC memleak without `-p`): tracepoints on kmalloc/kfree,
-//! kmem_cache_alloc/free and page allocations (or, with `--percpu`, per-CPU allocations), with
-//! periodic reports of what is outstanding, by kernel stack.
+//! Kernel allocators (BCC memleak without `-p`): the tracepoints on kmalloc/kfree,
+//! kmem_cache_alloc/free and page allocations (or, with `--percpu`, per-CPU allocations), and
+//! where their records keep what the programs read. `cargo memleak kernel` drives them
+//! ([`crate::commands::kernel`]).
 //!
 //! The tracepoints' record layouts move between kernel versions, so the field offsets come from
 //! tracefs's `format` files at run time, never from constants. When tracefs is not mounted, it
@@ -20,11 +21,7 @@ use nix::{
 
 use crate::{
     error::{Error, Result},
-    outcome::Outcome,
-    report,
-    symbolize::Symbolizer,
-    tracer::{KernelEvent, KernelTracer, Limits},
-    watch::{self, End, Interrupts},
+    tracer::KernelEvent,
 };
 
 const fn event(program: &'static str, category: &'static str) -> KernelEvent {
@@ -51,61 +48,26 @@ const PERCPU_EVENTS: &[KernelEvent] = &[
     event("percpu_free_percpu", "percpu"),
 ];
 
-/// `cargo memleak kernel`.
-pub fn trace(options: &watch::Options, percpu: bool, limits: Limits) -> Result<Outcome> {
-    let interrupts = Interrupts::block()?;
-    let tracefs = Tracefs::find_or_mount()?;
-    let events = if percpu {
+/// The tracepoints to attach: the default set, or `--percpu`'s.
+pub fn events(percpu: bool) -> &'static [KernelEvent] {
+    if percpu {
         PERCPU_EVENTS
     } else {
         DEFAULT_EVENTS
-    };
-    let fields = tracefs.fields(percpu)?;
-    let tracer = KernelTracer::attach(events, &fields, limits)?;
-    let names: Vec<String> = events
-        .iter()
-        .map(|event| format!("{}:{}", event.category, event.name))
-        .collect();
-    eprintln!(
-        "Attaching to kernel allocators ({}), Ctrl+C to quit.",
-        names.join(", ")
-    );
-    let symbolizer = Symbolizer::new();
-    let mut incomplete = false;
-    let end = watch::every(options, &interrupts, None, || {
-        let trace = tracer.read()?;
-        // Per-CPU pointers are small enough to pass for frame numbers: only the default set
-        // traces pages.
-        let pfn_of = |key| if percpu { None } else { page_frame(key) };
-        let snapshot = report::snapshot("kernel", &trace, &options.report, pfn_of, |addrs| {
-            symbolizer.symbolize_kernel(addrs)
-        });
-        incomplete |= !snapshot.incomplete.is_empty();
-        print!("{}", report::render_periodic(&snapshot, options.format));
-        Ok(())
-    });
-    drop(tracer);
-    if end? == End::Interrupted {
-        eprintln!("memleak: interrupted; detaching");
     }
-    Ok(if incomplete {
-        Outcome::Incomplete
-    } else {
-        Outcome::Ok
-    })
 }
 
 /// The page frame number of an ALLOCS key, when it is a page's (see `PAGE_KEY_BASE`). Slab
 /// addresses are far above any frame number; per-CPU pointers are not (measured: 0x6079...),
 /// so this only applies when pages, and not per-CPU allocations, are traced.
-fn page_frame(key: u64) -> Option<u64> {
+pub fn page_frame(key: u64) -> Option<u64> {
     (PAGE_KEY_BASE..1 << 52)
         .contains(&key)
         .then(|| key - PAGE_KEY_BASE)
 }
 
 /// Where tracefs is mounted.
-struct Tracefs {
+pub struct Tracefs {
     root: PathBuf,
 }
 
@@ -113,7 +75,7 @@ impl Tracefs {
     const ROOT: &str = "/sys/kernel/tracing";
     const DEBUGFS_ROOT: &str = "/sys/kernel/debug/tracing";
 
-    fn find_or_mount() -> Result<Self> {
+    pub fn find_or_mount() -> Result<Self> {
         for root in [Self::ROOT, Self::DEBUGFS_ROOT] {
             if Path::new(root).join("events").is_dir() {
                 return Ok(Self { root: root.into() });
@@ -153,7 +115,7 @@ impl Tracefs {
     }
 
     /// Reads the offsets of the fields the programs use.
-    fn fields(&self, percpu: bool) -> Result<KernelFields> {
+    pub fn fields(&self, percpu: bool) -> Result<KernelFields> {
         let mut fields = KernelFields {
             // SAFETY: sysconf has no preconditions.
             page_size: u32::try_from(unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) })

@@ -4,7 +4,7 @@
 //! [`build`] (cargo build with frame pointers) → [`spawn`] (gated, ptraced child) →
 //! [`tracer`] (eBPF maps, pid-scoped probes at [`allocator`] entry points) →
 //! [`symbolize`] (at the exit stop) → [`report`] (data, then text or JSON).
-//! [`session`] strings one traced run together; [`cli`] parses and dispatches.
+//! [`session`] strings one traced run together; [`cli`] parses, [`commands`] drives.
 //! BCC's periodic modes: [`watch`] (reports every interval; `attach` to a running process) and
 //! [`kernel`] (tracepoints on the kernel's allocators).
 
@@ -12,6 +12,7 @@ pub mod allocator;
 pub mod build;
 pub mod classify;
 pub mod cli;
+pub mod commands;
 pub mod error;
 pub mod fsutil;
 pub mod gate;
@@ -27,4 +28,23 @@ pub mod testrun;
 pub mod tracer;
 pub mod watch;
 
-pub use cli::main_with_args;
+use std::{ffi::OsString, process::ExitCode};
+
+/// Parses `args` (argv, with or without cargo's `memleak` word), runs the command, and returns
+/// its exit code (see [`outcome`]); an error is printed on stderr first.
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match cli::parse(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(cli::parse_error_exit_code(&err));
+        }
+    };
+    match cli.validate().and_then(commands::run) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code().code),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code().code)
+        }
+    }
+}

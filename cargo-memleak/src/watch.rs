@@ -6,7 +6,7 @@
 //! and SIGTERM end the loop cleanly, so the probes are always detached.
 
 use std::{
-    os::fd::{AsFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -19,12 +19,8 @@ use nix::{
 };
 
 use crate::{
-    allocator,
     error::{Error, Result},
-    outcome::Outcome,
-    report::{self, Format, PeriodicOptions},
-    session::{self, TraceOptions},
-    symbolize::Symbolizer,
+    report::{Format, PeriodicOptions},
 };
 
 /// When and what to report.
@@ -110,94 +106,4 @@ pub fn every(
         tick()?;
         done += 1;
     }
-}
-
-/// `cargo memleak attach`: traces the running process `pid` and reports periodically.
-pub fn attach(pid: u32, options: &Options, trace: &TraceOptions) -> Result<Outcome> {
-    let interrupts = Interrupts::block()?;
-    check_process(pid)?;
-    let exited = pidfd_open(pid)?;
-    let object = match &trace.allocator_object {
-        Some(path) => path.clone(),
-        None => allocator::find_libc_of(pid)?,
-    };
-    let mut tracer = session::load_tracer(&TraceOptions {
-        allocator_object: Some(object),
-        ..trace.clone()
-    })?;
-    let mut attachment = tracer.attach(pid)?;
-    // Its own allocators (a #[global_allocator], jemalloc, mimalloc) are probed in its
-    // executable; what cannot be makes every report incomplete.
-    let executable = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-    let untraced = session::probe_program_allocators(&mut tracer, &mut attachment, &executable);
-    eprintln!("Attaching to pid {pid}, Ctrl+C to quit.");
-    if let Some(untraced) = &untraced {
-        eprintln!("memleak: INCOMPLETE: {untraced}");
-    }
-    let mut incomplete = untraced.is_some();
-    let symbolizer = Symbolizer::new();
-    let target = format!("pid {pid}");
-    let end = every(options, &interrupts, Some(&exited), || {
-        let trace = tracer.read(pid)?;
-        let snapshot = report::snapshot(
-            &target,
-            &trace,
-            &options.report,
-            |_| None,
-            |addrs| symbolizer.symbolize(pid, addrs),
-        );
-        incomplete |= !snapshot.incomplete.is_empty();
-        print!("{}", report::render_periodic(&snapshot, options.format));
-        Ok(())
-    });
-    tracer.detach(attachment);
-    let _ = tracer.forget(pid);
-    match end? {
-        End::Exited => eprintln!("memleak: pid {pid} exited; detaching"),
-        End::Interrupted => eprintln!("memleak: interrupted; detaching"),
-        End::Count => {}
-    }
-    drop(tracer);
-    Ok(if incomplete {
-        Outcome::Incomplete
-    } else {
-        Outcome::Ok
-    })
-}
-
-/// A process we may attach to: it exists, is a process rather than one of its threads, and is
-/// not this one.
-fn check_process(pid: u32) -> Result<()> {
-    if pid == std::process::id() {
-        return Err(Error::Selection(
-            "cargo-memleak cannot trace itself; give another process's pid".into(),
-        ));
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|_| Error::NoProcess { pid })?;
-    let tgid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Tgid:"))
-        .and_then(|tgid| tgid.trim().parse::<u32>().ok());
-    match tgid {
-        Some(tgid) if tgid != pid => Err(Error::Selection(format!(
-            "{pid} is a thread of process {tgid}; attach to the process: -p {tgid}"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// A file descriptor that becomes readable when `pid` exits.
-fn pidfd_open(pid: u32) -> Result<OwnedFd> {
-    // SAFETY: plain system call; a non-negative result is a new file descriptor we own.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(nix::libc::ESRCH) => Err(Error::NoProcess { pid }),
-            _ => Err(Error::io(format!("pidfd_open({pid})"))(err)),
-        };
-    }
-    // SAFETY: see above.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

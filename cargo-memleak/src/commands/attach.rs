@@ -1,0 +1,123 @@
+//! `cargo memleak attach -p PID`: put the probes into a process that is already running (all
+//! its threads) and report its outstanding allocations every INTERVAL, like BCC's
+//! `memleak -p PID`, until COUNT reports, Ctrl-C, or the process's exit.
+//!
+//! Invariants: the signals are blocked before any thread exists (see
+//! [`Interrupts::block`]); the probes come off and the process's map entries go on every path
+//! out of the loop; the outcome is incomplete when any report was.
+
+use std::os::fd::{FromRawFd as _, OwnedFd};
+
+use crate::{
+    allocator,
+    error::{Error, Result},
+    outcome::Outcome,
+    report,
+    session::{self, TraceOptions},
+    symbolize::Symbolizer,
+    watch::{self, End, Interrupts},
+};
+
+/// `cargo memleak attach`'s options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The process to trace.
+    pub pid: u32,
+    pub periodic: watch::Options,
+    pub trace: TraceOptions,
+}
+
+pub fn attach(options: &Options) -> Result<Outcome> {
+    let Options {
+        pid,
+        periodic: options,
+        trace,
+    } = options;
+    let pid = *pid;
+    let interrupts = Interrupts::block()?;
+    check_process(pid)?;
+    let exited = pidfd_open(pid)?;
+    let object = match &trace.allocator_object {
+        Some(path) => path.clone(),
+        None => allocator::find_libc_of(pid)?,
+    };
+    let mut tracer = session::load_tracer(&TraceOptions {
+        allocator_object: Some(object),
+        ..trace.clone()
+    })?;
+    let mut attachment = tracer.attach(pid)?;
+    // Its own allocators (a #[global_allocator], jemalloc, mimalloc) are probed in its
+    // executable; what cannot be makes every report incomplete.
+    let executable = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let untraced = session::probe_program_allocators(&mut tracer, &mut attachment, &executable);
+    eprintln!("Attaching to pid {pid}, Ctrl+C to quit.");
+    if let Some(untraced) = &untraced {
+        eprintln!("memleak: INCOMPLETE: {untraced}");
+    }
+    let mut incomplete = untraced.is_some();
+    let symbolizer = Symbolizer::new();
+    let target = format!("pid {pid}");
+    let end = watch::every(options, &interrupts, Some(&exited), || {
+        let trace = tracer.read(pid)?;
+        let snapshot = report::snapshot(
+            &target,
+            &trace,
+            &options.report,
+            |_| None,
+            |addrs| symbolizer.symbolize(pid, addrs),
+        );
+        incomplete |= !snapshot.incomplete.is_empty();
+        print!("{}", report::render_periodic(&snapshot, options.format));
+        Ok(())
+    });
+    tracer.detach(attachment);
+    let _ = tracer.forget(pid);
+    match end? {
+        End::Exited => eprintln!("memleak: pid {pid} exited; detaching"),
+        End::Interrupted => eprintln!("memleak: interrupted; detaching"),
+        End::Count => {}
+    }
+    drop(tracer);
+    Ok(if incomplete {
+        Outcome::Incomplete
+    } else {
+        Outcome::Ok
+    })
+}
+
+/// A process we may attach to: it exists, is a process rather than one of its threads, and is
+/// not this one.
+fn check_process(pid: u32) -> Result<()> {
+    if pid == std::process::id() {
+        return Err(Error::Selection(
+            "cargo-memleak cannot trace itself; give another process's pid".into(),
+        ));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| Error::NoProcess { pid })?;
+    let tgid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|tgid| tgid.trim().parse::<u32>().ok());
+    match tgid {
+        Some(tgid) if tgid != pid => Err(Error::Selection(format!(
+            "{pid} is a thread of process {tgid}; attach to the process: -p {tgid}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A file descriptor that becomes readable when `pid` exits.
+fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+    // SAFETY: plain system call; a non-negative result is a new file descriptor we own.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(nix::libc::ESRCH) => Err(Error::NoProcess { pid }),
+            _ => Err(Error::io(format!("pidfd_open({pid})"))(err)),
+        };
+    }
+    // SAFETY: see above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -1,0 +1,35 @@
+//! The drivers: one per subcommand, each taking its validated options (built by [`crate::cli`])
+//! and returning how it came out ([`Outcome`]), or the error that stopped it.
+//!
+//! Invariants: a driver does no argument checking (that happened before it was called) and
+//! prints nothing a reporter or renderer should; every path out of a driver that attached
+//! probes detaches them.
+
+pub mod attach;
+pub mod exec;
+pub mod kernel;
+pub mod run;
+pub mod test;
+
+use crate::{error::Result, outcome::Outcome};
+
+/// A subcommand with its validated options.
+#[derive(Debug)]
+pub enum Command {
+    Exec(exec::Options),
+    Run(Box<run::Options>),
+    Test(Box<test::Options>),
+    Attach(attach::Options),
+    Kernel(kernel::Options),
+}
+
+/// Runs `command` to its end.
+pub fn run(command: Command) -> Result<Outcome> {
+    match command {
+        Command::Exec(options) => exec::exec(&options),
+        Command::Run(options) => run::run(&options),
+        Command::Test(options) => test::test(&options),
+        Command::Attach(options) => attach::attach(&options),
+        Command::Kernel(options) => kernel::kernel(&options),
+    }
+}

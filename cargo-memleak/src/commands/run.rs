@@ -1,0 +1,70 @@
+//! `cargo memleak run`: build a bin target with frame pointers, trace it like `exec`, and judge
+//! what it lost against its budget in the baseline (`runs[binary id]`), or `--bless` it.
+//!
+//! Invariants: the build happens after every option was checked and before anything is traced;
+//! the program's failure and an incomplete trace decide the outcome before the gate does; a
+//! bless writes the budget whatever the program lost, and passes.
+
+use std::ffi::OsString;
+
+use super::exec::{self, ReportOptions};
+use crate::{
+    build::{BuildOptions, RunSelection},
+    error::{Error, Result},
+    gate::{Gate, LoadedGate},
+    outcome::Outcome,
+    session::{TraceOptions, TracedRun},
+    spawn::Command,
+};
+
+/// `cargo memleak run`'s options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub build: BuildOptions,
+    pub selection: RunSelection,
+    pub report: ReportOptions,
+    pub gate: Gate,
+    pub trace: TraceOptions,
+    /// Arguments for the binary.
+    pub args: Vec<OsString>,
+}
+
+pub fn run(options: &Options) -> Result<Outcome> {
+    let built = options.build.build_binary(&options.selection)?;
+    let gate = options.gate.load(&built.workspace_root)?;
+    let Some(executable) = built.executables.into_iter().next() else {
+        return Err(Error::Selection("cargo built no binary to run".into()));
+    };
+    let mut command = Command::new(executable.path.into_os_string(), options.args.clone());
+    command.env = executable.env;
+    let traced = exec::trace_and_report(&command, &options.report, &options.trace)?;
+    if let Some(outcome) = traced.failure(gate.options.allow_incomplete) {
+        return Ok(outcome);
+    }
+    judge(&traced.run, &gate, &executable.id)
+}
+
+/// The run's lost memory against `runs[binary_id]`.
+fn judge(run: &TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<Outcome> {
+    let (_, judgement) = gate.judge(run, gate.baseline.runs.get(binary_id));
+    if gate.options.bless {
+        gate.bless_run(binary_id, &judgement)?;
+        eprintln!(
+            "memleak: blessed {}: {binary_id} may lose {} bytes in {} blocks",
+            gate.path.display(),
+            judgement.lost.bytes,
+            judgement.lost.blocks
+        );
+        return Ok(Outcome::Ok);
+    }
+    if judgement.over_budget.is_empty() {
+        return Ok(Outcome::Ok);
+    }
+    for reason in &judgement.over_budget {
+        eprintln!(
+            "memleak: {binary_id}: {reason} (baseline {})",
+            gate.path.display()
+        );
+    }
+    Ok(Outcome::Failed)
+}
