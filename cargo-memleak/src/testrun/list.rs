@@ -1,0 +1,97 @@
+//! Listing: every test of every built test binary, through the custom-harness contract
+//! (`BIN --list --format terse`, and `--ignored` for the ignored ones).
+//!
+//! Invariants: a binary that cannot list its tests is an error of the run, not an empty list;
+//! tests keep the order their binary lists them in, binaries the order cargo built them in.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use crate::{
+    build::Executable,
+    error::{Error, Result},
+};
+
+/// One test to run.
+#[derive(Clone, Debug)]
+pub struct TestCase {
+    pub binary: Arc<Executable>,
+    pub name: String,
+    pub ignored: bool,
+}
+
+/// Every test listed.
+pub struct Listed {
+    pub cases: Vec<TestCase>,
+    /// Each binary's test names, by binary id (what the baseline's stale entries are checked
+    /// against).
+    pub names: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Lists the tests of every one of `executables`.
+pub fn list_all(executables: Vec<Executable>) -> Result<Listed> {
+    let mut cases = Vec::new();
+    let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for executable in executables {
+        let binary = Arc::new(executable);
+        let tests = list(&binary)?;
+        let names = listed.entry(binary.id.clone()).or_default();
+        for (name, ignored) in tests {
+            names.insert(name.clone());
+            cases.push(TestCase {
+                binary: Arc::clone(&binary),
+                name,
+                ignored,
+            });
+        }
+    }
+    Ok(Listed {
+        cases,
+        names: listed,
+    })
+}
+
+/// `BIN --list --format terse` (and `--ignored`): every test, and whether it is ignored.
+fn list(binary: &Executable) -> Result<Vec<(String, bool)>> {
+    let run = |extra: &[&str]| -> Result<Vec<String>> {
+        let output = std::process::Command::new(&binary.path)
+            .args(["--list", "--format", "terse"])
+            .args(extra)
+            .current_dir(&binary.package_dir)
+            .envs(binary.env.iter().map(|(name, value)| (name, value)))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|err| Error::Listing {
+                binary: binary.path.clone(),
+                detail: err.to_string(),
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(Error::Listing {
+                binary: binary.path.clone(),
+                detail: format!(
+                    "{}: {}",
+                    output.status,
+                    stderr.trim().lines().last().unwrap_or_default()
+                ),
+            });
+        }
+        // The custom-harness contract: every line is `NAME: test` or `NAME: benchmark`.
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.strip_suffix(": test"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let all = run(&[])?;
+    let ignored: BTreeSet<String> = run(&["--ignored"])?.into_iter().collect();
+    Ok(all
+        .into_iter()
+        .map(|name| {
+            let is_ignored = ignored.contains(&name);
+            (name, is_ignored)
+        })
+        .collect())
+}

@@ -1,0 +1,66 @@
+//! The test run of `cargo memleak test`: its tests listed from the built binaries ([`list`]),
+//! run as libtest-mimic trials, each its own traced process judged against its budget
+//! ([`run`], whose results are [`result::TestResult`]s), and one stream of events
+//! ([`reporter::TestEvent`]) that the reporters consume: human (libtest's lines and the failure
+//! text), JSON, JUnit and the progress line. [`crate::commands::test`] strings them together.
+//!
+//! Invariants: one eBPF object is loaded and attached to every process once per run; each test
+//! process is registered with it before it execs, and forgotten after its exit stop. A test
+//! passes only if it passed, its trace is complete (unless `--allow-incomplete`), and what it
+//! lost is within its budget. Nothing here writes output but a reporter (and libtest-mimic,
+//! which prints the human lines from the outcomes the adapter hands it).
+
+pub mod list;
+pub mod reporter;
+pub mod result;
+pub mod run;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use result::{Failure, Failures, TestResult};
+
+use crate::{gate::Gate, session::TraceOptions};
+
+/// Which tests run, as `cargo test` takes it after the options.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Test filters")]
+pub struct TestFilters {
+    /// Run only tests whose name (or `[binary id] name`) contains this.
+    #[arg(value_name = "TESTNAME")]
+    pub filter: Option<String>,
+    /// Match the filter (and --skip) exactly rather than as a substring.
+    #[arg(long)]
+    pub exact: bool,
+    /// Skip tests whose name contains this (repeatable).
+    #[arg(long, value_name = "FILTER")]
+    pub skip: Vec<String>,
+    /// Run only ignored tests.
+    #[arg(long, conflicts_with = "include_ignored")]
+    pub ignored: bool,
+    /// Run ignored tests too.
+    #[arg(long)]
+    pub include_ignored: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageFormat {
+    /// libtest's output.
+    #[default]
+    Human,
+    /// One JSON object per line and event on stdout (and no libtest output).
+    Json,
+}
+
+/// Everything `cargo memleak test` was asked to do besides building.
+#[derive(Clone, Debug)]
+pub struct TestOptions {
+    pub filters: TestFilters,
+    pub jobs: usize,
+    pub timeout: Option<Duration>,
+    pub gate: Gate,
+    pub junit: Option<PathBuf>,
+    pub message_format: MessageFormat,
+    /// Stacks shown under a failed test.
+    pub top: usize,
+    pub trace: TraceOptions,
+}

@@ -1,0 +1,82 @@
+//! The human output. libtest-mimic prints libtest's lines itself, from the outcome the adapter
+//! hands each trial; this renders what goes under a failed test ([`failure_message`], JUnit's
+//! description too) and the lines of its own: the baseline's stale entries.
+//!
+//! Invariants: the text is today's libtest-compatible text, byte for byte (tests compare it);
+//! below a test's own frames, libtest's harness is left out.
+
+use std::fmt::Write as _;
+
+use super::{Reporter, TestEvent};
+use crate::{
+    error::Result,
+    gate::StaleEntry,
+    report::text::{Frames, write_amount, write_stack},
+    testrun::TestResult,
+};
+
+/// The human reporter's own lines (on stderr).
+pub struct Human;
+
+impl Reporter for Human {
+    fn report(&self, event: &TestEvent) -> Result<()> {
+        if let TestEvent::TestsFinished { stale } = event {
+            for StaleEntry { binary_id, test } in *stale {
+                eprintln!(
+                    "memleak: stale baseline entry {binary_id}{}: no such {} any more; --bless \
+                     removes it",
+                    test.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
+                    if test.is_some() {
+                        "test"
+                    } else {
+                        "test binary"
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What libtest prints under a failed test: the reasons, the lost stacks, the summary and,
+/// when the test itself failed, its output.
+pub fn failure_message(result: &TestResult, top: usize) -> Option<String> {
+    if result.failures.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    // libtest's heading names the test only; several binaries may have one of that name.
+    let _ = writeln!(out, "in test binary {}", result.binary_id);
+    for failure in &result.failures.0 {
+        let _ = writeln!(out, "memleak: {failure}");
+    }
+    if result.lost.blocks > 0 {
+        for stack in result.stacks.iter().take(top) {
+            // Below the test's own frames lies libtest's harness: leave it out.
+            write_stack(&mut out, stack, Frames::AboveHarness);
+        }
+        if result.stacks.len() > top {
+            let _ = writeln!(out, "\t({} more stacks)", result.stacks.len() - top);
+        }
+    }
+    let summary = &result.leak_summary;
+    for (words, amount) in [
+        ("definitely lost", summary.definitely_lost),
+        ("indirectly lost", summary.indirectly_lost),
+        ("still reachable", summary.still_reachable),
+        ("suppressed", result.suppressed),
+    ] {
+        write_amount(&mut out, words, amount);
+    }
+    if result.failures.unmeasured()
+        && let Some(output) = &result.output
+        && !output.is_empty()
+    {
+        out.push_str("---- output ----\n");
+        out.push_str(output);
+        if !output.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,103 @@
+//! `--junit PATH`: JUnit XML, one testsuite per test binary, one testcase per test (the ignored
+//! ones skipped), written when every test has run.
+//!
+//! Invariants: the file is written atomically, whole or not at all; a failed test's message is
+//! its failure sentences and its description the human failure text.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Mutex, time::Duration};
+
+use super::{Reporter, TestEvent, human::failure_message};
+use crate::{
+    error::{Error, Result},
+    fsutil,
+    testrun::TestResult,
+};
+
+/// The JUnit reporter: collects the results, writes the file at `TestsFinished`.
+pub struct Junit {
+    path: PathBuf,
+    results: Mutex<Vec<TestResult>>,
+    /// `(binary id, test)` of the selected tests that are ignored.
+    skipped: Mutex<Vec<(String, String)>>,
+}
+
+impl Junit {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            results: Mutex::new(Vec::new()),
+            skipped: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Reporter for Junit {
+    fn report(&self, event: &TestEvent) -> Result<()> {
+        match event {
+            TestEvent::RunStarted { ignored, .. } => *lock(&self.skipped) = ignored.to_vec(),
+            TestEvent::TestFinished { result } => lock(&self.results).push((*result).clone()),
+            TestEvent::TestsFinished { .. } => {
+                let xml = junit(&lock(&self.results), &lock(&self.skipped))?;
+                fsutil::write_atomically(&self.path, xml.as_bytes())?;
+            }
+            TestEvent::RunFinished { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// JUnit XML: one testsuite per test binary, one testcase per test.
+fn junit(results: &[TestResult], skipped: &[(String, String)]) -> Result<String> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut suites: BTreeMap<&str, TestSuite> = BTreeMap::new();
+    let mut total = Duration::ZERO;
+    for result in results {
+        let status = match failure_message(result, usize::MAX) {
+            None => TestCaseStatus::success(),
+            Some(message) => {
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                status
+                    .set_message(result.failures.joined())
+                    .set_type(if result.failures.unmeasured() {
+                        "test failure"
+                    } else {
+                        "leak over budget"
+                    })
+                    .set_description(message);
+                status
+            }
+        };
+        let mut case = TestCase::new(result.test.clone(), status);
+        let time = Duration::from_secs_f64(result.duration_ms / 1e3);
+        total += time;
+        case.set_classname(result.binary_id.clone()).set_time(time);
+        if let Some(output) = &result.output {
+            case.set_system_out_lossy(output.as_bytes());
+        }
+        suites
+            .entry(&result.binary_id)
+            .or_insert_with(|| TestSuite::new(result.binary_id.clone()))
+            .add_test_case(case);
+    }
+    for (binary_id, name) in skipped {
+        let mut case = TestCase::new(name.clone(), TestCaseStatus::skipped());
+        case.set_classname(binary_id.clone());
+        suites
+            .entry(binary_id)
+            .or_insert_with(|| TestSuite::new(binary_id.clone()))
+            .add_test_case(case);
+    }
+    let mut report = Report::new("cargo-memleak");
+    report.set_time(total);
+    report.add_test_suites(suites.into_values());
+    report.to_string().map_err(|err| Error::Io {
+        context: "writing JUnit XML".into(),
+        source: std::io::Error::other(err.to_string()),
+    })
+}

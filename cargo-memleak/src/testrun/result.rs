@@ -1,0 +1,136 @@
+//! How one test went, as data: [`TestResult`] and the typed reasons it failed ([`Failure`]),
+//! which every reporter renders and the bless reads.
+//!
+//! Invariants: a result with no failures passed; a failure's `Display` is the sentence the
+//! human output and JUnit show, and its serialized form keeps that sentence (`failures`) beside
+//! the data (`failure_reasons`).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::{
+    gate::{Budget, Judgement, OverBudget},
+    incomplete::{self, Incomplete, Reasons},
+    report::{Amount, LeakSummary, Stack},
+    scan::Gap,
+    spawn::ExitStatus,
+};
+
+/// Why a test failed. Serialized tagged by `kind` (a budget overrun by its own kind, see
+/// [`OverBudget`]); `Display` is the sentence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Failure {
+    /// cargo-memleak could not run it traced.
+    NotRun { error: String },
+    /// `--timeout` killed it (and its process group).
+    TimedOut {
+        #[serde(rename = "after_secs", serialize_with = "seconds")]
+        after: Duration,
+    },
+    /// The test itself failed: a non-zero exit or a signal.
+    TestFailed { exit: ExitStatus },
+    /// Its trace is incomplete (and `--allow-incomplete` was not given).
+    Incomplete { reasons: Vec<Incomplete> },
+    /// It lost more than its budget.
+    #[serde(untagged)]
+    OverBudget(OverBudget),
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+impl Failure {
+    /// Whether this failure leaves what the test lost unknown (everything but a budget
+    /// overrun): such a run cannot be blessed.
+    pub fn unmeasured(&self) -> bool {
+        !matches!(self, Failure::OverBudget(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotRun { error } => write!(f, "cargo-memleak could not run it: {error}"),
+            Failure::TimedOut { after } => write!(
+                f,
+                "timed out after {} s; its process group was killed",
+                after.as_secs_f64()
+            ),
+            Failure::TestFailed { exit } => write!(f, "the test failed: {exit}"),
+            Failure::Incomplete { reasons } => write!(
+                f,
+                "the trace is incomplete ({}); --allow-incomplete accepts that",
+                incomplete::joined(reasons)
+            ),
+            Failure::OverBudget(over) => over.fmt(f),
+        }
+    }
+}
+
+/// Why a test failed; serialized (flattened into its result) as `failures`, the sentences, and
+/// `failure_reasons`, the failures themselves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failures(pub Vec<Failure>);
+
+impl Failures {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether any failure leaves what the test lost unknown: see [`Failure::unmeasured`].
+    pub fn unmeasured(&self) -> bool {
+        self.0.iter().any(Failure::unmeasured)
+    }
+
+    /// The sentences, joined by `; `.
+    pub fn joined(&self) -> String {
+        self.0
+            .iter()
+            .map(Failure::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl Serialize for Failures {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let words: Vec<String> = self.0.iter().map(Failure::to_string).collect();
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("failures", &words)?;
+        map.serialize_entry("failure_reasons", &self.0)?;
+        map.end()
+    }
+}
+
+/// How one test went.
+#[derive(Clone, Debug, Serialize)]
+pub struct TestResult {
+    pub binary_id: String,
+    pub test: String,
+    /// Why it failed; empty when it passed.
+    #[serde(flatten)]
+    pub failures: Failures,
+    pub exit: Option<ExitStatus>,
+    pub timed_out: bool,
+    pub duration_ms: f64,
+    pub lost: Amount,
+    pub reachable: Amount,
+    pub suppressed: Amount,
+    pub leak_summary: LeakSummary,
+    /// Lost stacks, unsuppressed, with their frames.
+    pub stacks: Vec<Stack>,
+    #[serde(flatten)]
+    pub incomplete: Reasons,
+    /// Roots the scan could not see while nothing was lost (they cannot change the result).
+    pub unseen: Vec<Gap>,
+    pub budget: Option<Budget>,
+    #[serde(skip)]
+    pub judgement: Judgement,
+    /// The test's stdout and stderr.
+    pub output: Option<String>,
+}
