@@ -18,101 +18,63 @@ use crate::error::{Error, Result};
 
 /// How to build, shared by `run` and `test`: manifest, features, profile, target dir, lock
 /// flags, as cargo takes them.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
     /// Path to Cargo.toml.
-    #[arg(long, value_name = "PATH", help_heading = "Package selection")]
     pub manifest_path: Option<PathBuf>,
     /// Space or comma separated list of features to activate.
-    #[arg(
-        short = 'F',
-        long,
-        value_name = "FEATURES",
-        help_heading = "Feature selection"
-    )]
     pub features: Vec<String>,
     /// Activate all available features.
-    #[arg(long, help_heading = "Feature selection")]
     pub all_features: bool,
     /// Do not activate the `default` feature.
-    #[arg(long, help_heading = "Feature selection")]
     pub no_default_features: bool,
     /// Build artifacts in release mode, with optimizations.
-    #[arg(
-        short,
-        long,
-        help_heading = "Compilation options",
-        conflicts_with = "profile"
-    )]
     pub release: bool,
     /// Build artifacts with the specified profile.
-    #[arg(long, value_name = "NAME", help_heading = "Compilation options")]
     pub profile: Option<String>,
     /// Directory for all generated artifacts [default: <cargo's target dir>/memleak].
-    #[arg(long, value_name = "DIR", help_heading = "Compilation options")]
     pub target_dir: Option<PathBuf>,
     /// Assert that `Cargo.lock` will remain unchanged.
-    #[arg(long, help_heading = "Manifest options")]
     pub locked: bool,
     /// Equivalent to specifying both --locked and --offline.
-    #[arg(long, help_heading = "Manifest options")]
     pub frozen: bool,
     /// Run without accessing the network.
-    #[arg(long, help_heading = "Manifest options")]
     pub offline: bool,
 }
 
 /// `cargo run`'s selection: one package, one bin or example.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default)]
 pub struct RunSelection {
     /// Package with the target to run.
-    #[arg(short, long, value_name = "SPEC", help_heading = "Package selection")]
     pub package: Option<String>,
     /// Name of the bin target to run.
-    #[arg(
-        long,
-        value_name = "NAME",
-        help_heading = "Target selection",
-        conflicts_with = "example"
-    )]
     pub bin: Option<String>,
     /// Name of the example target to run.
-    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
     pub example: Option<String>,
 }
 
 /// `cargo test`'s selection of packages and targets.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default)]
 pub struct TestSelection {
     /// Package to test (repeatable).
-    #[arg(short, long, value_name = "SPEC", help_heading = "Package selection")]
     pub package: Vec<String>,
     /// Test all packages in the workspace.
-    #[arg(long, help_heading = "Package selection")]
     pub workspace: bool,
     /// Exclude packages from the test (with --workspace).
-    #[arg(long, value_name = "SPEC", help_heading = "Package selection")]
     pub exclude: Vec<String>,
     /// Test only this package's library.
-    #[arg(long, help_heading = "Target selection")]
     pub lib: bool,
     /// Test all binaries.
-    #[arg(long, help_heading = "Target selection")]
     pub bins: bool,
     /// Test only the specified binary.
-    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
     pub bin: Vec<String>,
     /// Test all integration test targets.
-    #[arg(long, help_heading = "Target selection")]
     pub tests: bool,
     /// Test only the specified integration test target.
-    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
     pub test: Vec<String>,
     /// Test all examples.
-    #[arg(long, help_heading = "Target selection")]
     pub examples: bool,
     /// Test only the specified example.
-    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
     pub example: Vec<String>,
 }
 

@@ -1,12 +1,14 @@
 //! The command line: clap's definitions of it, and the step from raw arguments to a validated
-//! [`commands::Command`], before any work starts.
+//! [`commands::Command`], before any work starts. The library's option types carry no clap
+//! derives: the arguments that fill them (`BuildArgs`, `FormatArg`, ...) are defined here, with
+//! their flags and help texts, and converted.
 //!
 //! Invariants: every check of an argument's value happens here, so a driver never sees a bad
 //! one; a usage error is [`Error::Selection`] (exit 2); help and version print and exit 0.
 
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     build::{BuildOptions, RunSelection, TestSelection},
@@ -121,8 +123,8 @@ pub struct PeriodicArgs {
     #[arg(short = 'a', long)]
     pub show_allocs: bool,
     /// BCC-style text, or one JSON object per report per line.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    pub format: FormatArg,
 }
 
 impl PeriodicArgs {
@@ -142,13 +144,13 @@ impl PeriodicArgs {
                 older: Duration::from_millis(self.older),
                 stacks: StackOptions {
                     top: stacks.top,
-                    sort: stacks.sort,
+                    sort: stacks.sort.into(),
                     min_size: stacks.min_size,
                     max_size: stacks.max_size,
                     show_allocs: self.show_allocs,
                 },
             },
-            format: self.format,
+            format: self.format.into(),
         })
     }
 }
@@ -161,8 +163,8 @@ pub struct StackArgs {
     #[arg(short = 'T', long, default_value_t = 10, value_name = "N")]
     pub top: usize,
     /// Order stacks by outstanding bytes or by number of allocations.
-    #[arg(long, value_enum, default_value_t = SortKey::Size)]
-    pub sort: SortKey,
+    #[arg(long, value_enum, default_value_t = SortKeyArg::Size)]
+    pub sort: SortKeyArg,
     /// Only count allocations of at least this many bytes.
     #[arg(short = 'z', long, value_name = "BYTES")]
     pub min_size: Option<u64>,
@@ -185,11 +187,11 @@ impl StackArgs {
 #[derive(Debug, Args)]
 pub struct TestArgs {
     #[command(flatten)]
-    pub build: BuildOptions,
+    pub build: BuildArgs,
     #[command(flatten)]
-    pub selection: TestSelection,
+    pub selection: TestSelectionArgs,
     #[command(flatten)]
-    pub filters: TestFilters,
+    pub filters: TestFilterArgs,
     #[command(flatten)]
     pub gate: GateArgs,
     /// Run this many tests at once [default: the number of CPUs].
@@ -202,8 +204,8 @@ pub struct TestArgs {
     #[arg(long, value_name = "PATH", help_heading = "Test run")]
     pub junit: Option<PathBuf>,
     /// Output: libtest's (human), or one JSON object per event on stdout.
-    #[arg(long, value_enum, default_value_t = MessageFormat::Human, help_heading = "Test run")]
-    pub message_format: MessageFormat,
+    #[arg(long, value_enum, default_value_t = MessageFormatArg::Human, help_heading = "Test run")]
+    pub message_format: MessageFormatArg,
     /// Show this many lost stacks under a failed test.
     #[arg(
         short = 'T',
@@ -232,8 +234,8 @@ pub struct GateArgs {
     #[arg(long, value_name = "FILE")]
     pub suppressions: Option<PathBuf>,
     /// What fails the gate: lost memory, or lost and still-reachable memory.
-    #[arg(long, value_enum, default_value_t = FailOn::Lost)]
-    pub fail_on: FailOn,
+    #[arg(long, value_enum, default_value_t = FailOnArg::Lost)]
+    pub fail_on: FailOnArg,
     /// Report an incomplete trace (drops, unreadable memory) but do not fail for it.
     #[arg(long)]
     pub allow_incomplete: bool,
@@ -248,7 +250,7 @@ impl GateArgs {
         Gate {
             baseline: self.baseline.clone(),
             suppressions: self.suppressions.clone(),
-            fail_on: self.fail_on,
+            fail_on: self.fail_on.into(),
             allow_incomplete: self.allow_incomplete,
             bless: self.bless,
         }
@@ -260,7 +262,7 @@ impl GateArgs {
 #[command(name = "cargo memleak test --", no_binary_name = true)]
 struct TrailingFilters {
     #[command(flatten)]
-    filters: TestFilters,
+    filters: TestFilterArgs,
     /// Accepted for libtest compatibility: output is always captured per test.
     #[arg(long)]
     nocapture: bool,
@@ -268,7 +270,7 @@ struct TrailingFilters {
 
 impl TestArgs {
     fn options(&self) -> Result<test::Options> {
-        let mut filters = self.filters.clone();
+        let mut filters = self.filters.options();
         if !self.libtest_args.is_empty() {
             let trailing = TrailingFilters::try_parse_from(&self.libtest_args)
                 .map_err(|err| Error::Selection(err.to_string().trim().replace('\n', " ")))?;
@@ -308,15 +310,15 @@ impl TestArgs {
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
         Ok(test::Options {
-            build: self.build.clone(),
-            selection: self.selection.clone(),
+            build: self.build.options(),
+            selection: self.selection.options(),
             run: TestOptions {
                 filters,
                 jobs,
                 timeout,
                 gate: self.gate.gate(),
                 junit: self.junit.clone(),
-                message_format: self.message_format,
+                message_format: self.message_format.into(),
                 top: self.top,
                 trace: self.trace.options(Limits::test_run()),
             },
@@ -343,9 +345,9 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub build: BuildOptions,
+    pub build: BuildArgs,
     #[command(flatten)]
-    pub selection: RunSelection,
+    pub selection: RunSelectionArgs,
     #[command(flatten)]
     pub report: ReportArgs,
     #[command(flatten)]
@@ -370,8 +372,8 @@ pub struct ReportArgs {
     #[arg(long)]
     pub show_reachable: bool,
     /// Report format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    pub format: FormatArg,
     /// Write the report to this file instead of stderr.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
@@ -415,14 +417,14 @@ impl ReportArgs {
             report: report::Options {
                 stacks: StackOptions {
                     top: self.stacks.top,
-                    sort: self.stacks.sort,
+                    sort: self.stacks.sort.into(),
                     min_size: self.stacks.min_size,
                     max_size: self.stacks.max_size,
                     show_allocs: self.show_allocs,
                 },
                 show_reachable: self.show_reachable,
             },
-            format: self.format,
+            format: self.format.into(),
             output: self.output.clone(),
             timings: self.timings,
         })
@@ -444,6 +446,257 @@ impl LimitArgs {
         Limits {
             max_allocs: self.max_allocs.unwrap_or(defaults.max_allocs),
             max_stacks: self.max_stacks,
+        }
+    }
+}
+
+// The library's options as clap takes them: the same fields, flags and help texts, so the
+// library's types carry no clap derives.
+
+/// How to build, shared by `run` and `test`: manifest, features, profile, target dir, lock
+/// flags, as cargo takes them.
+#[derive(Clone, Debug, Default, Args)]
+pub struct BuildArgs {
+    /// Path to Cargo.toml.
+    #[arg(long, value_name = "PATH", help_heading = "Package selection")]
+    pub manifest_path: Option<PathBuf>,
+    /// Space or comma separated list of features to activate.
+    #[arg(
+        short = 'F',
+        long,
+        value_name = "FEATURES",
+        help_heading = "Feature selection"
+    )]
+    pub features: Vec<String>,
+    /// Activate all available features.
+    #[arg(long, help_heading = "Feature selection")]
+    pub all_features: bool,
+    /// Do not activate the `default` feature.
+    #[arg(long, help_heading = "Feature selection")]
+    pub no_default_features: bool,
+    /// Build artifacts in release mode, with optimizations.
+    #[arg(
+        short,
+        long,
+        help_heading = "Compilation options",
+        conflicts_with = "profile"
+    )]
+    pub release: bool,
+    /// Build artifacts with the specified profile.
+    #[arg(long, value_name = "NAME", help_heading = "Compilation options")]
+    pub profile: Option<String>,
+    /// Directory for all generated artifacts [default: <cargo's target dir>/memleak].
+    #[arg(long, value_name = "DIR", help_heading = "Compilation options")]
+    pub target_dir: Option<PathBuf>,
+    /// Assert that `Cargo.lock` will remain unchanged.
+    #[arg(long, help_heading = "Manifest options")]
+    pub locked: bool,
+    /// Equivalent to specifying both --locked and --offline.
+    #[arg(long, help_heading = "Manifest options")]
+    pub frozen: bool,
+    /// Run without accessing the network.
+    #[arg(long, help_heading = "Manifest options")]
+    pub offline: bool,
+}
+
+/// `cargo run`'s selection: one package, one bin or example.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RunSelectionArgs {
+    /// Package with the target to run.
+    #[arg(short, long, value_name = "SPEC", help_heading = "Package selection")]
+    pub package: Option<String>,
+    /// Name of the bin target to run.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Target selection",
+        conflicts_with = "example"
+    )]
+    pub bin: Option<String>,
+    /// Name of the example target to run.
+    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
+    pub example: Option<String>,
+}
+
+/// `cargo test`'s selection of packages and targets.
+#[derive(Clone, Debug, Default, Args)]
+pub struct TestSelectionArgs {
+    /// Package to test (repeatable).
+    #[arg(short, long, value_name = "SPEC", help_heading = "Package selection")]
+    pub package: Vec<String>,
+    /// Test all packages in the workspace.
+    #[arg(long, help_heading = "Package selection")]
+    pub workspace: bool,
+    /// Exclude packages from the test (with --workspace).
+    #[arg(long, value_name = "SPEC", help_heading = "Package selection")]
+    pub exclude: Vec<String>,
+    /// Test only this package's library.
+    #[arg(long, help_heading = "Target selection")]
+    pub lib: bool,
+    /// Test all binaries.
+    #[arg(long, help_heading = "Target selection")]
+    pub bins: bool,
+    /// Test only the specified binary.
+    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
+    pub bin: Vec<String>,
+    /// Test all integration test targets.
+    #[arg(long, help_heading = "Target selection")]
+    pub tests: bool,
+    /// Test only the specified integration test target.
+    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
+    pub test: Vec<String>,
+    /// Test all examples.
+    #[arg(long, help_heading = "Target selection")]
+    pub examples: bool,
+    /// Test only the specified example.
+    #[arg(long, value_name = "NAME", help_heading = "Target selection")]
+    pub example: Vec<String>,
+}
+
+/// Which tests run, as `cargo test` takes it after the options.
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Test filters")]
+pub struct TestFilterArgs {
+    /// Run only tests whose name (or `[binary id] name`) contains this.
+    #[arg(value_name = "TESTNAME")]
+    pub filter: Option<String>,
+    /// Match the filter (and --skip) exactly rather than as a substring.
+    #[arg(long)]
+    pub exact: bool,
+    /// Skip tests whose name contains this (repeatable).
+    #[arg(long, value_name = "FILTER")]
+    pub skip: Vec<String>,
+    /// Run only ignored tests.
+    #[arg(long, conflicts_with = "include_ignored")]
+    pub ignored: bool,
+    /// Run ignored tests too.
+    #[arg(long)]
+    pub include_ignored: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum MessageFormatArg {
+    /// libtest's output.
+    #[default]
+    Human,
+    /// One JSON object per line and event on stdout (and no libtest output).
+    Json,
+}
+
+/// What counts toward the gate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum FailOnArg {
+    /// Lost memory (definitely and indirectly lost).
+    #[default]
+    Lost,
+    /// Lost memory, and still-reachable memory over its budget too.
+    Reachable,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SortKeyArg {
+    /// Outstanding bytes.
+    #[default]
+    Size,
+    /// Number of outstanding allocations.
+    Count,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    #[default]
+    Text,
+    Json,
+}
+
+impl BuildArgs {
+    fn options(&self) -> BuildOptions {
+        BuildOptions {
+            manifest_path: self.manifest_path.clone(),
+            features: self.features.clone(),
+            all_features: self.all_features,
+            no_default_features: self.no_default_features,
+            release: self.release,
+            profile: self.profile.clone(),
+            target_dir: self.target_dir.clone(),
+            locked: self.locked,
+            frozen: self.frozen,
+            offline: self.offline,
+        }
+    }
+}
+
+impl RunSelectionArgs {
+    fn options(&self) -> RunSelection {
+        RunSelection {
+            package: self.package.clone(),
+            bin: self.bin.clone(),
+            example: self.example.clone(),
+        }
+    }
+}
+
+impl TestSelectionArgs {
+    fn options(&self) -> TestSelection {
+        TestSelection {
+            package: self.package.clone(),
+            workspace: self.workspace,
+            exclude: self.exclude.clone(),
+            lib: self.lib,
+            bins: self.bins,
+            bin: self.bin.clone(),
+            tests: self.tests,
+            test: self.test.clone(),
+            examples: self.examples,
+            example: self.example.clone(),
+        }
+    }
+}
+
+impl TestFilterArgs {
+    fn options(&self) -> TestFilters {
+        TestFilters {
+            filter: self.filter.clone(),
+            exact: self.exact,
+            skip: self.skip.clone(),
+            ignored: self.ignored,
+            include_ignored: self.include_ignored,
+        }
+    }
+}
+
+impl From<MessageFormatArg> for MessageFormat {
+    fn from(arg: MessageFormatArg) -> Self {
+        match arg {
+            MessageFormatArg::Human => MessageFormat::Human,
+            MessageFormatArg::Json => MessageFormat::Json,
+        }
+    }
+}
+
+impl From<FailOnArg> for FailOn {
+    fn from(arg: FailOnArg) -> Self {
+        match arg {
+            FailOnArg::Lost => FailOn::Lost,
+            FailOnArg::Reachable => FailOn::Reachable,
+        }
+    }
+}
+
+impl From<SortKeyArg> for SortKey {
+    fn from(arg: SortKeyArg) -> Self {
+        match arg {
+            SortKeyArg::Size => SortKey::Size,
+            SortKeyArg::Count => SortKey::Count,
+        }
+    }
+}
+
+impl From<FormatArg> for Format {
+    fn from(arg: FormatArg) -> Self {
+        match arg {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
         }
     }
 }
@@ -507,8 +760,8 @@ impl ExecArgs {
 impl RunArgs {
     fn options(&self) -> Result<run::Options> {
         Ok(run::Options {
-            build: self.build.clone(),
-            selection: self.selection.clone(),
+            build: self.build.options(),
+            selection: self.selection.options(),
             report: self.report.options()?,
             gate: self.gate.gate(),
             trace: self.trace.options(Limits::default()),

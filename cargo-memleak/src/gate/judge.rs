@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// What counts toward the gate.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FailOn {
     /// Lost memory (definitely and indirectly lost).
     #[default]

@@ -23,7 +23,7 @@ pub use model::{Alloc, Amount, LeakSummary, SortKey, Stack, StackOptions, above_
 pub use periodic::{PeriodicOptions, Snapshot, snapshot};
 pub use text::{category_words, render_frame};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
     #[default]
     Text,

@@ -21,7 +21,7 @@ use crate::{
     tracer::{Counters, Outstanding},
 };
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SortKey {
     /// Outstanding bytes.
     #[default]

@@ -22,27 +22,21 @@ pub use result::{Failure, Failures, TestResult};
 use crate::{gate::Gate, session::TraceOptions};
 
 /// Which tests run, as `cargo test` takes it after the options.
-#[derive(Clone, Debug, Default, clap::Args)]
-#[command(next_help_heading = "Test filters")]
+#[derive(Clone, Debug, Default)]
 pub struct TestFilters {
     /// Run only tests whose name (or `[binary id] name`) contains this.
-    #[arg(value_name = "TESTNAME")]
     pub filter: Option<String>,
     /// Match the filter (and --skip) exactly rather than as a substring.
-    #[arg(long)]
     pub exact: bool,
     /// Skip tests whose name contains this (repeatable).
-    #[arg(long, value_name = "FILTER")]
     pub skip: Vec<String>,
     /// Run only ignored tests.
-    #[arg(long, conflicts_with = "include_ignored")]
     pub ignored: bool,
     /// Run ignored tests too.
-    #[arg(long)]
     pub include_ignored: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MessageFormat {
     /// libtest's output.
     #[default]
