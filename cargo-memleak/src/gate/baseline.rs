@@ -149,7 +149,7 @@ pub fn path(given: Option<&Path>, workspace_root: &Path) -> PathBuf {
         .unwrap_or_else(|| workspace_root.join(FILE_NAME))
 }
 
-/// A stack's key in the baseline: the first [`STACK_KEY_FRAMES`] symbol names above libtest's
+/// A stack's key in the baseline: the first `STACK_KEY_FRAMES` symbol names above libtest's
 /// harness that are not the standard library's (`alloc::`, `core::`, `std::`, their trait
 /// impls, `__rust_alloc`, ...), so it names the code that allocated and survives toolchain
 /// changes. A stack of standard-library frames only is keyed by those. Unknown frames are `??`.

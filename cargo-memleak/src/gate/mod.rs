@@ -1,7 +1,7 @@
 //! The leak gate, shared by `cargo memleak run` and `cargo memleak test`: the baseline file of
-//! leak budgets ([`baseline`]), suppressions ([`suppressions`]), the gate's options and files
+//! leak budgets (`baseline`), suppressions (`suppressions`), the gate's options and files
 //! ([`Gate`], [`LoadedGate`]), the verdict on one traced run ([`judge`] → [`Judgement`]) and
-//! `--bless`, which writes what a run lost as the budgets ([`bless`]).
+//! `--bless`, which writes what a run lost as the budgets (`bless`).
 //!
 //! Invariants: a run is judged on a report of every stack (reachable ones included), whatever
 //! the report shown to the user asks for; suppressed memory is counted, never gated; a budget

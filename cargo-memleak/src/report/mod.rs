@@ -3,7 +3,7 @@
 //! a process or the kernel traced mid-run ([`Snapshot`]: `attach`, `kernel`): outstanding
 //! allocations pass a size filter, are grouped by stack (at exit, by category too), ordered and
 //! cut to the top N, and the tracer's drop counters become reasons the report is incomplete
-//! ([`model`]). [`text`] renders them in BCC memleak's and memcheck's wording, [`json`] as
+//! (`model`). [`text`] renders them in BCC memleak's and memcheck's wording, [`json`] as
 //! JSON.
 //!
 //! Invariants: stacks are ordered by category (definitely lost, indirectly lost, still
