@@ -18,7 +18,7 @@ use crate::{
     outcome,
     report::{self, Format, PeriodicOptions, SortKey, StackOptions},
     session::TraceOptions,
-    spawn::Command,
+    spawn::{Command, FollowChildren},
     testrun::{MessageFormat, TestFilters, TestOptions},
     tracer::Limits,
     watch,
@@ -206,6 +206,8 @@ pub struct TestArgs {
     /// Output: libtest's (human), or one JSON object per event on stdout.
     #[arg(long, value_enum, default_value_t = MessageFormatArg::Human, help_heading = "Test run")]
     pub message_format: MessageFormatArg,
+    #[command(flatten)]
+    pub follow: FollowArgs,
     /// Show this many lost stacks under a failed test.
     #[arg(
         short = 'T',
@@ -321,8 +323,40 @@ impl TestArgs {
                 message_format: self.message_format.into(),
                 top: self.top,
                 trace: self.trace.options(Limits::test_run()),
+                follow_children: self.follow.or(FollowChildren::Workspace),
             },
         })
+    }
+}
+
+/// Which processes the traced program (or test) starts are followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FollowChildrenArg {
+    /// Every child.
+    All,
+    /// Children that run one of the workspace's built targets, and children that do not exec.
+    Workspace,
+    /// None: only the program itself.
+    None,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Tracing")]
+pub struct FollowArgs {
+    /// Trace the processes it starts too, from their first instruction, each scanned at its
+    /// own exit [default: `test` and `run`: workspace; `exec`: none]
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub follow_children: Option<FollowChildrenArg>,
+}
+
+impl FollowArgs {
+    fn or(&self, default: FollowChildren) -> FollowChildren {
+        match self.follow_children {
+            None => default,
+            Some(FollowChildrenArg::All) => FollowChildren::All,
+            Some(FollowChildrenArg::Workspace) => FollowChildren::Workspace,
+            Some(FollowChildrenArg::None) => FollowChildren::None,
+        }
     }
 }
 
@@ -332,6 +366,8 @@ pub struct ExecArgs {
     pub report: ReportArgs,
     #[command(flatten)]
     pub trace: TraceArgs,
+    #[command(flatten)]
+    pub follow: FollowArgs,
     /// The program to trace (looked up in PATH) and its arguments.
     #[arg(
         required = true,
@@ -354,6 +390,8 @@ pub struct RunArgs {
     pub gate: GateArgs,
     #[command(flatten)]
     pub trace: TraceArgs,
+    #[command(flatten)]
+    pub follow: FollowArgs,
     /// Arguments for the binary.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,
@@ -749,8 +787,17 @@ impl ExecArgs {
                 "no program given; usage: cargo memleak exec -- PROGRAM [ARGS]...".into(),
             )
         })?;
+        let mut command = Command::new(program.clone(), rest.to_vec());
+        // Outside a workspace, its targets are the program itself.
+        command.follow = self.follow.or(FollowChildren::None).follow(|| {
+            crate::spawn::resolve_program(program)
+                .ok()
+                .and_then(|path| std::fs::canonicalize(path).ok())
+                .into_iter()
+                .collect()
+        });
         Ok(exec::Options {
-            command: Command::new(program.clone(), rest.to_vec()),
+            command,
             report: self.report.options()?,
             trace: self.trace.options(Limits::default()),
         })
@@ -765,6 +812,7 @@ impl RunArgs {
             report: self.report.options()?,
             gate: self.gate.gate(),
             trace: self.trace.options(Limits::default()),
+            follow_children: self.follow.or(FollowChildren::Workspace),
             args: self.args.clone(),
         })
     }

@@ -55,6 +55,18 @@ pub enum Incomplete {
     NotRestarted { error: String },
     /// A followed child's trace could not be read at its exit stop.
     TraceUnreadable { error: String },
+    /// A followed child could not be traced at all.
+    ChildUntraced {
+        pid: u32,
+        executable: String,
+        error: String,
+    },
+    /// A followed child's trace is incomplete.
+    Child {
+        pid: u32,
+        executable: String,
+        reason: Box<Incomplete>,
+    },
     /// A root the leak scan could not see while something was lost (serialized as the gap
     /// itself: `thread_registers`, `thread_stack` or `unreadable`).
     #[serde(untagged)]
@@ -119,6 +131,19 @@ impl std::fmt::Display for Incomplete {
             Incomplete::TraceUnreadable { error } => {
                 write!(f, "its trace could not be read at its exit: {error}")
             }
+            Incomplete::ChildUntraced {
+                pid,
+                executable,
+                error,
+            } => write!(
+                f,
+                "child process {pid} ({executable}) could not be traced: {error}"
+            ),
+            Incomplete::Child {
+                pid,
+                executable,
+                reason,
+            } => write!(f, "in child process {pid} ({executable}): {reason}"),
             Incomplete::UnseenRoot(gap) => gap.fmt(f),
         }
     }

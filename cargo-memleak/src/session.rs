@@ -65,6 +65,8 @@ pub struct TracedRun {
 #[derive(Debug)]
 pub struct ChildRun {
     pub pid: u32,
+    /// Its command line (after its last exec; its parent's when it never exec'd).
+    pub program: String,
     /// The program it ran last (a child that never exec'd runs its parent's).
     pub executable: Option<PathBuf>,
     pub fate: ChildFate,
@@ -232,6 +234,7 @@ fn follow(
             }
             Event::Forked {
                 parent,
+                parent_thread,
                 child,
                 shares_memory,
             } => {
@@ -259,7 +262,7 @@ fn follow(
                     });
                 }
                 children.insert(child, followed);
-                running.resume(parent);
+                running.resume(parent_thread);
                 running.resume(child);
             }
             Event::Exec { pid: execed } => {
@@ -475,7 +478,7 @@ impl Followed {
             Some(reason) => ChildFate::Untraced(reason),
             None => fate,
         };
-        let (pid, executable) = (self.pid, self.executable.clone());
+        let (pid, executable, program) = (self.pid, self.executable.clone(), self.program.clone());
         let run = match (self.scanned.take(), self.status.clone()) {
             (Some(Ok(scanned)), Some(status)) => Some(self.into_run(status, Some(scanned))),
             (Some(Err(err)), Some(status)) => {
@@ -488,6 +491,7 @@ impl Followed {
         };
         ChildRun {
             pid,
+            program,
             executable,
             fate,
             run,
@@ -665,7 +669,12 @@ fn scan_for_leaks(trace: &ProcessTrace, threads: &Threads, allocator: &std::path
             .map(|&(start, len)| start..start.saturating_add(len))
             .collect(),
     };
-    if objects.allocator.is_empty() {
+    // A dynamically linked program killed while the loader was still at work (a child killed
+    // right after its exec) never ran code of its own: with nothing allocated, nothing can
+    // have been missed.
+    let killed_while_loading =
+        !objects.linker.is_empty() && trace.counters.get(memleak_common::Counter::Allocs) == 0;
+    if objects.allocator.is_empty() && !killed_while_loading {
         incomplete.push(Incomplete::AllocatorNotLoaded {
             allocator: allocator.to_owned(),
         });

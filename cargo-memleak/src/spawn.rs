@@ -88,6 +88,29 @@ pub enum Follow {
     All,
 }
 
+/// Which children to follow, before the workspace's executables are known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FollowChildren {
+    /// Every child.
+    All,
+    /// Children that run one of the workspace's built targets, and children that do not exec.
+    #[default]
+    Workspace,
+    /// None: only the program itself.
+    None,
+}
+
+impl FollowChildren {
+    /// The policy, given the workspace's built executables (asked for only when needed).
+    pub fn follow(self, workspace: impl FnOnce() -> std::collections::BTreeSet<PathBuf>) -> Follow {
+        match self {
+            FollowChildren::All => Follow::All,
+            FollowChildren::None => Follow::Nothing,
+            FollowChildren::Workspace => Follow::Executables(workspace()),
+        }
+    }
+}
+
 impl Follow {
     /// Whether a child that exec'd `executable` is followed.
     pub fn follows(&self, executable: &Path) -> bool {
@@ -453,6 +476,8 @@ pub enum Event {
     /// its parent's memory until it execs.
     Forked {
         parent: u32,
+        /// The thread of `parent` that forked, held at its fork stop: resume this one.
+        parent_thread: u32,
         child: u32,
         shares_memory: bool,
     },
@@ -514,7 +539,7 @@ pub struct Running {
     processes: BTreeMap<Pid, Traced>,
     /// Children a fork or vfork event named, with their parent and whether they share its
     /// memory, whose first stop has not been seen yet.
-    announced: BTreeMap<Pid, (Pid, bool)>,
+    announced: BTreeMap<Pid, (Pid, Pid, bool)>,
     /// Children whose first stop came before their parent's fork event.
     newborn: BTreeSet<Pid>,
     /// The program was reaped: nothing left to clean up on drop.
@@ -582,8 +607,12 @@ impl Running {
             match self.wait_event()? {
                 Event::ExitStop { pid, .. } if pid != self.pid() => self.release(pid),
                 event @ (Event::ExitStop { .. } | Event::Exited(_)) => return Ok(event),
-                Event::Forked { parent, child, .. } => {
-                    self.resume(parent);
+                Event::Forked {
+                    parent_thread,
+                    child,
+                    ..
+                } => {
+                    self.resume(parent_thread);
                     self.resume(child);
                 }
                 Event::Exec { pid } => self.resume(pid),
@@ -740,8 +769,12 @@ impl Running {
                     }
                     return Ok(status);
                 }
-                Some(Event::Forked { parent, child, .. }) => {
-                    self.resume(parent);
+                Some(Event::Forked {
+                    parent_thread,
+                    child,
+                    ..
+                }) => {
+                    self.resume(parent_thread);
                     self.resume(child);
                 }
                 Some(Event::Exec { pid }) => self.resume(pid),
@@ -778,8 +811,9 @@ impl Running {
         {
             self.processes.insert(tid, Traced::default());
             return Ok(match self.announced.remove(&tid) {
-                Some((parent, shares_memory)) => Some(Event::Forked {
+                Some((parent, thread, shares_memory)) => Some(Event::Forked {
                     parent: parent.as_raw() as u32,
+                    parent_thread: thread.as_raw() as u32,
                     child: tid.as_raw() as u32,
                     shares_memory,
                 }),
@@ -871,13 +905,14 @@ impl Running {
                 match child {
                     Some(child) if self.newborn.remove(&child) => Ok(Some(Event::Forked {
                         parent: tgid.as_raw() as u32,
+                        parent_thread: parent.as_raw() as u32,
                         child: child.as_raw() as u32,
                         shares_memory,
                     })),
                     Some(child) => {
                         // The parent waits here until the child's first stop is seen, so that
                         // the child starts from its parent's state at the fork.
-                        self.announced.insert(child, (tgid, shares_memory));
+                        self.announced.insert(child, (tgid, parent, shares_memory));
                         Ok(None)
                     }
                     None => {

@@ -335,6 +335,11 @@ fn symbols_prefix_probes_a_prefixed_allocator_in_the_executable() {
         .find(|frame| symbol_of(frame) == "main")
         .cloned()
         .unwrap_or_default();
-    assert_eq!(frame["line"], marker_line(&source, "my_malloc"), "{}", run.report);
+    assert_eq!(
+        frame["line"],
+        marker_line(&source, "my_malloc"),
+        "{}",
+        run.report
+    );
     let _ = std::fs::remove_file(binary);
 }

@@ -14,7 +14,7 @@ use crate::{
     gate::{Gate, LoadedGate},
     outcome::Outcome,
     session::{TraceOptions, TracedRun},
-    spawn::Command,
+    spawn::{Command, FollowChildren},
 };
 
 /// `cargo memleak run`'s options.
@@ -25,6 +25,8 @@ pub struct Options {
     pub report: ReportOptions,
     pub gate: Gate,
     pub trace: TraceOptions,
+    /// Which processes it starts are followed: `Workspace` means those running the binary.
+    pub follow_children: FollowChildren,
     /// Arguments for the binary.
     pub args: Vec<OsString>,
 }
@@ -35,8 +37,12 @@ pub fn run(options: &Options) -> Result<Outcome> {
     let Some(executable) = built.executables.into_iter().next() else {
         return Err(Error::Selection("cargo built no binary to run".into()));
     };
+    let path = std::fs::canonicalize(&executable.path).unwrap_or(executable.path.clone());
     let mut command = Command::new(executable.path.into_os_string(), options.args.clone());
     command.env = executable.env;
+    command.follow = options
+        .follow_children
+        .follow(|| std::iter::once(path).collect());
     let traced = exec::trace_and_report(&command, &options.report, &options.trace)?;
     if let Some(outcome) = traced.failure(gate.options.allow_incomplete) {
         return Ok(outcome);
@@ -46,9 +52,11 @@ pub fn run(options: &Options) -> Result<Outcome> {
 
 /// The run's lost memory against `runs[binary_id]`.
 fn judge(run: &TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<Outcome> {
-    let (_, judgement) = gate.judge(run, gate.baseline.runs.get(binary_id));
+    let budget = gate.baseline.runs.get(binary_id);
+    let (_, judgement) = gate.judge(run, budget);
+    let children = gate.judge_children(run, budget);
     if gate.options.bless {
-        gate.bless_run(binary_id, &judgement)?;
+        gate.bless_run(binary_id, &judgement, &children)?;
         eprintln!(
             "memleak: blessed {}: {binary_id} may lose {} bytes in {} blocks",
             gate.path.display(),
@@ -57,10 +65,21 @@ fn judge(run: &TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<Outcome>
         );
         return Ok(Outcome::Ok);
     }
-    if judgement.over_budget.is_empty() {
+    let over: Vec<String> =
+        judgement
+            .over_budget
+            .iter()
+            .map(ToString::to_string)
+            .chain(children.iter().flat_map(|child| {
+                child.judgement.over_budget.iter().map(|reason| {
+                    format!("its child processes running {}: {reason}", child.executable)
+                })
+            }))
+            .collect();
+    if over.is_empty() {
         return Ok(Outcome::Ok);
     }
-    for reason in &judgement.over_budget {
+    for reason in &over {
         eprintln!(
             "memleak: {binary_id}: {reason} (baseline {})",
             gate.path.display()

@@ -43,6 +43,23 @@ pub fn test(options: &Options) -> Result<Outcome> {
         .map(|package| package.name.to_string())
         .collect();
     let gate = run_options.gate.load(&built.workspace_root)?;
+    // A test's children are followed when they run a target of the workspace (a test binary
+    // forked, a bin through CARGO_BIN_EXE_*), or as --follow-children says.
+    let follow = run_options.follow_children.follow(|| {
+        built
+            .executables
+            .iter()
+            .flat_map(|executable| {
+                let bins = executable
+                    .env
+                    .iter()
+                    .filter(|(name, _)| name.to_string_lossy().starts_with("CARGO_BIN_EXE_"))
+                    .map(|(_, path)| std::path::PathBuf::from(path));
+                std::iter::once(executable.path.clone()).chain(bins)
+            })
+            .map(|path| std::fs::canonicalize(&path).unwrap_or(path))
+            .collect()
+    });
     let listed = list::list_all(built.executables)?;
     if let Some(note) = tracer.prepare_for_many()? {
         eprintln!("memleak: {note}");
@@ -52,6 +69,7 @@ pub fn test(options: &Options) -> Result<Outcome> {
         gate,
         run_options,
         &listed.cases,
+        follow,
         Reporters::new(run_options),
     )?;
     let run::Ran {
@@ -100,6 +118,7 @@ fn bless(
             binary_id: &result.binary_id,
             test: &result.test,
             judgement: &result.judgement,
+            children: &result.children,
             measured: !result.failures.unmeasured(),
         }),
         stale,

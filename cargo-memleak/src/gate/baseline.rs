@@ -92,6 +92,10 @@ pub struct Budget {
     /// When present, every lost stack must be listed here, within its own budget.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<StackBudget>,
+    /// The processes it started that were followed, by executable name: what all of them
+    /// that ran that executable may lose together (absent means nothing).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub children: BTreeMap<String, Budget>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Budget, FailOn, Judgement, LoadedGate, StaleEntry};
+use super::{Budget, ChildVerdict, FailOn, Judgement, LoadedGate, StaleEntry};
 use crate::error::Result;
 
 /// What `cargo memleak test --bless` did.
@@ -25,20 +25,30 @@ pub struct Measured<'a> {
     pub binary_id: &'a str,
     pub test: &'a str,
     pub judgement: &'a Judgement,
+    /// Its followed children's verdicts, by executable.
+    pub children: &'a [ChildVerdict],
     /// False when the test failed, timed out, was not fully traced or could not be run: what
     /// it lost is not known.
     pub measured: bool,
 }
 
-/// `budgets[key]` becomes what `judgement` lost, or goes when nothing that counts was lost.
+/// `budgets[key]` becomes what `judgement` and its `children` lost, or goes when nothing that
+/// counts was lost.
 fn set_budget(
     budgets: &mut BTreeMap<String, Budget>,
     key: &str,
     judgement: &Judgement,
+    children: &[ChildVerdict],
     fail_on: FailOn,
 ) {
-    if judgement.needs_budget(fail_on) {
-        budgets.insert(key.to_owned(), judgement.as_budget(fail_on));
+    let mut budget = judgement.as_budget(fail_on);
+    budget.children = children
+        .iter()
+        .filter(|child| child.judgement.needs_budget(fail_on))
+        .map(|child| (child.executable.clone(), child.judgement.as_budget(fail_on)))
+        .collect();
+    if judgement.needs_budget(fail_on) || !budget.children.is_empty() {
+        budgets.insert(key.to_owned(), budget);
     } else {
         budgets.remove(key);
     }
@@ -46,12 +56,18 @@ fn set_budget(
 
 impl LoadedGate {
     /// `cargo memleak run --bless`: `runs[binary_id]` becomes what this run lost.
-    pub fn bless_run(&self, binary_id: &str, judgement: &Judgement) -> Result<()> {
+    pub fn bless_run(
+        &self,
+        binary_id: &str,
+        judgement: &Judgement,
+        children: &[ChildVerdict],
+    ) -> Result<()> {
         let mut blessed = self.baseline.clone();
         set_budget(
             &mut blessed.runs,
             binary_id,
             judgement,
+            children,
             self.options.fail_on,
         );
         blessed.write(&self.path)
@@ -80,7 +96,13 @@ impl LoadedGate {
                 .tests
                 .entry(result.binary_id.to_owned())
                 .or_default();
-            set_budget(tests, result.test, result.judgement, fail_on);
+            set_budget(
+                tests,
+                result.test,
+                result.judgement,
+                result.children,
+                fail_on,
+            );
         }
         for entry in stale {
             match &entry.test {

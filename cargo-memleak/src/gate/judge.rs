@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Budget, StackBudget, Suppression, stack_key};
 use crate::{
     classify::Category,
-    report::{Amount, Report, Stack},
+    report::{Amount, Stack},
 };
 
 /// What counts toward the gate.
@@ -106,16 +106,17 @@ pub struct KeyedStack {
     pub blocks: u64,
 }
 
-/// Compares `report` (built with every stack, reachable ones included) with `budget`.
+/// Compares the stacks of a report (built with every stack, reachable ones included) with
+/// `budget`.
 pub fn judge(
-    report: &Report,
+    stacks: &[Stack],
     budget: Option<&Budget>,
     suppressions: &[Suppression],
     fail_on: FailOn,
 ) -> Judgement {
     let mut judgement = Judgement::default();
     let mut by_key: BTreeMap<Vec<String>, Amount> = BTreeMap::new();
-    for stack in &report.stacks {
+    for stack in stacks {
         let amount = Amount {
             bytes: stack.bytes,
             blocks: stack.allocations,
@@ -202,9 +203,10 @@ fn add(total: &mut Amount, amount: Amount) {
 }
 
 impl Judgement {
-    /// The budget that makes this run pass exactly.
+    /// The budget that makes this run pass exactly (its children's budgets are set apart).
     pub fn as_budget(&self, fail_on: FailOn) -> Budget {
         Budget {
+            children: BTreeMap::new(),
             lost: self.lost,
             reachable: (fail_on == FailOn::Reachable).then_some(self.reachable),
             stacks: self
@@ -227,10 +229,10 @@ impl Judgement {
 
 /// The lost, unsuppressed stacks of a report, for showing under a failed test.
 pub fn lost_stacks<'a>(
-    report: &'a Report,
+    stacks: &'a [Stack],
     suppressions: &'a [Suppression],
 ) -> impl Iterator<Item = &'a Stack> {
-    report.stacks.iter().filter(|stack| {
+    stacks.iter().filter(|stack| {
         stack.category != Some(Category::StillReachable)
             && !suppressions.iter().any(|s| s.matches(&stack.frames))
     })

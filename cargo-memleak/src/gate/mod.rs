@@ -10,6 +10,7 @@
 
 mod baseline;
 mod bless;
+mod children;
 mod judge;
 mod suppressions;
 
@@ -19,6 +20,7 @@ pub use baseline::{
     Baseline, Budget, FILE_NAME, SCHEMA_VERSION, StackBudget, StaleEntry, Version, path, stack_key,
 };
 pub use bless::{Blessing, Measured};
+pub use children::{ChildProcess, ChildVerdict, Fate};
 pub use judge::{FailOn, Judgement, KeyedStack, OverBudget, judge, lost_stacks};
 pub use suppressions::{
     BUILTIN_SUPPRESSIONS, Suppression, builtin_suppressions, read_suppressions,
@@ -80,7 +82,12 @@ impl LoadedGate {
                 show_reachable: true,
             },
         );
-        let judgement = judge(&report, budget, &self.suppressions, self.options.fail_on);
+        let judgement = judge(
+            &report.stacks,
+            budget,
+            &self.suppressions,
+            self.options.fail_on,
+        );
         (report, judgement)
     }
 }

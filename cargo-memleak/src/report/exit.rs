@@ -11,8 +11,13 @@ use serde::Serialize;
 
 use super::model::{self, Alloc, LeakSummary, Stack, StackOptions};
 use crate::{
-    classify::Category, incomplete::Reasons, scan::Gap, session::TracedRun, spawn::ExitStatus,
-    symbolize::Frame, tracer::Outstanding,
+    classify::Category,
+    incomplete::Reasons,
+    scan::Gap,
+    session::{ChildFate, TracedRun},
+    spawn::ExitStatus,
+    symbolize::Frame,
+    tracer::Outstanding,
 };
 
 /// What goes into a report at exit.
@@ -48,11 +53,30 @@ pub struct Report {
     /// Roots the leak scan could not see while nothing was lost: they can only make memory
     /// look lost, so the result stands.
     pub unseen: Vec<Gap>,
+    /// The processes it started that were followed, in the order they ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildReport>,
+}
+
+/// A followed child's own report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChildReport {
+    pub pid: u32,
+    /// Its command line.
+    pub command: String,
+    /// How it ended: `scanned`, `killed` (no exit stop), `still_running` or `untraced`.
+    pub fate: &'static str,
+    /// Its report, when it was scanned at its exit stop.
+    pub report: Option<Report>,
 }
 
 impl Report {
+    /// Complete, and so is every child's (an untraced child is not).
     pub fn is_complete(&self) -> bool {
         self.incomplete.is_empty()
+            && self.children.iter().all(|child| {
+                child.fate != "untraced" && child.report.as_ref().is_none_or(Report::is_complete)
+            })
     }
 }
 
@@ -132,6 +156,21 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
         dropped,
         incomplete: Reasons(incomplete),
         unseen: run.unseen.clone(),
+        children: run
+            .children
+            .iter()
+            .map(|child| ChildReport {
+                pid: child.pid,
+                command: child.program.clone(),
+                fate: match child.fate {
+                    ChildFate::Scanned => "scanned",
+                    ChildFate::Killed(_) => "killed",
+                    ChildFate::StillRunning => "still_running",
+                    ChildFate::Untraced(_) => "untraced",
+                },
+                report: child.run.as_ref().map(|run| build(run, options)),
+            })
+            .collect(),
     }
 }
 

@@ -72,6 +72,18 @@ pub struct LeakSummary {
 }
 
 impl LeakSummary {
+    /// Adds another run's summary to this one.
+    pub fn merge(&mut self, other: &LeakSummary) {
+        for (total, more) in [
+            (&mut self.definitely_lost, other.definitely_lost),
+            (&mut self.indirectly_lost, other.indirectly_lost),
+            (&mut self.still_reachable, other.still_reachable),
+        ] {
+            total.bytes += more.bytes;
+            total.blocks += more.blocks;
+        }
+    }
+
     pub(super) fn add(&mut self, category: Category, bytes: u64) {
         let amount = match category {
             Category::DefinitelyLost => &mut self.definitely_lost,

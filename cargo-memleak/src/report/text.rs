@@ -137,6 +137,18 @@ pub fn render_exit(report: &Report) -> String {
         out.push_str(&note);
         out.push('\n');
     }
+    for child in &report.children {
+        let _ = writeln!(
+            out,
+            "memleak: child process {} `{}`: {}",
+            child.pid,
+            child.command,
+            child.fate.replace('_', " ")
+        );
+        if let Some(report) = &child.report {
+            out.push_str(&render_exit(report));
+        }
+    }
     out
 }
 

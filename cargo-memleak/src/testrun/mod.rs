@@ -19,7 +19,7 @@ use std::{path::PathBuf, time::Duration};
 
 pub use result::{Failure, Failures, TestResult};
 
-use crate::{gate::Gate, session::TraceOptions};
+use crate::{gate::Gate, session::TraceOptions, spawn::FollowChildren};
 
 /// Which tests run, as `cargo test` takes it after the options.
 #[derive(Clone, Debug, Default)]
@@ -57,4 +57,6 @@ pub struct TestOptions {
     /// Stacks shown under a failed test.
     pub top: usize,
     pub trace: TraceOptions,
+    /// Which processes a test starts are followed (and judged with it).
+    pub follow_children: FollowChildren,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::{
-    gate::{Budget, Judgement, OverBudget},
+    gate::{Budget, ChildVerdict, Judgement, OverBudget},
     incomplete::{self, Incomplete, Reasons},
     report::{Amount, LeakSummary, Stack},
     scan::Gap,
@@ -34,6 +34,11 @@ pub enum Failure {
     TestFailed { exit: ExitStatus },
     /// Its trace is incomplete (and `--allow-incomplete` was not given).
     Incomplete { reasons: Vec<Incomplete> },
+    /// The processes it started that ran `executable` lost more than their budget.
+    ChildOverBudget {
+        executable: String,
+        over: OverBudget,
+    },
     /// It lost more than its budget.
     #[serde(untagged)]
     OverBudget(OverBudget),
@@ -47,7 +52,10 @@ impl Failure {
     /// Whether this failure leaves what the test lost unknown (everything but a budget
     /// overrun): such a run cannot be blessed.
     pub fn unmeasured(&self) -> bool {
-        !matches!(self, Failure::OverBudget(_))
+        !matches!(
+            self,
+            Failure::OverBudget(_) | Failure::ChildOverBudget { .. }
+        )
     }
 }
 
@@ -67,6 +75,9 @@ impl std::fmt::Display for Failure {
                 incomplete::joined(reasons)
             ),
             Failure::OverBudget(over) => over.fmt(f),
+            Failure::ChildOverBudget { executable, over } => {
+                write!(f, "its child processes running {executable}: {over}")
+            }
         }
     }
 }
@@ -133,4 +144,6 @@ pub struct TestResult {
     pub judgement: Judgement,
     /// The test's stdout and stderr.
     pub output: Option<String>,
+    /// The processes it started that were followed, judged by executable.
+    pub children: Vec<ChildVerdict>,
 }

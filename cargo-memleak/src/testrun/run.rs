@@ -26,7 +26,7 @@ use crate::{
     incomplete::Reasons,
     report::{Amount, LeakSummary},
     session,
-    spawn::Command,
+    spawn::{Command, Follow},
     symbolize::Symbolizer,
     tracer::Tracer,
 };
@@ -34,6 +34,7 @@ use crate::{
 /// What the worker threads share.
 struct Shared {
     tracer: Mutex<Tracer>,
+    follow: Follow,
     gate: LoadedGate,
     options: TestOptions,
     results: Mutex<Vec<TestResult>>,
@@ -58,12 +59,14 @@ thread_local! {
     static SYMBOLIZER: Symbolizer = Symbolizer::new();
 }
 
-/// Runs `cases` as libtest-mimic trials, emitting `RunStarted` and each `TestFinished`.
+/// Runs `cases` as libtest-mimic trials, emitting `RunStarted` and each `TestFinished`; each
+/// test's children are followed as `follow` says.
 pub fn run(
     tracer: Tracer,
     gate: LoadedGate,
     options: &TestOptions,
     cases: &[TestCase],
+    follow: Follow,
     reporters: Reporters,
 ) -> Result<Ran> {
     let arguments = Arguments {
@@ -78,6 +81,7 @@ pub fn run(
     };
     let shared = Arc::new(Shared {
         tracer: Mutex::new(tracer),
+        follow,
         gate,
         options: options.clone(),
         results: Mutex::new(Vec::new()),
@@ -162,6 +166,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     command.env = case.binary.env.clone();
     command.isolated = true;
     command.timeout = options.timeout;
+    command.follow = shared.follow.clone();
     let budget = gate
         .baseline
         .tests
@@ -185,6 +190,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         budget,
         judgement: Judgement::default(),
         output: None,
+        children: Vec::new(),
     };
     let start = Instant::now();
     let traced = SYMBOLIZER.with(|symbolizer| session::trace(&shared.tracer, symbolizer, &command));
@@ -206,9 +212,14 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     result.reachable = judgement.reachable;
     result.suppressed = judgement.suppressed;
     result.leak_summary = report.leak_summary;
-    result.incomplete = report.incomplete.clone();
+    result.children = gate.judge_children(&run, result.budget.as_ref());
+    let mut incomplete = report.incomplete.clone();
+    for child in &result.children {
+        incomplete.0.extend(child.incomplete.iter().cloned());
+    }
+    result.incomplete = incomplete.clone();
     result.unseen = report.unseen.clone();
-    result.stacks = gate::lost_stacks(&report, &gate.suppressions)
+    result.stacks = gate::lost_stacks(&report.stacks, &gate.suppressions)
         .cloned()
         .collect();
 
@@ -222,12 +233,12 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
             exit: run.status.clone(),
         });
     }
-    if !report.is_complete() && !run.timed_out {
+    if !incomplete.is_empty() && !run.timed_out {
         if gate.options.allow_incomplete {
             // Reported, not failed.
         } else {
             failures.push(Failure::Incomplete {
-                reasons: report.incomplete.0.clone(),
+                reasons: incomplete.0,
             });
         }
     }
@@ -239,6 +250,14 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
                 .cloned()
                 .map(Failure::OverBudget),
         );
+        for child in &result.children {
+            failures.extend(child.judgement.over_budget.iter().map(|over| {
+                Failure::ChildOverBudget {
+                    executable: child.executable.clone(),
+                    over: over.clone(),
+                }
+            }));
+        }
     }
     result.judgement = judgement;
     result

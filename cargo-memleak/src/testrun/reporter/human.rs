@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use super::{Reporter, TestEvent};
 use crate::{
     error::Result,
-    gate::StaleEntry,
+    gate::{ChildVerdict, StaleEntry},
     report::text::{Frames, write_amount, write_stack},
     testrun::TestResult,
 };
@@ -35,6 +35,36 @@ impl Reporter for Human {
             }
         }
         Ok(())
+    }
+}
+
+/// The followed processes that ran one executable: each with its command line and how it
+/// ended, then their lost stacks and summary, when they lost something.
+pub fn write_child(out: &mut String, child: &ChildVerdict, top: usize) {
+    for process in &child.processes {
+        let _ = writeln!(
+            out,
+            "child process {} `{}`: {}",
+            process.pid, process.command, process.fate
+        );
+    }
+    if child.lost.blocks == 0 {
+        return;
+    }
+    for stack in child.stacks.iter().take(top) {
+        write_stack(out, stack, Frames::AboveHarness);
+    }
+    if child.stacks.len() > top {
+        let _ = writeln!(out, "\t({} more stacks)", child.stacks.len() - top);
+    }
+    let summary = &child.leak_summary;
+    for (words, amount) in [
+        ("definitely lost", summary.definitely_lost),
+        ("indirectly lost", summary.indirectly_lost),
+        ("still reachable", summary.still_reachable),
+        ("suppressed", child.suppressed),
+    ] {
+        write_amount(out, words, amount);
     }
 }
 
@@ -67,6 +97,9 @@ pub fn failure_message(result: &TestResult, top: usize) -> Option<String> {
         ("suppressed", result.suppressed),
     ] {
         write_amount(&mut out, words, amount);
+    }
+    for child in &result.children {
+        write_child(&mut out, child, top);
     }
     if result.failures.unmeasured()
         && let Some(output) = &result.output

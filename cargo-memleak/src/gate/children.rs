@@ -1,0 +1,187 @@
+//! The processes a traced run started and followed ([`crate::spawn::Follow`]), judged by
+//! executable: all the processes that ran one executable together, against the budget's
+//! `children[executable name]` (absent means nothing may be lost).
+//!
+//! Invariants: a child that ended without an exit stop (killed by SIGKILL, usually by its
+//! parent) or was still running when the program ended left nothing to read and is a note, not
+//! a gap; a child that could not be traced, or whose trace is incomplete, makes the run
+//! incomplete.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Budget, Judgement, LoadedGate, judge, lost_stacks};
+use crate::{
+    incomplete::Incomplete,
+    report::{self, Amount, LeakSummary, Stack},
+    session::{ChildFate, TracedRun},
+    spawn::ExitStatus,
+};
+
+/// One followed process.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChildProcess {
+    pub pid: u32,
+    /// Its command line (after its last exec).
+    pub command: String,
+    #[serde(flatten)]
+    pub fate: Fate,
+}
+
+/// How a followed process ended, as far as tracing goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "fate", rename_all = "snake_case")]
+pub enum Fate {
+    /// Held at its exit stop, read and scanned.
+    Scanned { exit: ExitStatus },
+    /// Ended without an exit stop (SIGKILL): nothing of it could be read or was left.
+    Killed { exit: ExitStatus },
+    /// Still running when the program ended: let go, unscanned.
+    StillRunning,
+    /// Could not be traced.
+    Untraced { error: String },
+}
+
+impl std::fmt::Display for Fate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fate::Scanned { exit } => exit.fmt(f),
+            Fate::Killed { exit } => write!(f, "{exit}, nothing to read"),
+            Fate::StillRunning => f.write_str("still running when the test ended, not scanned"),
+            Fate::Untraced { error } => write!(f, "not traced: {error}"),
+        }
+    }
+}
+
+/// The followed processes that ran one executable, judged together.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChildVerdict {
+    /// The executable's file name (the budget's key).
+    pub executable: String,
+    pub processes: Vec<ChildProcess>,
+    pub lost: Amount,
+    pub reachable: Amount,
+    pub suppressed: Amount,
+    pub leak_summary: LeakSummary,
+    /// Lost stacks, unsuppressed, largest first.
+    pub stacks: Vec<Stack>,
+    pub budget: Option<Budget>,
+    /// Why their trace is incomplete (each reason names its process).
+    #[serde(skip)]
+    pub incomplete: Vec<Incomplete>,
+    #[serde(skip)]
+    pub judgement: Judgement,
+}
+
+impl LoadedGate {
+    /// Judges the children of `run`, by executable, against `budget`'s children.
+    pub fn judge_children(&self, run: &TracedRun, budget: Option<&Budget>) -> Vec<ChildVerdict> {
+        let mut by_executable: BTreeMap<String, Vec<&crate::session::ChildRun>> = BTreeMap::new();
+        for child in &run.children {
+            by_executable
+                .entry(executable_name(child))
+                .or_default()
+                .push(child);
+        }
+        let every_stack = report::Options {
+            stacks: report::StackOptions {
+                top: usize::MAX,
+                ..report::StackOptions::default()
+            },
+            show_reachable: true,
+        };
+        by_executable
+            .into_iter()
+            .map(|(executable, children)| {
+                let mut stacks = Vec::new();
+                let mut leak_summary = LeakSummary::default();
+                let mut incomplete = Vec::new();
+                let mut processes = Vec::new();
+                for child in children {
+                    let fate = match (&child.fate, &child.run) {
+                        (ChildFate::Untraced(error), _) => {
+                            incomplete.push(Incomplete::ChildUntraced {
+                                pid: child.pid,
+                                executable: executable.clone(),
+                                error: error.clone(),
+                            });
+                            Fate::Untraced {
+                                error: error.clone(),
+                            }
+                        }
+                        (ChildFate::Killed(exit), _) => Fate::Killed { exit: exit.clone() },
+                        (ChildFate::StillRunning, _) => Fate::StillRunning,
+                        (ChildFate::Scanned, Some(child_run)) => Fate::Scanned {
+                            exit: child_run.status.clone(),
+                        },
+                        (ChildFate::Scanned, None) => Fate::StillRunning,
+                    };
+                    if let Some(child_run) = &child.run {
+                        let report = report::build(child_run, &every_stack);
+                        leak_summary.merge(&report.leak_summary);
+                        incomplete.extend(report.incomplete.0.iter().map(|reason| {
+                            Incomplete::Child {
+                                pid: child.pid,
+                                executable: executable.clone(),
+                                reason: Box::new(reason.clone()),
+                            }
+                        }));
+                        stacks.extend(report.stacks);
+                    }
+                    processes.push(ChildProcess {
+                        pid: child.pid,
+                        command: child.program.clone(),
+                        fate,
+                    });
+                }
+                stacks.sort_by_key(|stack| std::cmp::Reverse((stack.bytes, stack.allocations)));
+                let budget = budget
+                    .and_then(|budget| budget.children.get(&executable))
+                    .cloned();
+                let judgement = judge(
+                    &stacks,
+                    budget.as_ref(),
+                    &self.suppressions,
+                    self.options.fail_on,
+                );
+                let lost: Vec<Stack> = lost_stacks(&stacks, &self.suppressions).cloned().collect();
+                ChildVerdict {
+                    executable,
+                    processes,
+                    lost: judgement.lost,
+                    reachable: judgement.reachable,
+                    suppressed: judgement.suppressed,
+                    leak_summary,
+                    stacks: lost,
+                    budget,
+                    incomplete,
+                    judgement,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The file name a child's budget is keyed by, without the hash cargo appends to a test
+/// binary's (`children-565f254d053194d5` is `children`), which changes from build to build.
+fn executable_name(child: &crate::session::ChildRun) -> String {
+    let name = child
+        .executable
+        .as_deref()
+        .and_then(|path| path.file_name())
+        .map_or_else(
+            || "unknown".into(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+    match name.rsplit_once('-') {
+        Some((stem, hash))
+            if !stem.is_empty()
+                && hash.len() == 16
+                && hash.bytes().all(|byte| byte.is_ascii_hexdigit()) =>
+        {
+            stem.to_owned()
+        }
+        _ => name,
+    }
+}
