@@ -629,7 +629,9 @@ fn bench_global_allocators(memleak: &Path, pairs: u64, runs: usize) -> Result<()
         let ns = |traced: bool| -> Result<f64> {
             let mut command = if traced {
                 let mut command = Command::new(memleak);
-                command.args(["exec", "--output", "/dev/null", "--"]).arg(&binary);
+                command
+                    .args(["exec", "--output", "/dev/null", "--"])
+                    .arg(&binary);
                 command
             } else {
                 Command::new(&binary)
