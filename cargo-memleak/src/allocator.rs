@@ -153,19 +153,23 @@ const KNOWN: &[KnownFamily] = &[
     },
 ];
 
-/// The allocating and freeing functions of libc, under another prefix (`--symbols-prefix`).
-const PREFIXED: &[(&str, EntryPoint, bool)] = &[
-    ("malloc", EntryPoint::Malloc, true),
-    ("calloc", EntryPoint::Calloc, true),
-    ("realloc", EntryPoint::Realloc, true),
-    ("reallocarray", EntryPoint::Reallocarray, true),
-    ("posix_memalign", EntryPoint::PosixMemalign, true),
-    ("aligned_alloc", EntryPoint::Memalign, true),
-    ("memalign", EntryPoint::Memalign, true),
-    ("valloc", EntryPoint::Valloc, true),
-    ("pvalloc", EntryPoint::Valloc, true),
-    ("free", EntryPoint::Free, false),
-];
+/// The allocating and freeing functions of libc (not its system calls), which
+/// `--symbols-prefix` looks for under another prefix.
+fn prefixed() -> Vec<(&'static str, EntryPoint, bool)> {
+    ENTRY_POINTS
+        .iter()
+        .copied()
+        .filter(|(_, entry_point, _)| {
+            !matches!(
+                entry_point,
+                EntryPoint::Mmap
+                    | EntryPoint::Mremap
+                    | EntryPoint::Munmap
+                    | EntryPoint::Sigaltstack
+            )
+        })
+        .collect()
+}
 
 struct KnownFamily {
     name: &'static str,
@@ -248,7 +252,8 @@ pub fn executable_allocators(
             family.entry_points,
         )
     });
-    let custom = prefix.map(|prefix| (format!("{prefix}*"), prefix, &[][..], PREFIXED));
+    let prefixed = prefixed();
+    let custom = prefix.map(|prefix| (format!("{prefix}*"), prefix, &[][..], &prefixed[..]));
     for (name, prefix, code, entry_points) in families.chain(custom) {
         let (points, _) = resolve_symbols(&elf, &data, prefix, entry_points);
         let frees = points
@@ -534,10 +539,11 @@ fn resolve_elf(
     data: &[u8],
     prefix: &str,
 ) -> Result<AllocatorProbes> {
+    let prefixed = prefixed();
     let entry_points = if prefix.is_empty() {
         ENTRY_POINTS
     } else {
-        PREFIXED
+        &prefixed
     };
     let (points, missing) = resolve_symbols(elf, data, prefix, entry_points);
     if let Some(required) = REQUIRED.iter().find(|symbol| missing.contains(symbol)) {

@@ -480,7 +480,18 @@ impl Followed {
         };
         let (pid, executable, program) = (self.pid, self.executable.clone(), self.program.clone());
         let run = match (self.scanned.take(), self.status.clone()) {
-            (Some(Ok(scanned)), Some(status)) => Some(self.into_run(status, Some(scanned))),
+            (Some(Ok(mut scanned)), Some(status)) => {
+                // Killed from outside (SIGKILL) before it allocated anything, as a child killed
+                // during its exec: its libc not being loaded yet hides nothing.
+                let killed =
+                    matches!(&status, ExitStatus::Signaled { signal, .. } if signal == "SIGKILL");
+                if killed && scanned.trace.counters.get(memleak_common::Counter::Allocs) == 0 {
+                    scanned
+                        .incomplete
+                        .retain(|reason| !matches!(reason, Incomplete::AllocatorNotLoaded { .. }));
+                }
+                Some(self.into_run(status, Some(scanned)))
+            }
             (Some(Err(err)), Some(status)) => {
                 self.incomplete.push(Incomplete::TraceUnreadable {
                     error: err.to_string(),

@@ -158,7 +158,8 @@ pub struct AllocInfo {
 pub struct PendingCall {
     /// A [`CallKind`] as `u32`.
     pub kind: u32,
-    pub _pad: u32,
+    /// 1 when `old_addr`'s record was found (and removed) at entry, in `old`.
+    pub old_found: u32,
     /// Stack pointer at entry. A nested allocator call (glibc's `realloc(NULL, n)` calls
     /// `malloc`, `malloc` calls `mmap`) runs with a lower stack pointer, a tail call with the
     /// same one; a return with a higher one is the outer call's. A later entry above it means
@@ -170,6 +171,12 @@ pub struct PendingCall {
     pub old_addr: u64,
     /// `posix_memalign`'s out-pointer.
     pub out_ptr: u64,
+    /// `old_addr`'s record, removed at entry. The allocator frees the old block inside the
+    /// call, so another thread may be given that address and record it before this call
+    /// returns: removing the record at the return would remove that thread's. It goes at the
+    /// entry instead, while no one else can have the address, and comes back if the call
+    /// fails.
+    pub old: AllocInfo,
 }
 
 /// Which allocator entry point a probe sits on. One entry program serves them all (one
@@ -427,7 +434,7 @@ const _: () = {
     assert!(core::mem::size_of::<AllocKey>() == 16);
     assert!(core::mem::size_of::<AllocInfo>() == 24);
     assert!(core::mem::size_of::<StackKey>() == 16);
-    assert!(core::mem::size_of::<PendingCall>() == 40);
+    assert!(core::mem::size_of::<PendingCall>() == 64);
     assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
     assert!(core::mem::size_of::<KernelFields>() == 56);
     assert!(core::mem::size_of::<NestedMmap>() == 16);

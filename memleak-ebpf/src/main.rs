@@ -153,13 +153,32 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
         }
         count(tgid, Counter::StalePending);
     }
+    // The old block leaves now, while it is still ours (see PendingCall::old).
+    let key = AllocKey {
+        addr: old_addr,
+        tgid,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    let old = match old_addr {
+        0 => None,
+        _ => unsafe { ALLOCS.get(&key) }.copied(),
+    };
+    if old.is_some() {
+        let _ = ALLOCS.remove(&key);
+    }
     let call = PendingCall {
         kind: kind as u32,
-        _pad: 0,
+        old_found: old.is_some() as u32,
         entry_sp,
         size,
         old_addr,
         out_ptr,
+        old: old.unwrap_or(AllocInfo {
+            size: 0,
+            timestamp_ns: 0,
+            stack_id: 0,
+        }),
     };
     if PENDING.insert(&pid_tgid, &call, 0).is_err() {
         count(tgid, Counter::PendingMapFull);
@@ -215,10 +234,8 @@ fn leave(ctx: &RetProbeContext) -> u32 {
             // realloc (NULL with n > 0) leaves p alone; otherwise p is gone and ret is the block
             // (even when it did not move: the block now has this call's size and stack).
             let succeeded = ret != 0 || call.size == 0;
-            if call.old_addr != 0 && succeeded {
-                if !release(tgid, call.old_addr) {
-                    count(tgid, Counter::FreeUnknown);
-                }
+            if call.old_addr != 0 {
+                settle_old(tgid, &call, succeeded, Counter::FreeUnknown);
             }
             if ret != 0 {
                 record(ctx, tgid, ret, call.size);
@@ -235,9 +252,7 @@ fn leave(ctx: &RetProbeContext) -> u32 {
             }
         }
         k if k == CallKind::Dealloc as u32 => {
-            if !release(tgid, call.old_addr) {
-                count(tgid, Counter::FreeUnknown);
-            }
+            settle_old(tgid, &call, true, Counter::FreeUnknown);
         }
         k if k == CallKind::Mmap as u32 => {
             if ret != MAP_FAILED {
@@ -245,12 +260,10 @@ fn leave(ctx: &RetProbeContext) -> u32 {
             }
         }
         k if k == CallKind::Mremap as u32 => {
+            // A mapping never traced (made by the loader, say) counts as untracked, not as an
+            // unknown free: the result is traced from here on either way.
+            settle_old(tgid, &call, ret != MAP_FAILED, Counter::MunmapUntracked);
             if ret != MAP_FAILED {
-                // A mapping never traced (made by the loader, say) counts as untracked, not as
-                // an unknown free: the result is traced from here on either way.
-                if !release(tgid, call.old_addr) {
-                    count(tgid, Counter::MunmapUntracked);
-                }
                 record(ctx, tgid, ret, call.size);
             }
         }
@@ -355,6 +368,28 @@ fn release(tgid: u32, addr: u64) -> bool {
         count(tgid, Counter::Frees);
     }
     found
+}
+
+/// The old block of a `realloc`, `mremap` or shim dealloc at the call's return: it was
+/// removed at entry; a call that `succeeded` freed it (counted, or `unknown` when it was never
+/// recorded), a failed one leaves it as it was.
+#[inline(always)]
+fn settle_old(tgid: u32, call: &PendingCall, succeeded: bool, unknown: Counter) {
+    match (call.old_found != 0, succeeded) {
+        (true, true) => count(tgid, Counter::Frees),
+        (false, true) => count(tgid, unknown),
+        (true, false) => {
+            let key = AllocKey {
+                addr: call.old_addr,
+                tgid,
+                _pad: 0,
+            };
+            if ALLOCS.insert(&key, &call.old, 0).is_err() {
+                count(tgid, Counter::AllocMapFull);
+            }
+        }
+        (false, false) => {}
+    }
 }
 
 /// True when a free-like entry runs inside a pending allocator call of its thread (and so is

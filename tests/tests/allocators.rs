@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     time::Duration,
 };
@@ -239,16 +239,31 @@ fn exec_and_attach_see_a_jemalloc_program() {
     assert_eq!(code, 0, "{stderr}");
 }
 
+/// Compiles the C program `text` as `target/fixtures/<name>.c`: the source's path and the
+/// binary's (unique to this test process).
+fn compile_c(name: &str, text: &str) -> (PathBuf, PathBuf) {
+    let out_dir = workspace_root().join("target/fixtures");
+    std::fs::create_dir_all(&out_dir).expect("target/fixtures");
+    let source = out_dir.join(format!("{name}.c"));
+    std::fs::write(&source, text).expect("write the source");
+    let binary = out_dir.join(format!("{name}-{}", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "cc {}", source.display());
+    (source, binary)
+}
+
 #[test]
 fn a_program_with_its_own_malloc_has_it_probed() {
     if !privileged("a_program_with_its_own_malloc_has_it_probed") {
         return;
     }
-    let out_dir = workspace_root().join("target/fixtures");
-    std::fs::create_dir_all(&out_dir).expect("target/fixtures");
-    let source = out_dir.join("own-malloc.c");
-    std::fs::write(
-        &source,
+    let (_, binary) = compile_c(
+        "own-malloc",
         "#include <stddef.h>\n\
          static char arena[1 << 20]; static size_t used;\n\
          void *malloc(size_t n) { void *p = arena + used; used += (n + 15) & ~15UL; return p; }\n\
@@ -256,16 +271,7 @@ fn a_program_with_its_own_malloc_has_it_probed() {
          void *calloc(size_t a, size_t b) { return malloc(a * b); }\n\
          void *realloc(void *p, size_t n) { (void)p; return malloc(n); }\n\
          int main(void) { void *volatile p = malloc(30000); p = 0; return 0; }\n",
-    )
-    .expect("write the source");
-    let binary = out_dir.join(format!("own-malloc-{}", std::process::id()));
-    let status = Command::new("cc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status()
-        .expect("cc runs");
-    assert!(status.success());
+    );
     let run = |extra: &[&Path]| {
         Command::new(cargo_memleak())
             .arg("exec")
@@ -300,11 +306,8 @@ fn symbols_prefix_probes_a_prefixed_allocator_in_the_executable() {
     if !privileged("symbols_prefix_probes_a_prefixed_allocator_in_the_executable") {
         return;
     }
-    let out_dir = workspace_root().join("target/fixtures");
-    std::fs::create_dir_all(&out_dir).expect("target/fixtures");
-    let source = out_dir.join("prefixed-malloc.c");
-    std::fs::write(
-        &source,
+    let (source, binary) = compile_c(
+        "prefixed-malloc",
         "#include <stddef.h>\n\
          static char arena[1 << 20]; static size_t used;\n\
          void *my_malloc(size_t n) { void *p = arena + used; used += (n + 15) & ~15UL; return p; }\n\
@@ -314,16 +317,7 @@ fn symbols_prefix_probes_a_prefixed_allocator_in_the_executable() {
            void *volatile lost = my_malloc(30000); /* LEAK:my_malloc */\n\
            lost = 0; kept = my_malloc(100); my_free(my_malloc(50)); return 0;\n\
          }\n",
-    )
-    .expect("write the source");
-    let binary = out_dir.join(format!("prefixed-malloc-{}", std::process::id()));
-    let status = Command::new("cc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status()
-        .expect("cc runs");
-    assert!(status.success());
+    );
     let binary_path = binary.to_str().expect("a UTF-8 path");
     let run = memleak(&["exec", "--symbols-prefix", "my_", "--", binary_path]);
     assert_eq!(run.code, 0, "{}", run.stderr);

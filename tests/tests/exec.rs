@@ -86,6 +86,24 @@ fn check_nothing_leaks(mode: &str) -> memleak_tests::Run {
     run
 }
 
+/// A realloc that moves frees its old block inside the call; another thread is often handed
+/// that address (and records it) before the realloc returns. The old block's record leaves at
+/// the realloc's entry, so the other thread's record stays: no free of an unknown block.
+#[test]
+fn a_realloc_racing_another_threads_malloc_keeps_every_record() {
+    if !privileged("a_realloc_racing_another_threads_malloc_keeps_every_record") {
+        return;
+    }
+    let fixture = c_fixture().to_str().expect("utf-8 path");
+    let run = memleak(&["exec", "--", fixture, "realloc-race"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_complete(&run);
+    assert_eq!(run.counter("free_unknown"), 0, "{:#}", run.report);
+    assert_eq!(run.report["leak_summary"]["definitely_lost"]["blocks"], 0);
+    // 100000 rounds of malloc, guard and realloc on one thread, malloc and free on the other.
+    assert!(run.counter("frees") >= 300_000, "{:#}", run.report);
+}
+
 #[test]
 fn realloc_to_zero_frees_the_block() {
     if privileged("realloc_to_zero_frees_the_block") {

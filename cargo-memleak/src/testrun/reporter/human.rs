@@ -11,7 +11,10 @@ use super::{Reporter, TestEvent};
 use crate::{
     error::Result,
     gate::{ChildVerdict, StaleEntry},
-    report::text::{Frames, write_amount, write_stack},
+    report::{
+        Amount, LeakSummary, Stack,
+        text::{Frames, write_amount, write_stack},
+    },
     testrun::TestResult,
 };
 
@@ -48,21 +51,37 @@ pub fn write_child(out: &mut String, child: &ChildVerdict, top: usize) {
             process.pid, process.command, process.fate
         );
     }
-    if child.lost.blocks == 0 {
-        return;
+    if child.lost.blocks > 0 {
+        write_lost(
+            out,
+            &child.stacks,
+            &child.leak_summary,
+            child.suppressed,
+            top,
+        );
     }
-    for stack in child.stacks.iter().take(top) {
+}
+
+/// The first `top` lost stacks (libtest's harness left out), then memcheck's summary lines.
+fn write_lost(
+    out: &mut String,
+    stacks: &[Stack],
+    summary: &LeakSummary,
+    suppressed: Amount,
+    top: usize,
+) {
+    for stack in stacks.iter().take(top) {
+        // Below the test's own frames lies libtest's harness: leave it out.
         write_stack(out, stack, Frames::AboveHarness);
     }
-    if child.stacks.len() > top {
-        let _ = writeln!(out, "\t({} more stacks)", child.stacks.len() - top);
+    if stacks.len() > top {
+        let _ = writeln!(out, "\t({} more stacks)", stacks.len() - top);
     }
-    let summary = &child.leak_summary;
     for (words, amount) in [
         ("definitely lost", summary.definitely_lost),
         ("indirectly lost", summary.indirectly_lost),
         ("still reachable", summary.still_reachable),
-        ("suppressed", child.suppressed),
+        ("suppressed", suppressed),
     ] {
         write_amount(out, words, amount);
     }
@@ -80,24 +99,19 @@ pub fn failure_message(result: &TestResult, top: usize) -> Option<String> {
     for failure in &result.failures.0 {
         let _ = writeln!(out, "memleak: {failure}");
     }
-    if result.lost.blocks > 0 {
-        for stack in result.stacks.iter().take(top) {
-            // Below the test's own frames lies libtest's harness: leave it out.
-            write_stack(&mut out, stack, Frames::AboveHarness);
-        }
-        if result.stacks.len() > top {
-            let _ = writeln!(out, "\t({} more stacks)", result.stacks.len() - top);
-        }
-    }
-    let summary = &result.leak_summary;
-    for (words, amount) in [
-        ("definitely lost", summary.definitely_lost),
-        ("indirectly lost", summary.indirectly_lost),
-        ("still reachable", summary.still_reachable),
-        ("suppressed", result.suppressed),
-    ] {
-        write_amount(&mut out, words, amount);
-    }
+    // The summary is shown even when nothing was lost (a test that failed by itself).
+    let shown: &[Stack] = if result.lost.blocks > 0 {
+        &result.stacks
+    } else {
+        &[]
+    };
+    write_lost(
+        &mut out,
+        shown,
+        &result.leak_summary,
+        result.suppressed,
+        top,
+    );
     for child in &result.children {
         write_child(&mut out, child, top);
     }
