@@ -265,8 +265,21 @@ pub fn roots(
             roots.words.extend(threads.altstacks.get(&thread.tid));
         }
         let whole = match &thread.state {
-            // It no longer exists: nothing of it is a root, and its stack is a dead one.
-            ThreadState::Gone => continue,
+            // Killed by the exit before its exit stop could be had: its registers and frames
+            // are gone, but what lies above where it started is still its own: its
+            // thread-locals and glibc's thread descriptor, with what it was started with
+            // (a thread killed before it ran holds its start routine's argument nowhere else).
+            ThreadState::Gone => {
+                if let Some((at, start)) =
+                    thread.start_sp.and_then(|sp| Some((containing(sp)?, sp)))
+                {
+                    let map = &maps[at];
+                    let from = start.saturating_sub(RED_ZONE).max(map.range.start);
+                    roots.regions.push(from..map.range.end);
+                    live_stacks.push(at);
+                }
+                continue;
+            }
             ThreadState::Stopped(regs) => {
                 roots.words.extend(register_words(regs));
                 match containing(regs.rsp) {

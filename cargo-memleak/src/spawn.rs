@@ -495,8 +495,8 @@ pub enum Event {
 pub struct LiveThread {
     pub tid: u32,
     pub state: ThreadState,
-    /// Its stack pointer when it started, which locates its stack (`None` for the main thread
-    /// and when unknown).
+    /// Its stack pointer when it started (or, for a thread that had not run yet, the stack its
+    /// clone gave it), which locates its stack (`None` for the main thread and when unknown).
     pub start_sp: Option<u64>,
 }
 
@@ -529,6 +529,10 @@ struct Traced {
     threads: BTreeMap<Pid, Option<u64>>,
     /// Threads that ended on their own (`SYS_exit`) while the process went on.
     exited: BTreeSet<Pid>,
+    /// Threads created (their parent's clone event seen) that have not run yet, with the
+    /// stack the clone gave them: such a thread's start arguments lie in its stack mapping
+    /// (glibc's thread descriptor), where nothing else may point to them.
+    unstarted: BTreeMap<Pid, u64>,
 }
 
 /// The traced program, and the children it started when they are followed.
@@ -690,7 +694,14 @@ impl Running {
             Ok(regs) => ThreadState::Stopped(Box::new(regs)),
             Err(_) => ThreadState::Unresponsive,
         };
-        let start_sp = |traced: &Traced, tid: Pid| traced.threads.get(&tid).copied().flatten();
+        let start_sp = |traced: &Traced, tid: Pid| {
+            traced
+                .threads
+                .get(&tid)
+                .copied()
+                .flatten()
+                .or_else(|| traced.unstarted.get(&tid).copied())
+        };
         let mut live = vec![LiveThread {
             tid: stopped.as_raw() as u32,
             state: registers(stopped),
@@ -700,6 +711,7 @@ impl Running {
         let mut waiting: BTreeSet<Pid> = traced.threads.keys().copied().collect();
         waiting.insert(pid);
         waiting.extend(tasks_of(pid));
+        waiting.extend(traced.unstarted.keys().copied());
         waiting.remove(&stopped);
         waiting.retain(|tid| !traced.exited.contains(tid));
 
@@ -840,6 +852,7 @@ impl Running {
             // A new thread's first stop: where its stack is.
             let sp = ptrace::getregs(tid).ok().map(|regs| regs.rsp);
             traced.threads.insert(tid, sp);
+            traced.unstarted.remove(&tid);
         }
         match status {
             WaitStatus::Exited(pid, code) if pid == self.root => {
@@ -929,6 +942,7 @@ impl Running {
                 if let Some(traced) = self.processes.get_mut(&tgid) {
                     traced.threads.clear();
                     traced.exited.clear();
+                    traced.unstarted.clear();
                 }
                 Ok(Some(Event::Exec {
                     pid: tgid.as_raw() as u32,
@@ -945,6 +959,23 @@ impl Running {
                 } else {
                     resume(tid, None);
                 }
+                Ok(None)
+            }
+            WaitStatus::PtraceEvent(parent, _, event)
+                if event == PtraceEvent::PTRACE_EVENT_CLONE as i32 =>
+            {
+                // A new thread: where its stack is, until it runs.
+                if let Ok(child) = ptrace::getevent(parent)
+                    && let Some(traced) = self.processes.get_mut(&tgid)
+                {
+                    let child = Pid::from_raw(child as i32);
+                    if !traced.threads.contains_key(&child)
+                        && let Some(sp) = clone_stack(parent)
+                    {
+                        traced.unstarted.insert(child, sp);
+                    }
+                }
+                resume(parent, None);
                 Ok(None)
             }
             WaitStatus::PtraceEvent(tid, _, _) | WaitStatus::PtraceSyscall(tid) => {
@@ -969,6 +1000,27 @@ impl Running {
             return false;
         }
         ptrace::getregs(tid).is_ok_and(|regs| regs.orig_rax != libc::SYS_exit as u64)
+    }
+}
+
+/// The stack a thread held at its clone event gave the new thread: `clone`'s second argument,
+/// or the top of `clone3`'s `stack` and `stack_size`.
+fn clone_stack(thread: Pid) -> Option<u64> {
+    let regs = ptrace::getregs(thread).ok()?;
+    let word = |addr: u64| {
+        ptrace::read(thread, addr as ptrace::AddressType)
+            .ok()
+            .map(|word| word as u64)
+    };
+    match regs.orig_rax as i64 {
+        libc::SYS_clone => Some(regs.rsi).filter(|&sp| sp != 0),
+        libc::SYS_clone3 => {
+            // struct clone_args: stack at byte 40, stack_size at 48.
+            let stack = word(regs.rdi + 40)?;
+            let size = word(regs.rdi + 48)?;
+            (stack != 0).then(|| stack + size.saturating_sub(1))
+        }
+        _ => None,
     }
 }
 
