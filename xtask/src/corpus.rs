@@ -9,7 +9,8 @@
 //! `target/corpus/build/<crate>`, where later runs find it.
 //!
 //! A run fails on any test that passes plainly but fails under cargo memleak (a false
-//! failure), on a test that really leaks (written down in [`CORPUS`] with memcheck's figures)
+//! failure; one that fails in the full run but passes when run again alone is printed as
+//! FLAKY, with its failure, and counted in the summary, but does not fail the run), on a test that really leaks (written down in [`CORPUS`] with memcheck's figures)
 //! that cargo memleak does not fail with exactly those figures, and on a crate whose number of
 //! tests is not the one recorded (a listing that silently lost tests would check nothing).
 
@@ -230,6 +231,8 @@ struct Outcome {
     /// Failed under cargo memleak and plainly too.
     fail_plainly: Vec<String>,
     false_failures: Vec<String>,
+    /// False failures that passed when run again alone: reported, not failed.
+    flaky: Vec<String>,
     problems: Vec<String>,
     build: Duration,
     plain: Duration,
@@ -323,6 +326,11 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
     for failure in &totals.fail_plainly {
         println!("fails plainly too (not counted): {failure}");
     }
+    for (_, outcome) in &outcomes {
+        for flake in &outcome.flaky {
+            println!("FLAKY (failed once, passed alone when run again) {flake}");
+        }
+    }
     for failure in &false_failures {
         println!("FALSE FAILURE {failure}");
     }
@@ -336,9 +344,14 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
         problems.len()
     );
     println!(
-        "xtask corpus: {} tests in {} crates, no false failure, {} real leaks caught",
+        "xtask corpus: {} tests in {} crates, no false failure ({} flaky: failed once, passed \
+         alone when run again), {} real leaks caught",
         totals.tests,
         outcomes.len(),
+        outcomes
+            .iter()
+            .map(|(_, outcome)| outcome.flaky.len())
+            .sum::<usize>(),
         totals.caught
     );
     Ok(())
@@ -398,6 +411,7 @@ fn run_crate(
         memleak,
         krate,
         options.jobs,
+        &[],
     )?;
     outcome.traced = start.elapsed();
 
@@ -443,16 +457,37 @@ fn run_crate(
                     krate.name,
                     describe_failure(result)
                 )),
-                plainly => outcome.false_failures.push(format!(
-                    "{} {id} ({}): {}",
-                    krate.name,
-                    match plainly {
-                        Some(Plain::Passed) => "passes plainly",
-                        Some(Plain::Ignored) => "ignored plainly",
-                        _ => "not run plainly",
-                    },
-                    describe_failure(result)
-                )),
+                plainly => {
+                    let failure = format!(
+                        "{} {id} ({}): {}",
+                        krate.name,
+                        match plainly {
+                            Some(Plain::Passed) => "passes plainly",
+                            Some(Plain::Ignored) => "ignored plainly",
+                            _ => "not run plainly",
+                        },
+                        describe_failure(result)
+                    );
+                    // Once more, alone: a failure that does not come back is a flake, shown
+                    // as such; one that does is a false failure.
+                    let again = traced_run(
+                        &source,
+                        &target_dir,
+                        toolchain,
+                        memleak,
+                        krate,
+                        1,
+                        &["--exact", test],
+                    )?;
+                    let passed_alone = again
+                        .iter()
+                        .any(|rerun| rerun["binary_id"] == binary && rerun["result"] == "ok");
+                    if passed_alone && plainly == Some(&Plain::Passed) {
+                        outcome.flaky.push(failure);
+                    } else {
+                        outcome.false_failures.push(failure);
+                    }
+                }
             },
         }
     }
@@ -814,6 +849,7 @@ fn traced_run(
     memleak: &Path,
     krate: &Crate,
     jobs: usize,
+    filter: &[&str],
 ) -> Result<Vec<Value>> {
     let events_path = target_dir.join("memleak-events.json");
     let events = std::fs::File::create(&events_path)?;
@@ -828,6 +864,8 @@ fn traced_run(
         // The crate's own baseline, if it had one, is not ours to apply.
         .arg("--baseline")
         .arg(target_dir.join("no-baseline.json"))
+        .arg("--")
+        .args(filter)
         .current_dir(source)
         .env("RUSTUP_TOOLCHAIN", toolchain)
         .env_remove("RUSTFLAGS")
