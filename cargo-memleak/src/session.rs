@@ -680,12 +680,7 @@ fn scan_for_leaks(trace: &ProcessTrace, threads: &Threads, allocator: &std::path
             .map(|&(start, len)| start..start.saturating_add(len))
             .collect(),
     };
-    // A dynamically linked program killed while the loader was still at work (a child killed
-    // right after its exec) never ran code of its own: with nothing allocated, nothing can
-    // have been missed.
-    let killed_while_loading =
-        !objects.linker.is_empty() && trace.counters.get(memleak_common::Counter::Allocs) == 0;
-    if objects.allocator.is_empty() && !killed_while_loading {
+    if objects.allocator.is_empty() {
         incomplete.push(Incomplete::AllocatorNotLoaded {
             allocator: allocator.to_owned(),
         });

@@ -113,9 +113,10 @@ pub enum CallKind {
     Mmap = 3,
     /// `mremap`: moves or resizes `old_addr`; returns the mapping, or `MAP_FAILED`.
     Mremap = 4,
-    /// Rust's `__rust_dealloc`: frees `old_addr` when it returns. Pending like an allocation,
-    /// so that the allocator's own calls inside it (a `GlobalAlloc` on top of libc's `free`)
-    /// are nested in it and not counted again.
+    /// Rust's `__rust_dealloc`: frees `old_addr`, whose record leaves at the entry (see
+    /// [`PendingCall::old`]). Pending like an allocation, so that the allocator's own calls
+    /// inside it (a `GlobalAlloc` on top of libc's `free`) are nested in it and not counted
+    /// again.
     Dealloc = 5,
 }
 

@@ -11,7 +11,7 @@ use super::exec::{self, ReportOptions};
 use crate::{
     build::{BuildOptions, RunSelection},
     error::{Error, Result},
-    gate::{Gate, LoadedGate},
+    gate::{self, Gate, LoadedGate},
     outcome::Outcome,
     session::{TraceOptions, TracedRun},
     spawn::{Command, FollowChildren},
@@ -65,17 +65,18 @@ fn judge(run: &TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<Outcome>
         );
         return Ok(Outcome::Ok);
     }
-    let over: Vec<String> =
-        judgement
-            .over_budget
-            .iter()
-            .map(ToString::to_string)
-            .chain(children.iter().flat_map(|child| {
-                child.judgement.over_budget.iter().map(|reason| {
-                    format!("its child processes running {}: {reason}", child.executable)
-                })
-            }))
-            .collect();
+    let over: Vec<String> = judgement
+        .over_budget
+        .iter()
+        .map(ToString::to_string)
+        .chain(children.iter().flat_map(|child| {
+            child
+                .judgement
+                .over_budget
+                .iter()
+                .map(|reason| gate::child_over_budget(&child.executable, reason))
+        }))
+        .collect();
     if over.is_empty() {
         return Ok(Outcome::Ok);
     }

@@ -54,6 +54,12 @@ impl std::fmt::Display for Fate {
     }
 }
 
+/// How the processes running `executable` went over their budget, in words (`test`'s failure
+/// text and `run`'s message).
+pub fn child_over_budget(executable: &str, over: &super::OverBudget) -> String {
+    format!("its child processes running {executable}: {over}")
+}
+
 /// The followed processes that ran one executable, judged together.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChildVerdict {

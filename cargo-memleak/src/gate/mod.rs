@@ -20,7 +20,7 @@ pub use baseline::{
     Baseline, Budget, FILE_NAME, SCHEMA_VERSION, StackBudget, StaleEntry, Version, path, stack_key,
 };
 pub use bless::{Blessing, Measured};
-pub use children::{ChildProcess, ChildVerdict, Fate};
+pub use children::{ChildProcess, ChildVerdict, Fate, child_over_budget};
 pub use judge::{FailOn, Judgement, KeyedStack, OverBudget, judge, lost_stacks};
 pub use suppressions::{
     BUILTIN_SUPPRESSIONS, Suppression, builtin_suppressions, read_suppressions,

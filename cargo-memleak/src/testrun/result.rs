@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::{
-    gate::{Budget, ChildVerdict, Judgement, OverBudget},
+    gate::{self, Budget, ChildVerdict, Judgement, OverBudget},
     incomplete::{self, Incomplete, Reasons},
     report::{Amount, LeakSummary, Stack},
     scan::Gap,
@@ -76,7 +76,7 @@ impl std::fmt::Display for Failure {
             ),
             Failure::OverBudget(over) => over.fmt(f),
             Failure::ChildOverBudget { executable, over } => {
-                write!(f, "its child processes running {executable}: {over}")
+                f.write_str(&gate::child_over_budget(executable, over))
             }
         }
     }
