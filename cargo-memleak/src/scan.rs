@@ -254,6 +254,14 @@ pub fn roots(
     let mut live_stacks = Vec::new();
 
     let main_stack = maps.iter().position(|map| map.kind == Kind::Stack);
+    // Every live thread's register values: one pointing into a stack no thread runs on yet is
+    // a thread being created there (see below).
+    let mut register_values = Vec::new();
+    for thread in &threads.live {
+        if let ThreadState::Stopped(regs) = &thread.state {
+            register_values.extend(register_words(regs));
+        }
+    }
     for thread in &threads.live {
         // Its own stack: where it started, or the process's stack for the main thread.
         let own = if thread.tid == threads.pid {
@@ -373,7 +381,18 @@ pub fn roots(
                 let dead_stack = guard(at.checked_sub(1), range.start);
                 // 64 MiB-aligned with its reserve after it: a glibc arena.
                 let arena = range.start % ARENA_ALIGN == 0 && guard(Some(at + 1), range.end);
-                if dead_stack || arena {
+                if dead_stack {
+                    // A thread being created when the exit came: its creator holds its glibc
+                    // descriptor (at the top of the stack), which holds what it is started
+                    // with and is pointed to from nowhere else.
+                    if let Some(&descriptor) =
+                        register_values.iter().find(|&&word| range.contains(&word))
+                    {
+                        roots.regions.push(descriptor..range.end);
+                    }
+                    continue;
+                }
+                if arena {
                     continue;
                 }
                 if holds_block(&range) {
