@@ -128,11 +128,24 @@ impl BuildOptions {
             command.manifest_path(path);
         }
         command.other_options(self.lock_flags());
-        command.exec().map_err(|err| Error::Metadata {
-            stderr: match err {
-                cargo_metadata::Error::CargoMetadata { stderr } => diagnostic(&stderr),
-                other => other.to_string(),
-            },
+        command.cargo_path(crate::user::cargo());
+        let mut cargo = command.cargo_command();
+        crate::user::apply(&mut cargo);
+        let output = cargo.output().map_err(|err| Error::Metadata {
+            stderr: format!("running cargo metadata: {err}"),
+        })?;
+        if !output.status.success() {
+            return Err(Error::Metadata {
+                stderr: diagnostic(&String::from_utf8_lossy(&output.stderr)),
+            });
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let json = stdout
+            .lines()
+            .find(|line| line.starts_with('{'))
+            .unwrap_or_default();
+        MetadataCommand::parse(json).map_err(|err| Error::Metadata {
+            stderr: err.to_string(),
         })
     }
 
@@ -150,7 +163,8 @@ impl BuildOptions {
                 .join("memleak")
                 .into_std_path_buf()
         });
-        let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        let mut command = Command::new(crate::user::cargo());
+        crate::user::apply(&mut command);
         command.args(subcommand);
         command.arg("--message-format=json-render-diagnostics");
         if let Some(path) = &self.manifest_path {

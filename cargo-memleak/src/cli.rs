@@ -28,7 +28,12 @@ use crate::{
 #[command(
     name = "cargo-memleak",
     bin_name = "cargo memleak",
-    version,
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (eBPF object: ",
+        env!("CARGO_MEMLEAK_EBPF_ORIGIN"),
+        ")"
+    ),
     about = "Find memory leaks with eBPF uprobes on the allocator",
     long_about = "Traces every allocation of a program from its first instruction (eBPF uprobes \
                   on libc's allocator, attached before the program execs) and reports what it \
@@ -208,6 +213,8 @@ pub struct TestArgs {
     pub message_format: MessageFormatArg,
     #[command(flatten)]
     pub follow: FollowArgs,
+    #[command(flatten)]
+    pub user: UserArgs,
     /// Show this many lost stacks under a failed test.
     #[arg(
         short = 'T',
@@ -361,6 +368,16 @@ impl FollowArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Tracing")]
+pub struct UserArgs {
+    /// Run what cargo-memleak starts (cargo, build scripts, tests, the program) as this user,
+    /// with its HOME, CARGO_HOME and RUSTUP_HOME; only the tracer keeps root's privileges
+    /// [default: under sudo, the invoking user (SUDO_UID); `--user root` keeps root]
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ExecArgs {
     #[command(flatten)]
     pub report: ReportArgs,
@@ -368,6 +385,8 @@ pub struct ExecArgs {
     pub trace: TraceArgs,
     #[command(flatten)]
     pub follow: FollowArgs,
+    #[command(flatten)]
+    pub user: UserArgs,
     /// The program to trace (looked up in PATH) and its arguments.
     #[arg(
         required = true,
@@ -392,6 +411,8 @@ pub struct RunArgs {
     pub trace: TraceArgs,
     #[command(flatten)]
     pub follow: FollowArgs,
+    #[command(flatten)]
+    pub user: UserArgs,
     /// Arguments for the binary.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,
@@ -763,9 +784,18 @@ impl Cli {
     /// Checks every argument and builds the command's options.
     pub fn validate(self) -> Result<commands::Command> {
         Ok(match self.command {
-            Commands::Exec(args) => commands::Command::Exec(args.options()?),
-            Commands::Run(args) => commands::Command::Run(Box::new(args.options()?)),
-            Commands::Test(args) => commands::Command::Test(Box::new(args.options()?)),
+            Commands::Exec(args) => {
+                crate::user::select(args.user.user.as_deref())?;
+                commands::Command::Exec(args.options()?)
+            }
+            Commands::Run(args) => {
+                crate::user::select(args.user.user.as_deref())?;
+                commands::Command::Run(Box::new(args.options()?))
+            }
+            Commands::Test(args) => {
+                crate::user::select(args.user.user.as_deref())?;
+                commands::Command::Test(Box::new(args.options()?))
+            }
             Commands::Attach(args) => commands::Command::Attach(attach::Options {
                 pid: args.pid,
                 periodic: args.periodic.options()?,

@@ -10,10 +10,10 @@ use crate::outcome::{self, ExitCode};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "missing privileges: {missing}; run as root (sudo) or grant them with \
-         `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep {exe}`"
+        "missing capabilities: {missing}; run as root (sudo), or grant them to the binary with \
+         `{setcap}`"
     )]
-    Privileges { missing: String, exe: String },
+    Privileges { missing: String, setcap: String },
 
     #[error("program not found: `{program}`; check the name, or give a path")]
     ProgramNotFound { program: String },

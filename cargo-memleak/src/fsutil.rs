@@ -3,7 +3,8 @@
 //!
 //! Invariants: a regular file is replaced whole, through a temporary file in its own directory,
 //! or left as it was; anything else that exists (a device such as /dev/null, a FIFO) is written
-//! in place, never renamed over.
+//! in place, never renamed over. Under sudo a new file belongs to the invoking user
+//! ([`crate::user`]), not root.
 
 use std::{io::Write as _, path::PathBuf};
 
@@ -32,7 +33,9 @@ pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> Result<()> {
     let mut file_name = path.file_name().unwrap_or_default().to_owned();
     file_name.push(format!(".tmp{}", std::process::id()));
     let temporary = dir.join(file_name);
-    std::fs::write(&temporary, contents).map_err(write_error)?;
+    std::fs::write(&temporary, contents)
+        .and_then(|()| crate::user::give(&temporary))
+        .map_err(write_error)?;
     std::fs::rename(&temporary, path).map_err(|err| {
         let _ = std::fs::remove_file(&temporary);
         write_error(err)

@@ -75,11 +75,30 @@ impl Tracefs {
     const ROOT: &str = "/sys/kernel/tracing";
     const DEBUGFS_ROOT: &str = "/sys/kernel/debug/tracing";
 
+    /// Where it is mounted already, if anywhere.
+    fn find() -> Option<Self> {
+        [Self::ROOT, Self::DEBUGFS_ROOT]
+            .into_iter()
+            .find(|root| Path::new(root).join("events").is_dir())
+            .map(|root| Self { root: root.into() })
+    }
+
+    /// Whether it is mounted (mounting it needs CAP_SYS_ADMIN), read from the mount table:
+    /// tracefs itself is root's 0700, so looking into it may fail while it is there.
+    pub fn is_mounted() -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        mounts.lines().any(|line| {
+            let mut fields = line.split(' ').skip(1);
+            matches!(
+                (fields.next(), fields.next()),
+                (Some(Self::ROOT), Some("tracefs")) | (Some("/sys/kernel/debug"), Some("debugfs"))
+            )
+        })
+    }
+
     pub fn find_or_mount() -> Result<Self> {
-        for root in [Self::ROOT, Self::DEBUGFS_ROOT] {
-            if Path::new(root).join("events").is_dir() {
-                return Ok(Self { root: root.into() });
-            }
+        if let Some(tracefs) = Self::find() {
+            return Ok(tracefs);
         }
         // This thread's own mount namespace (the process has no other threads yet), with
         // propagation cut so the mount stays in it.

@@ -19,6 +19,7 @@ pub mod gate;
 pub mod incomplete;
 pub mod kernel;
 pub mod outcome;
+pub mod privileges;
 pub mod report;
 pub mod scan;
 pub mod session;
@@ -26,6 +27,7 @@ pub mod spawn;
 pub mod symbolize;
 pub mod testrun;
 pub mod tracer;
+pub mod user;
 pub mod watch;
 
 use std::{ffi::OsString, process::ExitCode};

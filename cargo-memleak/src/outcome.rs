@@ -101,7 +101,7 @@ pub const INTERNAL: ExitCode = ExitCode {
     summary: "internal error",
     commands: EVERY,
 };
-/// Not enough privileges (root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).
+/// Missing capabilities (see [`crate::privileges`] for what each mode needs).
 pub const PRIVILEGES: ExitCode = ExitCode {
     code: 77,
     summary: "privileges",

@@ -206,6 +206,8 @@ struct Prepared {
     envp: Vec<CString>,
     /// For isolated commands: /dev/null (stdin) and the memfd that takes stdout and stderr.
     stdio: Option<(OwnedFd, OwnedFd)>,
+    /// Under sudo: the invoking user's ids, switched to before the program runs.
+    credentials: Option<crate::user::Credentials>,
 }
 
 fn c_string(bytes: &[u8], what: &str) -> Result<CString> {
@@ -218,9 +220,24 @@ impl Prepared {
         for arg in &command.args {
             argv.push(c_string(arg.as_bytes(), "an argument")?);
         }
+        let run_as = crate::user::current();
+        let user_env = run_as.map(crate::user::RunAs::env).unwrap_or_default();
+        let overridden = |name: &OsString| {
+            command
+                .env
+                .iter()
+                .chain(&user_env)
+                .any(|(set, _)| set == name)
+        };
         let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(name, _)| !command.env.iter().any(|(set, _)| set == name))
+            .filter(|(name, _)| !overridden(name))
             .collect();
+        vars.extend(
+            user_env
+                .iter()
+                .filter(|(name, _)| !command.env.iter().any(|(set, _)| set == name))
+                .cloned(),
+        );
         vars.extend(command.env.iter().cloned());
         let envp = vars
             .iter()
@@ -260,6 +277,7 @@ impl Prepared {
             argv,
             envp,
             stdio,
+            credentials: run_as.map(crate::user::RunAs::credentials),
         })
     }
 }
@@ -368,6 +386,11 @@ unsafe fn exec_child(
             libc::write(errors_write, (&raw const errno).cast(), 4);
             libc::_exit(127)
         };
+        if let Some(credentials) = &prepared.credentials
+            && credentials.switch().is_err()
+        {
+            fail(*libc::__errno_location());
+        }
         if let Some(cwd) = &prepared.cwd
             && libc::chdir(cwd.as_ptr()) != 0
         {

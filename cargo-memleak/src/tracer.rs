@@ -12,7 +12,7 @@
 //! created before its probes are attached (or, attached everywhere, before it execs), and
 //! [`Tracer::forget`] removes every map entry keyed by it.
 
-use std::{collections::HashMap, num::NonZeroU32, os::unix::ffi::OsStrExt as _};
+use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -33,7 +33,7 @@ use crate::{
     error::{Error, Result},
 };
 
-/// The eBPF object built by build.rs (aya-build).
+/// The eBPF object build.rs put in OUT_DIR (built from source, or the shipped one).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memleak-ebpf"));
 
 /// Map sizes.
@@ -152,10 +152,13 @@ impl LinkMode {
     /// [`LINK_MODE_VARIABLE`] says otherwise.
     pub fn chosen() -> Result<Self> {
         let detect = || {
+            // The probe loads a program: without the privileges to (checked right after, with
+            // the mode in hand) the kernel's version decides, 6.10 being the first whose multi
+            // links filter by process.
             let multi = aya::sys::is_uprobe_multi_supported(
                 aya::sys::UProbeMultiFeature::ProcessScopedPidFilter,
             )
-            .unwrap_or(false);
+            .unwrap_or_else(|_| kernel_release().is_some_and(|release| release >= (6, 10)));
             if multi {
                 LinkMode::Multi
             } else {
@@ -171,7 +174,19 @@ impl LinkMode {
             ))),
         }
     }
+}
 
+/// The running kernel's (major, minor) version.
+fn kernel_release() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut numbers = release
+        .trim()
+        .split(['.', '-'])
+        .map(|part| part.parse().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+impl LinkMode {
     /// The entry and return programs of this mode.
     fn programs(self) -> [(ProbeKind, &'static str); 2] {
         match self {
@@ -548,13 +563,6 @@ impl KernelTracer {
 /// Loads the eBPF object: its maps, sized by `limits`, and the kernel programs' field offsets
 /// (programs are loaded by whoever attaches them).
 fn load_object(limits: Limits, fields: &KernelFields) -> Result<Ebpf> {
-    check_privileges()?;
-    if EBPF_OBJECT.is_empty() {
-        return Err(Error::BpfLoad {
-            reason: "this binary was built with AYA_BUILD_SKIP=1 and has no eBPF object".into(),
-            hint: "rebuild it without AYA_BUILD_SKIP",
-        });
-    }
     EbpfLoader::new()
         .map_max_entries(names::ALLOCS, limits.max_allocs)
         .map_max_entries(names::STACKS, limits.max_stacks)
@@ -733,31 +741,4 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Root, or the three capabilities the tracer needs.
-fn check_privileges() -> Result<()> {
-    use caps::{CapSet, Capability};
-    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
-    let admin = effective.contains(&Capability::CAP_SYS_ADMIN);
-    let mut missing = Vec::new();
-    if !admin && !effective.contains(&Capability::CAP_BPF) {
-        missing.push("CAP_BPF");
-    }
-    if !admin && !effective.contains(&Capability::CAP_PERFMON) {
-        missing.push("CAP_PERFMON");
-    }
-    if !effective.contains(&Capability::CAP_SYS_PTRACE) {
-        missing.push("CAP_SYS_PTRACE");
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let exe = std::env::current_exe()
-        .map(|path| String::from_utf8_lossy(path.as_os_str().as_bytes()).into_owned())
-        .unwrap_or_else(|_| "cargo-memleak".into());
-    Err(Error::Privileges {
-        missing: missing.join(", "),
-        exe,
-    })
 }

@@ -3,10 +3,12 @@
 //! - `bootstrap`: make this machine able to build the eBPF programs (the pinned nightly +
 //!   rust-src, a bpf-linker built against its LLVM) and run the tests (a C compiler, valgrind).
 //!   Idempotent and fast when everything is there; each failure names its step.
-//! - `test`: bootstrap, then every test of the workspace (root needed for the tracing tests),
-//!   then the corpus.
+//! - `test`: bootstrap, the shipped eBPF object's check, the stable-only install, then every
+//!   test of the workspace (root needed for the tracing tests), then the corpus.
 //! - `corpus`: bootstrap, then `cargo memleak test` on published crates' test suites, each
 //!   test compared with a plain `cargo test` (see [`corpus`]).
+//! - `ebpf [--check]`: write (or check) the shipped eBPF object, see [`ebpf`].
+//! - `install-check`: `cargo install` from a clean clone with stable Rust alone, see [`install`].
 //! - `demo`: bootstrap, then `cargo memleak run` on the bundled `leaky` fixture.
 //! - `bench`: bootstrap, then probe costs, traced and untraced side by side.
 
@@ -20,6 +22,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
 mod corpus;
+mod ebpf;
+mod install;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -50,6 +54,16 @@ enum Task {
         #[arg(short, long)]
         jobs: Option<usize>,
     },
+    /// Bootstrap, then build the eBPF object from source and write it to
+    /// cargo-memleak/ebpf/ (the object stable-only builds ship with).
+    Ebpf {
+        /// Only check that the committed object is what the source builds.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Install cargo-memleak from a clean clone with stable Rust alone (no nightly, no
+    /// bpf-linker) and trace a program with it.
+    InstallCheck,
     /// Bootstrap, then trace the bundled `leaky` fixture with `cargo memleak run`.
     Demo,
     /// Bootstrap, then measure probe costs, traced and untraced, side by side.
@@ -69,6 +83,8 @@ fn main() -> Result<()> {
         Task::Bootstrap => bootstrap(),
         Task::Test { no_corpus, args } => {
             bootstrap()?;
+            ebpf::run(true)?;
+            install::check()?;
             let mut test = cargo();
             test.arg("test").args(args).current_dir(workspace_root());
             run_tests(&mut test)?;
@@ -87,6 +103,11 @@ fn main() -> Result<()> {
                 jobs: jobs.unwrap_or_else(default_jobs),
             })
         }
+        Task::Ebpf { check } => {
+            bootstrap()?;
+            ebpf::run(check)
+        }
+        Task::InstallCheck => install::check(),
         Task::Demo => {
             bootstrap()?;
             let root = workspace_root();
@@ -151,9 +172,14 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Cargo, with /dev/null for stdin: nothing here is interactive, and CI runs without one.
+/// sudo's variables are dropped: under them cargo-memleak would run the tests' crates as the
+/// invoking user (tests/tests/privileges.rs sets them where that is the point).
 fn cargo() -> Command {
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo.stdin(std::process::Stdio::null());
+    for var in ["SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND"] {
+        cargo.env_remove(var);
+    }
     cargo
 }
 

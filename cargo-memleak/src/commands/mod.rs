@@ -25,6 +25,7 @@ pub enum Command {
 
 /// Runs `command` to its end.
 pub fn run(command: Command) -> Result<Outcome> {
+    crate::privileges::check(&command)?;
     match command {
         Command::Exec(options) => exec::exec(&options),
         Command::Run(options) => run::run(&options),

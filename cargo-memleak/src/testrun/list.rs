@@ -56,17 +56,18 @@ pub fn list_all(executables: Vec<Executable>) -> Result<Listed> {
 /// `BIN --list --format terse` (and `--ignored`): every test, and whether it is ignored.
 fn list(binary: &Executable) -> Result<Vec<(String, bool)>> {
     let run = |extra: &[&str]| -> Result<Vec<String>> {
-        let output = std::process::Command::new(&binary.path)
+        let mut command = std::process::Command::new(&binary.path);
+        command
             .args(["--list", "--format", "terse"])
             .args(extra)
             .current_dir(&binary.package_dir)
             .envs(binary.env.iter().map(|(name, value)| (name, value)))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|err| Error::Listing {
-                binary: binary.path.clone(),
-                detail: err.to_string(),
-            })?;
+            .stdin(std::process::Stdio::null());
+        crate::user::apply(&mut command);
+        let output = command.output().map_err(|err| Error::Listing {
+            binary: binary.path.clone(),
+            detail: err.to_string(),
+        })?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(Error::Listing {

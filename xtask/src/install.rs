@@ -1,0 +1,182 @@
+//! `cargo install` with stable Rust alone, as a new user would: from a clean clone, in an
+//! environment whose rustup knows only the stable toolchain the workspace pins and whose PATH
+//! has no bpf-linker. The build script then takes the shipped eBPF object, and the installed
+//! binary must trace a real program.
+//!
+//! The environment lives under `target/stable-only` (its target directory too, so a second
+//! run is quick); the toolchain and cargo's registry cache are the machine's, linked in.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::{output, pinned_channel, run, workspace_root};
+
+/// The directories of the stable-only environment.
+struct Environment {
+    cargo_home: PathBuf,
+    rustup_home: PathBuf,
+    path: String,
+}
+
+impl Environment {
+    fn create(dir: &Path) -> Result<Self> {
+        let channel = pinned_channel(&workspace_root().join("rust-toolchain.toml"))?;
+        let sysroot = output(
+            Command::new("rustc").args([format!("+{channel}").as_str(), "--print", "sysroot"]),
+            "rustc --print sysroot (the pinned stable)",
+        )?;
+        let sysroot = PathBuf::from(sysroot.trim());
+        let rustup = which("rustup")?;
+        let cargo_home = dir.join("cargo");
+        let rustup_home = dir.join("rustup");
+        let _ = std::fs::remove_dir_all(&cargo_home);
+        let _ = std::fs::remove_dir_all(&rustup_home);
+        let toolchains = rustup_home.join("toolchains");
+        let bin = cargo_home.join("bin");
+        std::fs::create_dir_all(&toolchains)?;
+        std::fs::create_dir_all(&bin)?;
+        std::os::unix::fs::symlink(
+            &sysroot,
+            toolchains.join(sysroot.file_name().context("name")?),
+        )?;
+        for proxy in ["rustup", "cargo", "rustc"] {
+            std::os::unix::fs::symlink(&rustup, bin.join(proxy))?;
+        }
+        let machine_home = PathBuf::from(std::env::var_os("HOME").context("HOME is set")?);
+        let registry = std::env::var_os("CARGO_HOME")
+            .map_or_else(|| machine_home.join(".cargo"), PathBuf::from)
+            .join("registry");
+        std::os::unix::fs::symlink(registry, cargo_home.join("registry"))?;
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            bin.display()
+        );
+        Ok(Self {
+            cargo_home,
+            rustup_home,
+            path,
+        })
+    }
+
+    /// `program` run in this environment and nothing of ours.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env_clear()
+            .env("PATH", &self.path)
+            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+            .env("CARGO_HOME", &self.cargo_home)
+            .env("RUSTUP_HOME", &self.rustup_home)
+            .stdin(std::process::Stdio::null());
+        command
+    }
+}
+
+fn which(program: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("{program} is not on PATH"))
+}
+
+/// Clones the workspace's HEAD, installs cargo-memleak from it with stable alone, and traces
+/// the C fixture with the installed binary.
+pub fn check() -> Result<()> {
+    let root = workspace_root();
+    let dir = root.join("target/stable-only");
+    std::fs::create_dir_all(&dir)?;
+    let env = Environment::create(&dir)?;
+
+    let toolchains = output(
+        env.command("rustup").args(["toolchain", "list"]),
+        "rustup toolchain list",
+    )?;
+    ensure!(
+        toolchains.lines().count() == 1 && !toolchains.contains("nightly"),
+        "the stable-only environment has other toolchains: {toolchains}"
+    );
+    let linker = env
+        .command("sh")
+        .args(["-c", "command -v bpf-linker"])
+        .output()?;
+    ensure!(
+        !linker.status.success(),
+        "bpf-linker is on the stable-only PATH"
+    );
+
+    let clone = dir.join("clone");
+    let _ = std::fs::remove_dir_all(&clone);
+    run(
+        Command::new("git")
+            .args(["clone", "--quiet", "--no-hardlinks"])
+            .arg(&root)
+            .arg(&clone),
+        "git clone (a clean clone of HEAD)",
+    )?;
+    let install_root = dir.join("install");
+    eprintln!("xtask: cargo install --locked --path cargo-memleak, with stable Rust alone");
+    let installed = env
+        .command("cargo")
+        .args([
+            "install",
+            "--locked",
+            "--quiet",
+            "--path",
+            "cargo-memleak",
+            "--root",
+        ])
+        .arg(&install_root)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .current_dir(&clone)
+        .output()
+        .context("cargo install: could not start")?;
+    let stderr = String::from_utf8_lossy(&installed.stderr);
+    ensure!(
+        installed.status.success(),
+        "cargo install failed:\n{stderr}"
+    );
+    ensure!(
+        !stderr.contains("warning"),
+        "cargo install printed warnings:\n{stderr}"
+    );
+    let binary = install_root.join("bin/cargo-memleak");
+
+    let version = output(
+        env.command(&binary).args(["memleak", "--version"]),
+        "cargo memleak --version",
+    )?;
+    ensure!(
+        version.contains("eBPF object: shipped"),
+        "the stable-only build should carry the shipped object: {version}"
+    );
+    let fixture = dir.join("leaky");
+    run(
+        Command::new("cc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&fixture)
+            .arg(root.join("fixtures/c/leaky.c")),
+        "cc fixtures/c/leaky.c",
+    )?;
+    let traced = env
+        .command(&binary)
+        .args(["memleak", "exec", "--"])
+        .arg(&fixture)
+        .arg("malloc")
+        .output()?;
+    let report = String::from_utf8_lossy(&traced.stderr);
+    ensure!(
+        traced.status.success() && report.contains("definitely lost: 30000 bytes in 1 blocks"),
+        "the installed binary did not find the fixture's 30000-byte leak ({}):\n{report}",
+        traced.status
+    );
+    println!(
+        "xtask install: installed with stable alone ({}), and it traced the fixture's leak",
+        version.trim()
+    );
+    Ok(())
+}
