@@ -211,6 +211,11 @@ pub struct TestArgs {
     /// Output: libtest's (human), or one JSON object per event on stdout.
     #[arg(long, value_enum, default_value_t = MessageFormatArg::Human, help_heading = "Test run")]
     pub message_format: MessageFormatArg,
+    /// Also print an `::error file=,line=` workflow command per failed test, at the first
+    /// workspace frame of its biggest lost stack, and append a table of the failures to
+    /// $GITHUB_STEP_SUMMARY [default: github when GITHUB_ACTIONS=true, else none]
+    #[arg(long, value_enum, value_name = "KIND", help_heading = "Test run")]
+    pub annotations: Option<AnnotationsArg>,
     #[command(flatten)]
     pub follow: FollowArgs,
     #[command(flatten)]
@@ -331,6 +336,10 @@ impl TestArgs {
                 top: self.top,
                 trace: self.trace.options(Limits::test_run()),
                 follow_children: self.follow.or(FollowChildren::Workspace),
+                github_annotations: match self.annotations {
+                    Some(kind) => kind == AnnotationsArg::Github,
+                    None => std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true"),
+                },
             },
         })
     }
@@ -631,6 +640,14 @@ pub struct TestFilterArgs {
     /// Run ignored tests too.
     #[arg(long)]
     pub include_ignored: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AnnotationsArg {
+    /// GitHub Actions workflow commands and step summary.
+    Github,
+    /// None.
+    None,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

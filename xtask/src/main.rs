@@ -3,12 +3,14 @@
 //! - `bootstrap`: make this machine able to build the eBPF programs (the pinned nightly +
 //!   rust-src, a bpf-linker built against its LLVM) and run the tests (a C compiler, valgrind).
 //!   Idempotent and fast when everything is there; each failure names its step.
-//! - `test`: bootstrap, the shipped eBPF object's check, the stable-only install, then every
-//!   test of the workspace (root needed for the tracing tests), then the corpus.
+//! - `test`: bootstrap, the shipped eBPF object's check, the stable-only install, the second
+//!   glibc, then every test of the workspace (root needed for the tracing tests), then the
+//!   corpus.
 //! - `corpus`: bootstrap, then `cargo memleak test` on published crates' test suites, each
 //!   test compared with a plain `cargo test` (see [`corpus`]).
 //! - `ebpf [--check]`: write (or check) the shipped eBPF object, see [`ebpf`].
 //! - `install-check`: `cargo install` from a clean clone with stable Rust alone, see [`install`].
+//! - `glibc`: the fixtures on this glibc and on Debian 13's 2.41, see [`glibc`].
 //! - `demo`: bootstrap, then `cargo memleak run` on the bundled `leaky` fixture.
 //! - `bench`: bootstrap, then probe costs, traced and untraced side by side.
 
@@ -23,6 +25,7 @@ use clap::{Parser, Subcommand};
 
 mod corpus;
 mod ebpf;
+mod glibc;
 mod install;
 
 #[derive(Parser)]
@@ -64,6 +67,9 @@ enum Task {
     /// Install cargo-memleak from a clean clone with stable Rust alone (no nightly, no
     /// bpf-linker) and trace a program with it.
     InstallCheck,
+    /// Bootstrap, then run the fixtures under `cargo memleak exec` on this glibc and in a
+    /// Debian 13 root (glibc 2.41, made once with debootstrap): the verdicts must match.
+    Glibc,
     /// Bootstrap, then trace the bundled `leaky` fixture with `cargo memleak run`.
     Demo,
     /// Bootstrap, then measure probe costs, traced and untraced, side by side.
@@ -85,6 +91,7 @@ fn main() -> Result<()> {
             bootstrap()?;
             ebpf::run(true)?;
             install::check()?;
+            glibc::check(&workspace_root().join("target/debug/cargo-memleak"))?;
             let mut test = cargo();
             test.arg("test").args(args).current_dir(workspace_root());
             run_tests(&mut test)?;
@@ -108,6 +115,16 @@ fn main() -> Result<()> {
             ebpf::run(check)
         }
         Task::InstallCheck => install::check(),
+        Task::Glibc => {
+            bootstrap()?;
+            run(
+                cargo()
+                    .args(["build", "--quiet", "--package", "cargo-memleak"])
+                    .current_dir(workspace_root()),
+                "cargo build -p cargo-memleak",
+            )?;
+            glibc::check(&workspace_root().join("target/debug/cargo-memleak"))
+        }
         Task::Demo => {
             bootstrap()?;
             let root = workspace_root();
@@ -242,8 +259,9 @@ fn bootstrap() -> Result<()> {
     step("the eBPF nightly with rust-src", ensure_ebpf_toolchain)?;
     step("bpf-linker", ensure_bpf_linker)?;
     step("Debian packages", || {
-        // valgrind: the classification tests compare with memcheck.
-        ensure_debian_packages(&["gcc", "libc6-dev", "valgrind"])
+        // valgrind: the classification tests compare with memcheck; libcap2-bin (setcap): the
+        // privilege tests; debootstrap: the second glibc's root.
+        ensure_debian_packages(&["gcc", "libc6-dev", "valgrind", "libcap2-bin", "debootstrap"])
     })?;
     Ok(())
 }

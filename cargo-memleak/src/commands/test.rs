@@ -70,7 +70,7 @@ pub fn test(options: &Options) -> Result<Outcome> {
         run_options,
         &listed.cases,
         follow,
-        Reporters::new(run_options),
+        Reporters::new(run_options, &built.workspace_root),
     )?;
     let run::Ran {
         conclusion,

@@ -59,4 +59,6 @@ pub struct TestOptions {
     pub trace: TraceOptions,
     /// Which processes a test starts are followed (and judged with it).
     pub follow_children: FollowChildren,
+    /// GitHub Actions annotations and step summary (see [`reporter::github`]).
+    pub github_annotations: bool,
 }

@@ -1,6 +1,6 @@
 //! The reporters of a test run and the one stream of events they consume (nextest's
 //! `reporter/`): the adapter ([`super::run`]) and the driver ([`crate::commands::test`]) emit
-//! [`TestEvent`]s; [`human`], [`json`], [`junit`] and [`progress`] render them.
+//! [`TestEvent`]s; [`human`], [`json`], [`junit`], [`progress`] and [`github`] render them.
 //!
 //! Invariants: events arrive in run order: `RunStarted`, one `TestFinished` per test that ran
 //! (from the worker threads, so a reporter is `Sync`), `TestsFinished` once libtest has printed
@@ -8,6 +8,7 @@
 //! order they were listed: the progress line is erased before anything else prints, and the
 //! JUnit file is written after the lines of the same event.
 
+pub mod github;
 pub mod human;
 pub mod json;
 pub mod junit;
@@ -51,9 +52,10 @@ pub trait Reporter: Send + Sync {
 pub struct Reporters(Vec<Box<dyn Reporter>>);
 
 impl Reporters {
-    /// Human output (with the progress line when stderr is a terminal) or JSON events, and
-    /// JUnit XML when `--junit` is given.
-    pub fn new(options: &TestOptions) -> Self {
+    /// Human output (with the progress line when stderr is a terminal) or JSON events, JUnit
+    /// XML when `--junit` is given, and GitHub's annotations when asked for (paths in them are
+    /// relative to `workspace_root`).
+    pub fn new(options: &TestOptions, workspace_root: &std::path::Path) -> Self {
         let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
         match options.message_format {
             MessageFormat::Human => {
@@ -66,6 +68,9 @@ impl Reporters {
         }
         if let Some(path) = &options.junit {
             reporters.push(Box::new(junit::Junit::new(path.clone())));
+        }
+        if options.github_annotations {
+            reporters.push(Box::new(github::Github::new(workspace_root)));
         }
         Self(reporters)
     }
