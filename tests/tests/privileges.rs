@@ -264,6 +264,20 @@ fn under_sudo_the_crate_is_built_and_tested_as_the_user() {
         "the build happened in the crate"
     );
 
+    // exec's program runs as the user too, and `--user root` keeps root.
+    let id = |extra: &[&str]| {
+        let ran = run(Command::new(cargo_memleak())
+            .args(["memleak", "exec", "--output", "/dev/null"])
+            .args(extra)
+            .args(["--", "id", "-u"])
+            .env("SUDO_UID", NOBODY.to_string())
+            .env("SUDO_GID", NOBODY.to_string()));
+        assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
+        text(&ran.stdout).trim().to_owned()
+    };
+    assert_eq!(id(&[]), NOBODY.to_string());
+    assert_eq!(id(&["--user", "root"]), "0");
+
     // The control: run as root, the fixture's build script refuses to build.
     let as_root = run(Command::new(cargo_memleak())
         .args(["memleak", "test", "--user", "root", "--target-dir"])
