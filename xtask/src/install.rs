@@ -1,7 +1,8 @@
 //! `cargo install` with stable Rust alone, as a new user would: from a clean clone, in an
 //! environment whose rustup knows only the stable toolchain the workspace pins and whose PATH
 //! has no bpf-linker. The build script then takes the shipped eBPF object, and the installed
-//! binary must trace a real program.
+//! binary must trace a real program. `cargo package` for the two registry crates must carry the
+//! object.
 //!
 //! The environment lives under `target/stable-only` (its target directory too, so a second
 //! run is quick); the toolchain and cargo's registry cache are the machine's, linked in.
@@ -145,6 +146,38 @@ pub fn check() -> Result<()> {
         "cargo install printed warnings:\n{stderr}"
     );
     let binary = install_root.join("bin/cargo-memleak");
+
+    // The registry packages: cargo-memleak's carries the object.
+    let packaged = env
+        .command("cargo")
+        .args(["package", "--locked", "--quiet", "--no-verify"])
+        .args(["--package", "memleak-common", "--package", "cargo-memleak"])
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .current_dir(&clone)
+        .output()?;
+    ensure!(
+        packaged.status.success(),
+        "cargo package failed:\n{}",
+        String::from_utf8_lossy(&packaged.stderr)
+    );
+    let crate_file = std::fs::read_dir(dir.join("target/package"))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("cargo-memleak-") && name.ends_with(".crate"))
+        })
+        .context("cargo package wrote no cargo-memleak .crate")?;
+    let listing = output(Command::new("tar").arg("tzvf").arg(&crate_file), "tar tzvf")?;
+    let shipped_size = std::fs::metadata(root.join(crate::ebpf::SHIPPED))?.len();
+    ensure!(
+        listing
+            .lines()
+            .any(|line| line.ends_with("/ebpf/memleak-ebpf.bpf.o")
+                && line.split_whitespace().nth(2) == Some(&shipped_size.to_string())),
+        "{} lacks the eBPF object ({shipped_size} bytes):\n{listing}",
+        crate_file.display()
+    );
 
     let version = output(
         env.command(&binary).args(["memleak", "--version"]),
