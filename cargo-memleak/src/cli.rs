@@ -20,7 +20,7 @@ use crate::{
     session::TraceOptions,
     spawn::{Command, FollowChildren},
     testrun::{MessageFormat, TestFilters, TestOptions},
-    tracer::Limits,
+    tracer::{Limits, Recording},
     watch,
 };
 
@@ -47,10 +47,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Commands {
-    /// Trace any program: cargo memleak exec [OPTIONS] -- PROGRAM [ARGS]...
+    /// Trace any program: cargo memleak exec [OPTIONS] [INTERVAL [COUNT]] -- PROGRAM [ARGS]...
+    #[command(
+        override_usage = "cargo memleak exec [OPTIONS] [INTERVAL [COUNT]] -- PROGRAM [ARGS]...",
+        after_help = "With INTERVAL (seconds; BCC's `memleak -c CMD INTERVAL`), the allocations \
+                      outstanding for at least --older are reported on stdout every INTERVAL \
+                      while the program runs (COUNT times at most), then the report at exit \
+                      classifies them. With --sample-rate or --combined-only the report at exit \
+                      lists the outstanding allocations unclassified: a scan for pointers needs \
+                      every block and its address."
+    )]
     Exec(ExecArgs),
     /// Build a bin target with frame pointers, trace it, and check its leaks against the
-    /// baseline: cargo memleak run [OPTIONS] [-- ARGS]...
+    /// baseline: cargo memleak run [OPTIONS] [INTERVAL [COUNT]] [-- ARGS]...
     Run(Box<RunArgs>),
     /// Build the test targets with frame pointers and run every test as its own traced
     /// process; a test fails if it fails or loses more than its budget. Doc tests are not run.
@@ -104,8 +113,15 @@ pub struct KernelArgs {
     /// page allocations.
     #[arg(long)]
     pub percpu: bool,
+    /// BCC's workaround for frees the tracepoints miss: an allocation at an address still
+    /// recorded is taken for the free of the old block (counted as missing_free) instead of
+    /// being reported as a drop.
+    #[arg(long, help_heading = "Tracing")]
+    pub wa_missing_free: bool,
     #[command(flatten)]
     pub periodic: PeriodicArgs,
+    #[command(flatten)]
+    pub record: RecordArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -133,30 +149,117 @@ pub struct PeriodicArgs {
 }
 
 impl PeriodicArgs {
-    fn options(&self) -> Result<watch::Options> {
-        if !(self.interval.is_finite() && self.interval > 0.0) {
-            return Err(Error::Selection(format!(
-                "INTERVAL {} is not a positive number of seconds",
-                self.interval
-            )));
-        }
-        self.stacks.check()?;
-        let stacks = &self.stacks;
-        Ok(watch::Options {
-            interval: Duration::from_secs_f64(self.interval),
-            count: self.count,
-            report: PeriodicOptions {
-                older: Duration::from_millis(self.older),
-                stacks: StackOptions {
-                    top: stacks.top,
-                    sort: stacks.sort.into(),
-                    min_size: stacks.min_size,
-                    max_size: stacks.max_size,
-                    show_allocs: self.show_allocs,
-                },
+    fn options(&self, record: &RecordArgs) -> Result<watch::Options> {
+        record.check(&self.stacks, self.show_allocs)?;
+        periodic_options(
+            self.interval,
+            self.count,
+            self.older,
+            &self.stacks,
+            self.show_allocs,
+            self.format,
+        )
+    }
+}
+
+/// The periodic reports' options, checked: `attach` and `kernel`, and `exec INTERVAL`.
+fn periodic_options(
+    interval: f64,
+    count: Option<u64>,
+    older: u64,
+    stacks: &StackArgs,
+    show_allocs: bool,
+    format: FormatArg,
+) -> Result<watch::Options> {
+    if !(interval.is_finite() && interval > 0.0) {
+        return Err(Error::Selection(format!(
+            "INTERVAL {interval} is not a positive number of seconds"
+        )));
+    }
+    stacks.check()?;
+    Ok(watch::Options {
+        interval: Duration::from_secs_f64(interval),
+        count,
+        report: PeriodicOptions {
+            older: Duration::from_millis(older),
+            stacks: StackOptions {
+                top: stacks.top,
+                sort: stacks.sort.into(),
+                min_size: stacks.min_size,
+                max_size: stacks.max_size,
+                show_allocs,
             },
-            format: self.format.into(),
-        })
+            missing_free_is_free: false,
+        },
+        format: format.into(),
+    })
+}
+
+/// What the probes record besides the outstanding allocations: BCC memleak's `-t`, `-s` and
+/// `--combined-only`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Tracing")]
+pub struct RecordArgs {
+    /// Print every allocation and free as it happens, on stderr: size, address, pid, tid, and
+    /// an allocation's innermost frame. A line lost (ring buffer full) is a drop.
+    #[arg(short = 't', long)]
+    pub trace: bool,
+    /// Record one allocation in N of each thread (a per-thread count: its first, its N+1th,
+    /// ...), for watching a busy process cheaply. Figures are of the recorded allocations and
+    /// say so; nothing is scaled. Not for `test` or `run` (the leak gate needs them all).
+    #[arg(short = 's', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample_rate: Option<u32>,
+    /// Keep outstanding totals per stack in the kernel (16-byte key + 16-byte total per stack,
+    /// updated atomically) and read only those, not every allocation's record (16-byte key +
+    /// 24-byte value each; still kept, to account its free): a report then costs per stack,
+    /// not per allocation. No single blocks: --older, -a, -z and -Z do not apply, and exec's
+    /// report at exit is not classified. Not for `test` or `run`.
+    #[arg(long)]
+    pub combined_only: bool,
+}
+
+impl RecordArgs {
+    fn recording(&self) -> Recording {
+        Recording {
+            sample_rate: self.sample_rate.unwrap_or(1),
+            combined: self.combined_only,
+            trace: self.trace,
+        }
+    }
+
+    /// `--combined-only` has no single blocks to filter or list.
+    fn check(&self, stacks: &StackArgs, show_allocs: bool) -> Result<()> {
+        if !self.combined_only {
+            return Ok(());
+        }
+        let per_block = [
+            (show_allocs, "--show-allocs"),
+            (stacks.min_size.is_some(), "--min-size"),
+            (stacks.max_size.is_some(), "--max-size"),
+        ];
+        match per_block.iter().find(|(given, _)| *given) {
+            Some((_, flag)) => Err(Error::Selection(format!(
+                "{flag} needs each allocation's record; --combined-only keeps totals per stack"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses what the leak gate (`test`, `run`) cannot take: sampled or combined figures,
+    /// and, for `test` (tests run several at once), trace lines.
+    fn refuse_for_gate(&self, command: &str, trace_too: bool) -> Result<()> {
+        let refused = [
+            (self.sample_rate.is_some(), "--sample-rate"),
+            (self.combined_only, "--combined-only"),
+            (trace_too && self.trace, "--trace"),
+        ];
+        match refused.iter().find(|(given, _)| *given) {
+            Some((_, flag)) => Err(Error::Selection(format!(
+                "{flag} does not apply to `{command}`: its leak gate judges every allocation of \
+                 every traced process; use `exec`, `attach` or `kernel`"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -334,7 +437,10 @@ impl TestArgs {
                 junit: self.junit.clone(),
                 message_format: self.message_format.into(),
                 top: self.top,
-                trace: self.trace.options(Limits::test_run()),
+                trace: {
+                    self.trace.record.refuse_for_gate("test", true)?;
+                    self.trace.options(Limits::test_run())
+                },
                 follow_children: self.follow.or(FollowChildren::Workspace),
                 github_annotations: match self.annotations {
                     Some(kind) => kind == AnnotationsArg::Github,
@@ -391,12 +497,14 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub report: ReportArgs,
     #[command(flatten)]
+    pub periodic: ExecPeriodicArgs,
+    #[command(flatten)]
     pub trace: TraceArgs,
     #[command(flatten)]
     pub follow: FollowArgs,
     #[command(flatten)]
     pub user: UserArgs,
-    /// The program to trace (looked up in PATH) and its arguments.
+    /// [INTERVAL [COUNT]] -- the program to trace (looked up in PATH) and its arguments.
     #[arg(
         required = true,
         trailing_var_arg = true,
@@ -404,6 +512,17 @@ pub struct ExecArgs {
         value_name = "PROGRAM"
     )]
     pub command: Vec<OsString>,
+}
+
+/// `exec`'s and `run`'s periodic reports while the program runs (BCC's `memleak -c CMD
+/// INTERVAL [COUNT]`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Report")]
+pub struct ExecPeriodicArgs {
+    /// With INTERVAL: leave allocations younger than this many milliseconds out of the
+    /// reports while it runs.
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    pub older: u64,
 }
 
 #[derive(Debug, Args)]
@@ -422,6 +541,12 @@ pub struct RunArgs {
     pub follow: FollowArgs,
     #[command(flatten)]
     pub user: UserArgs,
+    #[command(flatten)]
+    pub periodic: ExecPeriodicArgs,
+    /// Report the outstanding allocations every INTERVAL seconds while it runs.
+    pub interval: Option<f64>,
+    /// Number of reports while it runs [default: until it exits]
+    pub count: Option<u64>,
     /// Arguments for the binary.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,
@@ -461,6 +586,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PREFIX", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub symbols_prefix: Option<String>,
     #[command(flatten)]
+    pub record: RecordArgs,
+    #[command(flatten)]
     pub limits: LimitArgs,
 }
 
@@ -495,7 +622,33 @@ impl ReportArgs {
             format: self.format.into(),
             output: self.output.clone(),
             timings: self.timings,
+            periodic: None,
         })
+    }
+
+    /// The report options, with the reports every INTERVAL while it runs when asked.
+    fn with_periodic(
+        &self,
+        interval: Option<f64>,
+        count: Option<u64>,
+        periodic: &ExecPeriodicArgs,
+        record: &RecordArgs,
+    ) -> Result<exec::ReportOptions> {
+        record.check(&self.stacks, self.show_allocs)?;
+        let mut options = self.options()?;
+        if let Some(interval) = interval {
+            options.periodic = Some(periodic_options(
+                interval,
+                count,
+                periodic.older,
+                &self.stacks,
+                self.show_allocs,
+                self.format,
+            )?);
+        } else if count.is_some() {
+            return Err(Error::Selection("COUNT needs an INTERVAL before it".into()));
+        }
+        Ok(options)
     }
 }
 
@@ -505,6 +658,7 @@ impl TraceArgs {
             allocator_object: self.allocator_object.clone(),
             symbols_prefix: self.symbols_prefix.clone(),
             limits: self.limits.limits(defaults),
+            recording: self.record.recording(),
         }
     }
 }
@@ -815,23 +969,57 @@ impl Cli {
             }
             Commands::Attach(args) => commands::Command::Attach(attach::Options {
                 pid: args.pid,
-                periodic: args.periodic.options()?,
+                periodic: args.periodic.options(&args.trace.record)?,
                 trace: args.trace.options(Limits::default()),
             }),
-            Commands::Kernel(args) => commands::Command::Kernel(kernel::Options {
-                percpu: args.percpu,
-                periodic: args.periodic.options()?,
-                limits: args.limits.limits(Limits::default()),
-            }),
+            Commands::Kernel(args) => {
+                let mut periodic = args.periodic.options(&args.record)?;
+                periodic.report.missing_free_is_free = args.wa_missing_free;
+                commands::Command::Kernel(kernel::Options {
+                    percpu: args.percpu,
+                    periodic,
+                    limits: args.limits.limits(Limits::default()),
+                    recording: args.record.recording(),
+                })
+            }
         })
     }
 }
 
+/// `exec`'s words before the program: `[INTERVAL [COUNT]] -- PROGRAM [ARGS]...` arrives as
+/// `INTERVAL [COUNT] -- PROGRAM ...` (clap keeps a `--` that follows a value of the trailing
+/// argument), `-- PROGRAM ...` as `PROGRAM ...`. Returns (interval, count, the command).
+fn split_interval(words: &[OsString]) -> Result<(Option<f64>, Option<u64>, &[OsString])> {
+    let Some(dashes) = words.iter().position(|word| word == "--") else {
+        return Ok((None, None, words));
+    };
+    let before: Vec<&str> = words[..dashes]
+        .iter()
+        .map(|word| word.to_str().unwrap_or(""))
+        .collect();
+    let numeric = |word: &str| word.parse::<f64>().is_ok();
+    if before.is_empty() || before.len() > 2 || !before.iter().all(|word| numeric(word)) {
+        // A `--` among the program's own arguments.
+        return Ok((None, None, words));
+    }
+    let interval = before[0].parse::<f64>().ok();
+    let count = match before.get(1) {
+        None => None,
+        Some(count) => Some(count.parse::<u64>().map_err(|_| {
+            Error::Selection(format!("COUNT {count} is not a whole number of reports"))
+        })?),
+    };
+    Ok((interval, count, &words[dashes + 1..]))
+}
+
 impl ExecArgs {
     fn options(&self) -> Result<exec::Options> {
-        let (program, rest) = self.command.split_first().ok_or_else(|| {
+        let (interval, count, command) = split_interval(&self.command)?;
+        let (program, rest) = command.split_first().ok_or_else(|| {
             Error::Selection(
-                "no program given; usage: cargo memleak exec -- PROGRAM [ARGS]...".into(),
+                "no program given; usage: cargo memleak exec [INTERVAL [COUNT]] -- PROGRAM \
+                 [ARGS]..."
+                    .into(),
             )
         })?;
         let mut command = Command::new(program.clone(), rest.to_vec());
@@ -845,7 +1033,12 @@ impl ExecArgs {
         });
         Ok(exec::Options {
             command,
-            report: self.report.options()?,
+            report: self.report.with_periodic(
+                interval,
+                count,
+                &self.periodic,
+                &self.trace.record,
+            )?,
             trace: self.trace.options(Limits::default()),
         })
     }
@@ -853,10 +1046,16 @@ impl ExecArgs {
 
 impl RunArgs {
     fn options(&self) -> Result<run::Options> {
+        self.trace.record.refuse_for_gate("run", false)?;
         Ok(run::Options {
             build: self.build.options(),
             selection: self.selection.options(),
-            report: self.report.options()?,
+            report: self.report.with_periodic(
+                self.interval,
+                self.count,
+                &self.periodic,
+                &self.trace.record,
+            )?,
             gate: self.gate.gate(),
             trace: self.trace.options(Limits::default()),
             follow_children: self.follow.or(FollowChildren::Workspace),

@@ -14,6 +14,7 @@ pub mod classify;
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod events;
 pub mod fsutil;
 pub mod gate;
 pub mod incomplete;

@@ -19,7 +19,7 @@ use crate::{
     scan::{self, Gap, ProcessMemory, SystemObjects, Threads},
     spawn::{self, Command, Event, ExitStatus, Running},
     symbolize::{Frame, Symbolizer},
-    tracer::{Attachment, Limits, ProcessTrace, Tracer},
+    tracer::{Attachment, Limits, ProcessTrace, Recording, Tracer},
 };
 
 /// How to trace.
@@ -31,6 +31,8 @@ pub struct TraceOptions {
     /// `allocator_object` instead of libc's names, and in each traced executable as well.
     pub symbols_prefix: Option<String>,
     pub limits: Limits,
+    /// Sampling, per-stack totals, trace lines.
+    pub recording: Recording,
 }
 
 /// What one traced run produced.
@@ -111,7 +113,7 @@ pub fn load_tracer(options: &TraceOptions) -> Result<Tracer> {
         None => (allocator::find_libc()?, None),
     };
     let probes = allocator::resolve(&object, prefix)?;
-    let mut tracer = Tracer::load(probes, options.limits)?;
+    let mut tracer = Tracer::load(probes, options.limits, options.recording)?;
     tracer.set_symbols_prefix(options.symbols_prefix.clone());
     Ok(tracer)
 }
@@ -122,6 +124,17 @@ pub fn trace(
     tracer: &Mutex<Tracer>,
     symbolizer: &Symbolizer,
     command: &Command,
+) -> Result<TracedRun> {
+    trace_observed(tracer, symbolizer, command, |_| {})
+}
+
+/// [`trace`], telling `started` the program's pid once it is traced and about to run (so
+/// that another thread can read its maps while it runs: `exec INTERVAL`).
+pub fn trace_observed(
+    tracer: &Mutex<Tracer>,
+    symbolizer: &Symbolizer,
+    command: &Command,
+    started: impl FnOnce(u32),
 ) -> Result<TracedRun> {
     let program = std::iter::once(&command.program)
         .chain(&command.args)
@@ -143,6 +156,7 @@ pub fn trace(
     let shim = probe_program_allocators(&mut lock(tracer), &mut attachment, gated.program());
     timings.attach = start.elapsed();
     let start = Instant::now();
+    started(pid);
     let mut running = match gated.release() {
         Ok(running) => running,
         Err(err) => {

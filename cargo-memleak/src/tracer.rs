@@ -8,15 +8,21 @@
 //! 22 probes after every test would cost 2.2 s each — see [`Tracer::detach`]). Either way
 //! the eBPF programs return at once for a process that is not registered.
 //!
+//! What the programs record besides the outstanding allocations is fixed at load time
+//! ([`Recording`]): one allocation in N (`--sample-rate`), per-stack totals (`--combined-only`,
+//! read instead of every allocation), a ring buffer of every allocation and free (`--trace`).
+//!
 //! Invariants: a process is traced exactly while its [`ProcessStats`] entry exists; the entry is
 //! created before its probes are attached (or, attached everywhere, before it execs), and
-//! [`Tracer::forget`] removes every map entry keyed by it.
+//! [`Tracer::forget`] removes every map entry keyed by it. Each tracer loads maps of its own
+//! (nothing is pinned), so two tracers of one process never see or remove each other's
+//! entries.
 
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
         TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -25,7 +31,7 @@ use aya::{
 };
 use memleak_common::{
     AllocInfo, AllocKey, Counter, KERNEL_TGID, KernelFields, PendingCall, ProcessStats,
-    STACK_DEPTH, StackFrames, StackKey, names,
+    STACK_DEPTH, StackFrames, StackKey, StackTotal, TraceConfig, names,
 };
 
 use crate::{
@@ -65,6 +71,40 @@ impl Default for Limits {
         Self {
             max_allocs: 1 << 20,
             max_stacks: 1 << 16,
+        }
+    }
+}
+
+/// What the programs record, fixed when the object is loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recording {
+    /// `--sample-rate N`: record one allocation in N per thread (0 and 1: all).
+    pub sample_rate: u32,
+    /// `--combined-only`: keep outstanding totals per stack in the kernel, and read only
+    /// those.
+    pub combined: bool,
+    /// `--trace`: send every recorded allocation and free to the ring buffer
+    /// ([`Tracer::take_events`]).
+    pub trace: bool,
+}
+
+impl Recording {
+    /// `N` when one allocation in N is recorded.
+    pub fn sampled(&self) -> Option<u32> {
+        (self.sample_rate > 1).then_some(self.sample_rate)
+    }
+
+    fn config(&self) -> TraceConfig {
+        let mut flags = 0;
+        if self.trace {
+            flags |= TraceConfig::TRACE;
+        }
+        if self.combined {
+            flags |= TraceConfig::COMBINED;
+        }
+        TraceConfig {
+            sample_rate: self.sample_rate,
+            flags,
         }
     }
 }
@@ -115,6 +155,11 @@ pub struct ProcessTrace {
     pub altstacks: std::collections::BTreeMap<u32, u64>,
     /// The mappings the allocator made for itself inside its own calls: (start, length).
     pub allocator_maps: Vec<(u64, u64)>,
+    /// `--combined-only`: outstanding (bytes, allocations) by stack id, read instead of
+    /// `outstanding` (which is then empty).
+    pub combined: Option<std::collections::BTreeMap<u64, StackTotal>>,
+    /// `--sample-rate N`: one allocation in N was recorded.
+    pub sampled: Option<u32>,
 }
 
 /// Probes attached to one process.
@@ -204,6 +249,7 @@ impl LinkMode {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    recording: Recording,
     probes: AllocatorProbes,
     mode: LinkMode,
     /// What each executable traced so far allocates through, by path.
@@ -235,9 +281,9 @@ const KERNEL_HINT: &str = "the kernel needs BPF, uprobes (CONFIG_UPROBE_EVENTS) 
 impl Tracer {
     /// Loads the eBPF object and the programs of the best link mode the kernel has (nothing
     /// is attached yet).
-    pub fn load(probes: AllocatorProbes, limits: Limits) -> Result<Self> {
+    pub fn load(probes: AllocatorProbes, limits: Limits, recording: Recording) -> Result<Self> {
         let mode = LinkMode::chosen()?;
-        let mut ebpf = load_object(limits, &KernelFields::ZERO)?;
+        let mut ebpf = load_object(limits, &KernelFields::ZERO, recording)?;
         for (_, name) in mode.programs() {
             let program = uprobe(&mut ebpf, name)?;
             program.load().map_err(|err| Error::BpfLoad {
@@ -247,6 +293,7 @@ impl Tracer {
         }
         Ok(Self {
             ebpf,
+            recording,
             probes,
             mode,
             executables: HashMap::new(),
@@ -258,6 +305,15 @@ impl Tracer {
 
     pub fn probes(&self) -> &AllocatorProbes {
         &self.probes
+    }
+
+    pub fn recording(&self) -> Recording {
+        self.recording
+    }
+
+    /// `--trace`'s ring buffer, once (its reader owns it from then on).
+    pub fn take_events(&mut self) -> Result<Option<RingBuf<MapData>>> {
+        take_events(&mut self.ebpf, self.recording)
     }
 
     pub fn link_mode(&self) -> LinkMode {
@@ -429,7 +485,7 @@ impl Tracer {
 
     /// Reads what the probes recorded for `tgid`.
     pub fn read(&self, tgid: u32) -> Result<ProcessTrace> {
-        read_trace(&self.ebpf, tgid)
+        read_trace(&self.ebpf, tgid, self.recording)
     }
 
     /// A forked child starts as a copy of its parent: every block the parent had outstanding
@@ -459,6 +515,26 @@ impl Tracer {
             stack_map
                 .insert(&key, &frames, 0)
                 .map_err(|err| map_error(child, err))?;
+        }
+        if self.recording.combined {
+            let mut totals: std::collections::BTreeMap<u64, StackTotal> = Default::default();
+            for (_, info) in &allocs {
+                let total = totals.entry(info.stack_id).or_default();
+                total.bytes += info.size;
+                total.allocations += 1;
+            }
+            let mut combined: BpfHashMap<&mut MapData, StackKey, StackTotal> =
+                map_mut(ebpf, names::COMBINED, child)?;
+            for (stack_id, total) in totals {
+                let key = StackKey {
+                    stack_id,
+                    tgid: child,
+                    _pad: 0,
+                };
+                combined
+                    .insert(&key, &total, 0)
+                    .map_err(|err| map_error(child, err))?;
+            }
         }
         let mut alloc_map: BpfHashMap<&mut MapData, AllocKey, AllocInfo> =
             map_mut(ebpf, names::ALLOCS, child)?;
@@ -503,6 +579,12 @@ impl Tracer {
         remove_where::<AllocKey, u64>(map_mut(ebpf, names::ALLOCATOR_MAPS, tgid)?, |key| {
             key.tgid == tgid
         });
+        remove_where::<StackKey, StackTotal>(map_mut(ebpf, names::COMBINED, tgid)?, |key| {
+            key.tgid == tgid
+        });
+        remove_where::<u64, u64>(map_mut(ebpf, names::SAMPLES, tgid)?, |key| {
+            (key >> 32) as u32 == tgid
+        });
         Ok(())
     }
 }
@@ -520,13 +602,19 @@ pub struct KernelEvent {
 /// lives (dropping it detaches them).
 pub struct KernelTracer {
     ebpf: Ebpf,
+    recording: Recording,
 }
 
 impl KernelTracer {
     /// Loads the object with the events' field offsets, turns kernel tracing on and attaches
     /// every event's program.
-    pub fn attach(events: &[KernelEvent], fields: &KernelFields, limits: Limits) -> Result<Self> {
-        let mut ebpf = load_object(limits, fields)?;
+    pub fn attach(
+        events: &[KernelEvent],
+        fields: &KernelFields,
+        limits: Limits,
+        recording: Recording,
+    ) -> Result<Self> {
+        let mut ebpf = load_object(limits, fields, recording)?;
         register(&mut ebpf, KERNEL_TGID)?;
         for event in events {
             let attach_error = |err: &dyn std::error::Error| Error::BpfLoad {
@@ -551,22 +639,29 @@ impl KernelTracer {
                 .attach(event.category, event.name)
                 .map_err(|err| attach_error(&err))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, recording })
     }
 
     /// What the tracepoints recorded since they were attached.
     pub fn read(&self) -> Result<ProcessTrace> {
-        read_trace(&self.ebpf, KERNEL_TGID)
+        read_trace(&self.ebpf, KERNEL_TGID, self.recording)
+    }
+
+    /// `--trace`'s ring buffer, once.
+    pub fn take_events(&mut self) -> Result<Option<RingBuf<MapData>>> {
+        take_events(&mut self.ebpf, self.recording)
     }
 }
 
 /// Loads the eBPF object: its maps, sized by `limits`, and the kernel programs' field offsets
 /// (programs are loaded by whoever attaches them).
-fn load_object(limits: Limits, fields: &KernelFields) -> Result<Ebpf> {
+fn load_object(limits: Limits, fields: &KernelFields, recording: Recording) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries(names::ALLOCS, limits.max_allocs)
         .map_max_entries(names::STACKS, limits.max_stacks)
+        .map_max_entries(names::COMBINED, limits.max_stacks)
         .override_global(names::KERNEL_FIELDS, fields, true)
+        .override_global(names::TRACE_CONFIG, &recording.config(), true)
         .load(EBPF_OBJECT)
         .map_err(|err| Error::BpfLoad {
             reason: error_chain(&err),
@@ -581,16 +676,54 @@ fn register(ebpf: &mut Ebpf, tgid: u32) -> Result<()> {
         .map_err(|err| map_error(tgid, err))
 }
 
+/// The ring buffer of `--trace`, taken out of the object (`None` without `--trace`).
+fn take_events(ebpf: &mut Ebpf, recording: Recording) -> Result<Option<RingBuf<MapData>>> {
+    if !recording.trace {
+        return Ok(None);
+    }
+    let map = ebpf.take_map(names::EVENTS).ok_or_else(|| Error::MapRead {
+        pid: 0,
+        reason: "map EVENTS missing from the eBPF object (or taken already)".into(),
+    })?;
+    RingBuf::try_from(map)
+        .map(Some)
+        .map_err(|err| map_error(0, err))
+}
+
+/// The stack totals of `tgid` (`--combined-only`), non-empty ones only.
+fn read_combined(ebpf: &Ebpf, tgid: u32) -> Result<std::collections::BTreeMap<u64, StackTotal>> {
+    let combined: BpfHashMap<&MapData, StackKey, StackTotal> = map(ebpf, names::COMBINED, tgid)?;
+    let mut totals = std::collections::BTreeMap::new();
+    for entry in combined.iter() {
+        let (key, total) = entry.map_err(|err| map_error(tgid, err))?;
+        if key.tgid == tgid && total.allocations != 0 {
+            totals.insert(key.stack_id, total);
+        }
+    }
+    Ok(totals)
+}
+
 /// Reads what the programs recorded for `tgid`.
-fn read_trace(ebpf: &Ebpf, tgid: u32) -> Result<ProcessTrace> {
+fn read_trace(ebpf: &Ebpf, tgid: u32, recording: Recording) -> Result<ProcessTrace> {
     let allocs: BpfHashMap<&MapData, AllocKey, AllocInfo> = map(ebpf, names::ALLOCS, tgid)?;
-    let mut trace = ProcessTrace::default();
+    let mut trace = ProcessTrace {
+        sampled: recording.sampled(),
+        ..ProcessTrace::default()
+    };
+    if recording.combined {
+        trace.combined = Some(read_combined(ebpf, tgid)?);
+    }
     // Other traced processes insert and delete entries while we walk the map; when the
     // key we stand on is deleted, the kernel restarts the walk from the first bucket. So
     // entries can come twice (never zero times: ours do not change while the process is
     // stopped): keep each address once.
     let mut outstanding = std::collections::BTreeMap::new();
-    for entry in allocs.iter() {
+    let every_block = if recording.combined {
+        None
+    } else {
+        Some(allocs.iter())
+    };
+    for entry in every_block.into_iter().flatten() {
         let (key, info) = entry.map_err(|err| map_error(tgid, err))?;
         if key.tgid != tgid {
             continue;
@@ -608,22 +741,28 @@ fn read_trace(ebpf: &Ebpf, tgid: u32) -> Result<ProcessTrace> {
     trace.outstanding = outstanding.into_values().collect();
 
     let stacks: BpfHashMap<&MapData, StackKey, StackFrames> = map(ebpf, names::STACKS, tgid)?;
-    for alloc in &trace.outstanding {
-        if alloc.stack_id == 0 || trace.stacks.contains_key(&alloc.stack_id) {
+    let stack_ids: Vec<u64> = match &trace.combined {
+        Some(totals) => totals.keys().copied().collect(),
+        None => trace
+            .outstanding
+            .iter()
+            .map(|alloc| alloc.stack_id)
+            .collect(),
+    };
+    for stack_id in stack_ids {
+        if stack_id == 0 || trace.stacks.contains_key(&stack_id) {
             continue;
         }
         // A process's stacks are removed only by `forget`, so a missing one is a real map
         // error.
         let key = StackKey {
-            stack_id: alloc.stack_id,
+            stack_id,
             tgid,
             _pad: 0,
         };
         let frames = stacks.get(&key, 0).map_err(|err| map_error(tgid, err))?;
         let depth = frames.iter().position(|&ip| ip == 0).unwrap_or(STACK_DEPTH);
-        trace
-            .stacks
-            .insert(alloc.stack_id, frames[..depth].to_vec());
+        trace.stacks.insert(stack_id, frames[..depth].to_vec());
     }
 
     if tgid != KERNEL_TGID {

@@ -30,6 +30,67 @@ pub mod names {
     pub const ALLOCATOR_MAPS: &str = "ALLOCATOR_MAPS";
     /// The read-only global holding [`KernelFields`](super::KernelFields).
     pub const KERNEL_FIELDS: &str = "KERNEL_FIELDS";
+    /// The read-only global holding [`TraceConfig`](super::TraceConfig).
+    pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
+    /// `--combined-only`: outstanding totals per stack, [`StackKey`](super::StackKey) →
+    /// [`StackTotal`](super::StackTotal), kept equal to ALLOCS summed by stack.
+    pub const COMBINED: &str = "COMBINED";
+    /// `--sample-rate`: each thread's allocations so far, pid_tgid → count (LRU).
+    pub const SAMPLES: &str = "SAMPLES";
+    /// `--trace`: one [`TraceEvent`](super::TraceEvent) per allocation and free (ring buffer).
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// What the programs do besides recording outstanding allocations: the eBPF object's
+/// read-only global `TRACE_CONFIG`, set by userspace at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Record one allocation in this many, per thread (0 and 1: every one).
+    pub sample_rate: u32,
+    /// `TraceConfig::TRACE | COMBINED`.
+    pub flags: u32,
+}
+
+impl TraceConfig {
+    /// `--trace`: every allocation and free goes to the EVENTS ring buffer.
+    pub const TRACE: u32 = 1;
+    /// `--combined-only`: totals per stack are kept in COMBINED.
+    pub const COMBINED: u32 = 2;
+    pub const ZERO: Self = Self {
+        sample_rate: 0,
+        flags: 0,
+    };
+}
+
+/// Outstanding bytes and allocations of one stack (`--combined-only`), updated atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotal {
+    pub bytes: u64,
+    pub allocations: u64,
+}
+
+/// One line of `--trace`: an allocation recorded or a recorded block freed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// [`TraceEvent::ALLOC`] or [`TraceEvent::FREE`].
+    pub kind: u32,
+    /// The process (for the kernel: the task that was running) and thread.
+    pub pid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+    pub size: u64,
+    /// An allocation's innermost frame (0 when its stack was not captured; 0 for a free).
+    pub frame: u64,
+    pub timestamp_ns: u64,
+}
+
+impl TraceEvent {
+    pub const ALLOC: u32 = 1;
+    pub const FREE: u32 = 2;
 }
 
 /// The tgid under which the kernel-allocator tracepoints record (in ALLOCS, STACKS and STATS):
@@ -338,10 +399,18 @@ pub enum Counter {
     AllocatorInternalFree = 9,
     /// The user stack of an allocation could not be stored: the stack map is full.
     StackMapFull = 10,
+    /// `--sample-rate N`: allocations left unrecorded (N - 1 in N). Informational.
+    SampledOut = 11,
+    /// `--trace`: a trace line lost (the ring buffer was full).
+    TraceLost = 12,
+    /// Kernel: an allocation at an address still recorded, so the old block's free was missed
+    /// (BCC's interrupt-context case). The old record is replaced; a drop, unless
+    /// `--wa-missing-free` says to take it for the old block's free.
+    MissingFree = 13,
 }
 
 impl Counter {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 14;
 
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Allocs,
@@ -355,10 +424,13 @@ impl Counter {
         Counter::MunmapUntracked,
         Counter::AllocatorInternalFree,
         Counter::StackMapFull,
+        Counter::SampledOut,
+        Counter::TraceLost,
+        Counter::MissingFree,
     ];
 
     /// Counters whose non-zero value means data was lost.
-    pub const DROPS: [Counter; 7] = [
+    pub const DROPS: [Counter; 9] = [
         Counter::AllocMapFull,
         Counter::StackMapFull,
         Counter::StackFailed,
@@ -366,6 +438,8 @@ impl Counter {
         Counter::PendingMapFull,
         Counter::StalePending,
         Counter::ReadFailed,
+        Counter::TraceLost,
+        Counter::MissingFree,
     ];
 
     /// Stable snake_case name, used in reports and JSON.
@@ -382,6 +456,9 @@ impl Counter {
             Counter::MunmapUntracked => "munmap_untracked",
             Counter::AllocatorInternalFree => "allocator_internal_free",
             Counter::StackMapFull => "stack_map_full",
+            Counter::SampledOut => "sampled_out",
+            Counter::TraceLost => "trace_lost",
+            Counter::MissingFree => "missing_free",
         }
     }
 
@@ -390,6 +467,8 @@ impl Counter {
         match self {
             Counter::AllocMapFull => Some("raise --max-allocs"),
             Counter::StackMapFull => Some("raise --max-stacks"),
+            Counter::TraceLost => Some("trace a quieter program, or sample it with --sample-rate"),
+            Counter::MissingFree => Some("pass --wa-missing-free to take them for frees"),
             _ => None,
         }
     }
@@ -406,6 +485,9 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessStats {}
     unsafe impl aya::Pod for super::KernelFields {}
     unsafe impl aya::Pod for super::NestedMmap {}
+    unsafe impl aya::Pod for super::TraceConfig {}
+    unsafe impl aya::Pod for super::StackTotal {}
+    unsafe impl aya::Pod for super::TraceEvent {}
 }
 
 #[cfg(test)]
@@ -439,5 +521,8 @@ const _: () = {
     assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
     assert!(core::mem::size_of::<KernelFields>() == 56);
     assert!(core::mem::size_of::<NestedMmap>() == 16);
+    assert!(core::mem::size_of::<TraceConfig>() == 8);
+    assert!(core::mem::size_of::<StackTotal>() == 16);
+    assert!(core::mem::size_of::<TraceEvent>() == 48);
     assert!(Counter::ALL.len() == Counter::COUNT);
 };

@@ -19,21 +19,31 @@
 //! - A process is traced while it has a `STATS` entry; every program returns at once for any
 //!   other process. Every failure path bumps a counter in that entry (per CPU, so no atomics
 //!   are needed). Nothing is dropped silently.
+//! - With `--combined-only`, COMBINED equals ALLOCS summed by stack at every moment: each
+//!   insertion into ALLOCS adds its block to its stack's total and each removal subtracts it,
+//!   with atomic adds (several CPUs update one stack's total at once).
+//! - With `--sample-rate N`, a thread records its allocations number 0, N, 2N, ... (a
+//!   per-thread counter, not a clock): any N consecutive allocations of a thread record one.
 
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap, so core's atomics lack `fetch_add`; the intrinsic
+// lowers to BPF's own atomic add (`lock *(u64 *)(r + 0) += r`).
+#![expect(internal_features, reason = "atomic_xadd: see above")]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memleak_common::{
     AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, KERNEL_TGID, KernelFields,
     NestedMmap, PAGE_KEY_BASE, PendingCall, ProcessStats, STACK_DEPTH, StackFrames, StackKey,
+    StackTotal, TraceConfig, TraceEvent,
 };
 
 // Sizes here are defaults; userspace resizes ALLOCS and STACKS at load time.
@@ -62,9 +72,118 @@ static NESTED_MMAPS: HashMap<u64, NestedMmap> = HashMap::with_max_entries(16384,
 #[map]
 static ALLOCATOR_MAPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
+#[map]
+static COMBINED: HashMap<StackKey, StackTotal> =
+    HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+
+#[map]
+static SAMPLES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
 /// Set by userspace at load time (read-only data; see `KernelFields`).
 #[unsafe(no_mangle)]
 static KERNEL_FIELDS: KernelFields = KernelFields::ZERO;
+
+/// Set by userspace at load time (read-only data; see `TraceConfig`).
+#[unsafe(no_mangle)]
+static TRACE_CONFIG: TraceConfig = TraceConfig::ZERO;
+
+#[inline(always)]
+fn flag(flag: u32) -> bool {
+    // SAFETY: a read-only global, set before load.
+    unsafe { core::ptr::read_volatile(&TRACE_CONFIG.flags) & flag != 0 }
+}
+
+/// Adds a block to (or, with `remove`, takes it from) its stack's total (`--combined-only`).
+#[inline(always)]
+fn combine(tgid: u32, info: &AllocInfo, remove: bool) {
+    if !flag(TraceConfig::COMBINED) {
+        return;
+    }
+    let key = StackKey {
+        stack_id: info.stack_id,
+        tgid,
+        _pad: 0,
+    };
+    let mut total = COMBINED.get_ptr_mut(&key);
+    if total.is_none() {
+        let zero = StackTotal {
+            bytes: 0,
+            allocations: 0,
+        };
+        // Another CPU creating it first is fine (BPF_NOEXIST): both then add to the one entry.
+        let _ = COMBINED.insert(&key, &zero, BPF_NOEXIST as u64);
+        total = COMBINED.get_ptr_mut(&key);
+    }
+    let Some(total) = total else {
+        count(tgid, Counter::StackMapFull);
+        return;
+    };
+    let (bytes, allocations) = match remove {
+        false => (info.size, 1u64),
+        true => (info.size.wrapping_neg(), 1u64.wrapping_neg()),
+    };
+    // SAFETY: the map value lives as long as the entry, and is only updated atomically.
+    unsafe {
+        use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*total).bytes, bytes);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*total).allocations, allocations);
+    }
+}
+
+/// One `--trace` line; a full ring buffer is a drop.
+#[inline(always)]
+fn trace_event(tgid: u32, kind: u32, addr: u64, size: u64, frame: u64) {
+    if !flag(TraceConfig::TRACE) {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = TraceEvent {
+        kind,
+        pid: tgid_of(pid_tgid),
+        tid: pid_tgid as u32,
+        _pad: 0,
+        addr,
+        size,
+        frame,
+        // SAFETY: plain helper call.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output(&event, 0).is_err() {
+        count(tgid, Counter::TraceLost);
+    }
+}
+
+/// Whether this allocation is recorded under `--sample-rate` (always without it).
+#[inline(always)]
+fn sampled(tgid: u32) -> bool {
+    // SAFETY: a read-only global, set before load.
+    let rate = unsafe { core::ptr::read_volatile(&TRACE_CONFIG.sample_rate) } as u64;
+    if rate <= 1 {
+        return true;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let seen = match SAMPLES.get_ptr_mut(&pid_tgid) {
+        // SAFETY: a thread's counter is only updated by that thread (one CPU at a time).
+        Some(seen) => unsafe {
+            let before = *seen;
+            *seen = before + 1;
+            before
+        },
+        None => {
+            let _ = SAMPLES.insert(&pid_tgid, &1, 0);
+            0
+        }
+    };
+    if seen % rate == 0 {
+        true
+    } else {
+        count(tgid, Counter::SampledOut);
+        false
+    }
+}
 
 const MAP_FAILED: u64 = u64::MAX;
 /// Map update errors (negated errno): the key exists, the map is full.
@@ -164,8 +283,9 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
         0 => None,
         _ => unsafe { ALLOCS.get(&key) }.copied(),
     };
-    if old.is_some() {
+    if let Some(old) = &old {
         let _ = ALLOCS.remove(&key);
+        combine(tgid, old, true);
     }
     let call = PendingCall {
         kind: kind as u32,
@@ -336,21 +456,43 @@ fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
 
 #[inline(always)]
 fn record_with_stack<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size: u64, stack_flags: u64) {
+    if !sampled(tgid) {
+        return;
+    }
+    let stack_id = capture_stack(ctx, tgid, stack_flags);
     let info = AllocInfo {
         size,
         // SAFETY: plain helper call.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        stack_id: capture_stack(ctx, tgid, stack_flags),
+        stack_id,
     };
     let key = AllocKey {
         addr,
         tgid,
         _pad: 0,
     };
+    if tgid == KERNEL_TGID {
+        // SAFETY: the value is copied out at once.
+        if let Some(old) = unsafe { ALLOCS.get(&key) }.copied() {
+            // Its free was missed: the new block replaces it.
+            combine(tgid, &old, true);
+            trace_event(tgid, TraceEvent::FREE, addr, old.size, 0);
+            count(tgid, Counter::MissingFree);
+        }
+    }
     if ALLOCS.insert(&key, &info, 0).is_err() {
         count(tgid, Counter::AllocMapFull);
-    } else {
-        count(tgid, Counter::Allocs);
+        return;
+    }
+    count(tgid, Counter::Allocs);
+    combine(tgid, &info, false);
+    if flag(TraceConfig::TRACE) {
+        let frame = match (stack_id, STACK_SCRATCH.get_ptr(0)) {
+            // SAFETY: this CPU's buffer, just filled by capture_stack.
+            (id, Some(frames)) if id != 0 => unsafe { (*frames)[0] },
+            _ => 0,
+        };
+        trace_event(tgid, TraceEvent::ALLOC, addr, size, frame);
     }
 }
 
@@ -363,11 +505,25 @@ fn release(tgid: u32, addr: u64) -> bool {
         tgid,
         _pad: 0,
     };
-    let found = ALLOCS.remove(&key).is_ok();
-    if found {
-        count(tgid, Counter::Frees);
+    if !flag(TraceConfig::COMBINED | TraceConfig::TRACE) {
+        let found = ALLOCS.remove(&key).is_ok();
+        if found {
+            count(tgid, Counter::Frees);
+        }
+        return found;
     }
-    found
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
+        return false;
+    };
+    if ALLOCS.remove(&key).is_err() {
+        // Another CPU freed it first (the kernel's double free): that one accounts for it.
+        return false;
+    }
+    count(tgid, Counter::Frees);
+    combine(tgid, &info, true);
+    trace_event(tgid, TraceEvent::FREE, addr, info.size, 0);
+    true
 }
 
 /// The old block of a `realloc`, `mremap` or shim dealloc at the call's return: it was
@@ -376,7 +532,10 @@ fn release(tgid: u32, addr: u64) -> bool {
 #[inline(always)]
 fn settle_old(tgid: u32, call: &PendingCall, succeeded: bool, unknown: Counter) {
     match (call.old_found != 0, succeeded) {
-        (true, true) => count(tgid, Counter::Frees),
+        (true, true) => {
+            count(tgid, Counter::Frees);
+            trace_event(tgid, TraceEvent::FREE, call.old_addr, call.old.size, 0);
+        }
         (false, true) => count(tgid, unknown),
         (true, false) => {
             let key = AllocKey {
@@ -386,6 +545,8 @@ fn settle_old(tgid: u32, call: &PendingCall, succeeded: bool, unknown: Counter) 
             };
             if ALLOCS.insert(&key, &call.old, 0).is_err() {
                 count(tgid, Counter::AllocMapFull);
+            } else {
+                combine(tgid, &call.old, false);
             }
         }
         (false, false) => {}
@@ -572,6 +733,7 @@ fn on_munmap(ctx: &ProbeContext) -> u32 {
         return 0;
     };
     let _ = ALLOCS.remove(&key);
+    combine(tgid, &info, true);
     if len < info.size {
         // Unmapping the front of a traced mapping: the rest stays outstanding.
         let rest = AllocKey {
@@ -585,9 +747,12 @@ fn on_munmap(ctx: &ProbeContext) -> u32 {
         };
         if ALLOCS.insert(&rest, &trimmed, 0).is_err() {
             count(tgid, Counter::AllocMapFull);
+        } else {
+            combine(tgid, &trimmed, false);
         }
     } else {
         count(tgid, Counter::Frees);
+        trace_event(tgid, TraceEvent::FREE, addr, info.size, 0);
     }
     0
 }

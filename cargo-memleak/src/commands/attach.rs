@@ -11,6 +11,7 @@ use std::os::fd::{FromRawFd as _, OwnedFd};
 use crate::{
     allocator,
     error::{Error, Result},
+    events::{self, Space},
     outcome::Outcome,
     report,
     session::{self, TraceOptions},
@@ -45,6 +46,7 @@ pub fn attach(options: &Options) -> Result<Outcome> {
         allocator_object: Some(object),
         ..trace.clone()
     })?;
+    let printer = events::Printer::start(tracer.take_events()?, Space::User);
     let mut attachment = tracer.attach(pid)?;
     // Its own allocators (a #[global_allocator], jemalloc, mimalloc) are probed in its
     // executable; what cannot be makes every report incomplete.
@@ -72,6 +74,9 @@ pub fn attach(options: &Options) -> Result<Outcome> {
     });
     tracer.detach(attachment);
     let _ = tracer.forget(pid);
+    if let Some(printer) = printer {
+        printer.stop();
+    }
     match end? {
         End::Exited => eprintln!("memleak: pid {pid} exited; detaching"),
         End::Interrupted => eprintln!("memleak: interrupted; detaching"),

@@ -8,11 +8,12 @@
 
 use crate::{
     error::Result,
+    events::{self, Space},
     kernel::{self, Tracefs},
     outcome::Outcome,
     report,
     symbolize::Symbolizer,
-    tracer::{KernelTracer, Limits},
+    tracer::{KernelTracer, Limits, Recording},
     watch::{self, End, Interrupts},
 };
 
@@ -23,6 +24,8 @@ pub struct Options {
     pub percpu: bool,
     pub periodic: watch::Options,
     pub limits: Limits,
+    /// Sampling, per-stack totals, trace lines.
+    pub recording: Recording,
 }
 
 pub fn kernel(options: &Options) -> Result<Outcome> {
@@ -32,7 +35,8 @@ pub fn kernel(options: &Options) -> Result<Outcome> {
     let tracefs = Tracefs::find_or_mount()?;
     let events = kernel::events(percpu);
     let fields = tracefs.fields(percpu)?;
-    let tracer = KernelTracer::attach(events, &fields, options.limits)?;
+    let mut tracer = KernelTracer::attach(events, &fields, options.limits, options.recording)?;
+    let printer = events::Printer::start(tracer.take_events()?, Space::Kernel);
     let names: Vec<String> = events
         .iter()
         .map(|event| format!("{}:{}", event.category, event.name))
@@ -62,6 +66,9 @@ pub fn kernel(options: &Options) -> Result<Outcome> {
         Ok(())
     });
     drop(tracer);
+    if let Some(printer) = printer {
+        printer.stop();
+    }
     if end? == End::Interrupted {
         eprintln!("memleak: interrupted; detaching");
     }

@@ -3,9 +3,13 @@
 //! the probes went in may be what keeps a traced one alive) and a free of an unknown block is
 //! expected, not a drop.
 //!
+//! With `--combined-only` the figures are the kernel's totals per stack, which have no ages or
+//! sizes of single blocks: every outstanding allocation counts. With `--sample-rate N` they are
+//! those of the recorded allocations (one in N), said so and never scaled.
+//!
 //! Invariants: a report counts only allocations at least `older` old (young ones are usually
-//! about to be freed); totals cover every allocation that passes the filters, the stacks only
-//! the top N, and only those N are symbolized.
+//! about to be freed), except from combined totals; totals cover every allocation that passes
+//! the filters, the stacks only the top N, and only those N are symbolized.
 
 use std::{collections::BTreeMap, collections::HashMap, time::Duration};
 
@@ -28,6 +32,9 @@ pub struct PeriodicOptions {
     /// Leave out allocations younger than this.
     pub older: Duration,
     pub stacks: StackOptions,
+    /// `--wa-missing-free`: an allocation at an address still recorded is taken for the old
+    /// block's free (`missing_free` is then informational, not a drop).
+    pub missing_free_is_free: bool,
 }
 
 /// One periodic report.
@@ -38,6 +45,17 @@ pub struct Snapshot {
     /// What is traced: `pid N` or `kernel`.
     pub target: String,
     pub older_than_ms: u64,
+    /// `--sample-rate N`: one allocation in N (per thread) was recorded, and every figure is
+    /// of those, unscaled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled_one_in: Option<u32>,
+    /// `--combined-only`: the figures are the kernel's totals per stack (`older_than_ms` does
+    /// not apply).
+    pub combined: bool,
+    /// The report made at the process's exit, with why its blocks are not classified (lost or
+    /// reachable); `None` for a report while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_exit: Option<String>,
     /// The largest stacks (top N), filtered and sorted.
     pub stacks: Vec<Stack>,
     /// Stacks that passed the filters, before the top-N cut.
@@ -65,41 +83,63 @@ pub fn snapshot(
     symbolize: impl FnOnce(&[u64]) -> HashMap<u64, Vec<Frame>>,
 ) -> Snapshot {
     let now = monotonic_ns();
-    let older_ns = options.older.as_nanos() as u64;
+    let older_ns = match trace.combined {
+        Some(_) => 0,
+        None => options.older.as_nanos() as u64,
+    };
     let old_enough = trace
         .outstanding
         .iter()
         .filter(|alloc| now.saturating_sub(alloc.timestamp_ns) >= older_ns)
         .map(|alloc| (None, alloc));
-    let mut groups = model::group(old_enough, &options.stacks);
-    let outstanding_bytes = groups.iter().map(model::Group::bytes).sum();
-    let outstanding_allocations = groups.iter().map(model::Group::allocations).sum();
+    let mut rows: Vec<Row> = match &trace.combined {
+        Some(totals) => totals
+            .iter()
+            .map(|(&stack_id, total)| Row {
+                stack_id,
+                bytes: total.bytes,
+                allocations: total.allocations,
+                allocs: Vec::new(),
+            })
+            .collect(),
+        None => model::group(old_enough, &options.stacks)
+            .into_iter()
+            .map(|group| Row {
+                stack_id: group.stack_id,
+                bytes: group.bytes(),
+                allocations: group.allocations(),
+                allocs: group.allocs,
+            })
+            .collect(),
+    };
+    let outstanding_bytes = rows.iter().map(|row| row.bytes).sum();
+    let outstanding_allocations = rows.iter().map(|row| row.allocations).sum();
     let matching_stacks = model::order_and_cut(
-        &mut groups,
+        &mut rows,
         options.stacks.sort,
         options.stacks.top,
-        |group| (group.category, group.bytes(), group.allocations()),
+        |row| (None, row.bytes, row.allocations),
         |a, b| a.stack_id.cmp(&b.stack_id),
     );
 
-    let mut addrs: Vec<u64> = groups
+    let mut addrs: Vec<u64> = rows
         .iter()
-        .filter_map(|group| trace.stacks.get(&group.stack_id))
+        .filter_map(|row| trace.stacks.get(&row.stack_id))
         .flatten()
         .copied()
         .collect();
     addrs.sort_unstable();
     addrs.dedup();
     let frames = symbolize(&addrs);
-    let stacks = groups
+    let stacks = rows
         .into_iter()
-        .map(|group| Stack {
+        .map(|row| Stack {
             category: None,
-            bytes: group.bytes(),
-            allocations: group.allocations(),
-            frames: model::stack_frames(&trace.stacks, &frames, group.stack_id),
+            bytes: row.bytes,
+            allocations: row.allocations,
+            frames: model::stack_frames(&trace.stacks, &frames, row.stack_id),
             allocs: options.stacks.show_allocs.then(|| {
-                let mut allocs: Vec<Alloc> = group
+                let mut allocs: Vec<Alloc> = row
                     .allocs
                     .iter()
                     .map(|alloc| {
@@ -118,11 +158,19 @@ pub fn snapshot(
         })
         .collect();
 
-    let (dropped, incomplete) = model::drops(&trace.counters, &[Counter::FreeUnknown]);
+    let expected: &[Counter] = if options.missing_free_is_free {
+        &[Counter::FreeUnknown, Counter::MissingFree]
+    } else {
+        &[Counter::FreeUnknown]
+    };
+    let (dropped, incomplete) = model::drops(&trace.counters, expected);
     Snapshot {
         time: clock_time(),
         target: target.to_owned(),
-        older_than_ms: options.older.as_millis() as u64,
+        older_than_ms: older_ns / 1_000_000,
+        sampled_one_in: trace.sampled,
+        combined: trace.combined.is_some(),
+        at_exit: None,
         stacks,
         matching_stacks,
         outstanding_bytes,
@@ -131,6 +179,15 @@ pub fn snapshot(
         dropped,
         incomplete: Reasons(incomplete),
     }
+}
+
+/// One stack's figures, from its allocations or from the kernel's total.
+struct Row<'t> {
+    stack_id: u64,
+    bytes: u64,
+    allocations: u64,
+    /// Its allocations, when they were read one by one.
+    allocs: Vec<&'t crate::tracer::Outstanding>,
 }
 
 /// Nanoseconds on the clock `bpf_ktime_get_ns` reads.

@@ -155,6 +155,13 @@ pub fn render_exit(report: &Report) -> String {
 /// BCC's periodic layout: a timestamped heading, each stack with its frames, a summary line.
 pub fn render_periodic(snapshot: &Snapshot) -> String {
     let mut out = String::new();
+    if let Some(why) = &snapshot.at_exit {
+        let _ = writeln!(
+            out,
+            "memleak: {} at its exit: outstanding, not classified ({why})",
+            snapshot.target
+        );
+    }
     let _ = writeln!(
         out,
         "[{}] Top {} stacks with outstanding allocations:",
@@ -179,7 +186,25 @@ pub fn render_periodic(snapshot: &Snapshot) -> String {
         counter(Counter::Frees),
         counter(Counter::FreeUnknown),
     );
+    if let Some(rate) = snapshot.sampled_one_in {
+        let _ = writeln!(out, "{}", sampled_note(rate));
+    }
+    if snapshot.combined {
+        let _ = writeln!(
+            out,
+            "memleak: per-stack totals kept in the kernel (--combined-only): every outstanding \
+             allocation counts, whatever its age"
+        );
+    }
     out
+}
+
+/// What `--sample-rate N` means for a report's figures.
+pub fn sampled_note(rate: u32) -> String {
+    format!(
+        "memleak: sampled: 1 in {rate} allocations of each thread recorded; the figures are \
+         those of the recorded ones, not scaled"
+    )
 }
 
 /// One line naming the roots the scan could not see, when there are any.
