@@ -957,7 +957,7 @@ impl Cli {
         Ok(match self.command {
             Commands::Exec(args) => {
                 crate::user::select(args.user.user.as_deref())?;
-                commands::Command::Exec(args.options()?)
+                commands::Command::Exec(Box::new(args.options()?))
             }
             Commands::Run(args) => {
                 crate::user::select(args.user.user.as_deref())?;

@@ -14,6 +14,10 @@
 //!   re-injected. The exit has killed the other threads, and each of them stops at its own
 //!   `PTRACE_EVENT_EXIT` on the way out: [`Running::live_threads`] holds them there too, so
 //!   the scan sees every thread's registers, as LeakSanitizer's stop-the-world does.
+//! - A process that is already running (`attach`) can be seized too ([`Running::seize`]):
+//!   each of its threads with `PTRACE_O_TRACEEXIT | PTRACE_O_TRACECLONE` (threads it creates
+//!   later are seized by the kernel), without `PTRACE_O_EXITKILL`: if we die it runs on.
+//!   [`Running::let_go`] detaches every thread, and it runs on unharmed.
 //! - Every wait is `__WNOTHREAD`: a thread waits only for the children it forked and the
 //!   tracees it seized. ptrace ties a tracee to the thread that seized it anyway, so one child
 //!   lives on one thread from `spawn` to reap, and several threads can each run their own
@@ -606,6 +610,110 @@ impl Running {
         self.root.as_raw() as u32
     }
 
+    /// Seizes every thread of a running process (see the module's invariants), so that its
+    /// exit stops it with its memory intact ([`Event::ExitStop`]). Threads created while
+    /// this runs are seized by the ones already seized, or found on the next pass over
+    /// /proc/PID/task. Fails (with the process left as it was) when another tracer has it.
+    pub fn seize(pid: u32) -> Result<Self> {
+        let root = Pid::from_raw(pid as i32);
+        let options = Options::PTRACE_O_TRACEEXIT
+            | Options::PTRACE_O_TRACECLONE
+            | Options::PTRACE_O_TRACEEXEC;
+        let mut seized: BTreeSet<Pid> = BTreeSet::new();
+        loop {
+            let new: Vec<Pid> = tasks_of(root)
+                .into_iter()
+                .filter(|tid| !seized.contains(tid))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                match ptrace::seize(tid, options) {
+                    Ok(()) => {
+                        seized.insert(tid);
+                    }
+                    // Gone since it was listed.
+                    Err(Errno::ESRCH) => {}
+                    Err(source) => {
+                        for &tid in &seized {
+                            detach_thread(tid);
+                        }
+                        return Err(Error::Ptrace {
+                            operation: "PTRACE_SEIZE",
+                            pid: tid.as_raw(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        let traced = Traced {
+            threads: seized
+                .iter()
+                .filter(|&&tid| tid != root)
+                .map(|&tid| (tid, None))
+                .collect(),
+            ..Traced::default()
+        };
+        Ok(Self {
+            root,
+            processes: BTreeMap::from([(root, traced)]),
+            announced: BTreeMap::new(),
+            newborn: BTreeSet::new(),
+            reaped: false,
+            output: None,
+            watchdog: None,
+            _interrupts: None,
+        })
+    }
+
+    /// Handles every wait status pending, without blocking; returns the events the caller has
+    /// something to do about (a seized process: [`Running::seize`]).
+    pub fn poll_events(&mut self) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WAIT_ALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(events),
+                Ok(status) => status,
+                Err(Errno::EINTR) => continue,
+                Err(source) => {
+                    return Err(Error::Ptrace {
+                        operation: "waitpid",
+                        pid: self.root.as_raw(),
+                        source,
+                    });
+                }
+            };
+            if let Some(event) = self.handle(status)? {
+                if matches!(event, Event::Exited(_)) {
+                    self.reaped = true;
+                }
+                events.push(event);
+            }
+        }
+    }
+
+    /// Detaches every thread of a seized process: it runs on as if never traced (a thread
+    /// held at a stop is let go with it). One held at its exit stop is let finish instead, and
+    /// reaped as a tracee, so that its parent is told of its end at once.
+    pub fn let_go(mut self) {
+        if self
+            .processes
+            .get(&self.root)
+            .is_some_and(|traced| traced.exit_stop_seen)
+        {
+            let _ = self.finish();
+            self.reaped = true;
+            return;
+        }
+        // Stops already reported are handled first, so no signal is swallowed by the detach.
+        let _ = self.poll_events();
+        let root = self.pid();
+        self.detach(root);
+        self.reaped = true;
+    }
+
     /// Runs the processes until something needs the caller: an exit stop, a fork or exec of a
     /// followed process, a child's end, or the program gone without an exit stop.
     pub fn wait_event(&mut self) -> Result<Event> {
@@ -688,11 +796,7 @@ impl Running {
         tids.insert(pid);
         tids.extend(tasks_of(pid));
         for tid in tids {
-            // A running thread must be stopped before it can be detached.
-            if ptrace::detach(tid, None).is_err() && ptrace::interrupt(tid).is_ok() {
-                let _ = waitpid(tid, Some(WAIT_ALL));
-                let _ = ptrace::detach(tid, None);
-            }
+            detach_thread(tid);
         }
     }
 
@@ -819,7 +923,8 @@ impl Running {
         }
     }
 
-    /// Handles one wait status. Returns an event when the caller has something to do.
+    /// Waits for and handles one wait status. Returns an event when the caller has something
+    /// to do.
     fn step(&mut self) -> Result<Option<Event>> {
         let status = match waitpid(Pid::from_raw(-1), Some(WAIT_ALL)) {
             Ok(status) => status,
@@ -832,6 +937,11 @@ impl Running {
                 });
             }
         };
+        self.handle(status)
+    }
+
+    /// Handles one wait status (see [`Running::step`]).
+    fn handle(&mut self, status: WaitStatus) -> Result<Option<Event>> {
         let Some(tid) = status.pid() else {
             return Ok(None);
         };
@@ -1057,6 +1167,14 @@ fn tasks_of(pid: Pid) -> Vec<Pid> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Detaches one thread; a running thread must be stopped before it can be detached.
+fn detach_thread(tid: Pid) {
+    if ptrace::detach(tid, None).is_err() && ptrace::interrupt(tid).is_ok() {
+        let _ = waitpid(tid, Some(WAIT_ALL));
+        let _ = ptrace::detach(tid, None);
+    }
 }
 
 fn resume(tid: Pid, signal: Option<Signal>) {

@@ -2,6 +2,10 @@
 //! was already running (`attach`), or of the kernel (`kernel`); the reports themselves are
 //! [`crate::report::Snapshot`]s.
 //!
+//! A seized process (`attach`) also stops at events of its threads between reports: SIGCHLD
+//! wakes the loop for them at once ([`ChildSignals`]), so that the process waits for us no
+//! longer than it takes to resume it.
+//!
 //! Invariants: reports keep their cadence (a slow one shortens the next wait); Ctrl-C (SIGINT)
 //! and SIGTERM end the loop cleanly, so the probes are always detached.
 
@@ -61,17 +65,45 @@ impl Interrupts {
     }
 }
 
+/// SIGCHLD as a file descriptor: a seized process's threads stopped (see [`every`]). Blocks
+/// it in the calling thread: call it before any thread exists.
+pub struct ChildSignals(SignalFd);
+
+impl ChildSignals {
+    pub fn block() -> Result<Self> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block()
+            .map_err(|err| Error::io("blocking SIGCHLD")(err.into()))?;
+        SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map(Self)
+            .map_err(|err| Error::io("creating a signalfd")(err.into()))
+    }
+
+    /// Forgets the signals received so far (the caller then handles every pending stop).
+    fn drain(&self) {
+        while let Ok(Some(_)) = self.0.read_signal() {}
+    }
+}
+
+/// What [`every`] does when SIGCHLD comes: handle the stops; `true` when the process is at
+/// its exit (the loop then ends with [`End::Exited`]).
+pub type OnChild<'a> = (&'a ChildSignals, &'a mut dyn FnMut() -> Result<bool>);
+
 /// Calls `tick` every `interval` until `count` reports, an interrupt, or (when `exited` is
-/// given, a pidfd) the process's exit. Reports keep their cadence: a slow one shortens the
-/// next wait rather than shifting every later report.
+/// given, a pidfd) the process's exit; `on_child` handles a seized process's stops between
+/// ticks. Reports keep their cadence: a slow one shortens the next wait rather than shifting
+/// every later report.
 pub fn every(
     options: &Options,
     interrupts: &Interrupts,
     exited: Option<&OwnedFd>,
+    mut on_child: Option<OnChild<'_>>,
     mut tick: impl FnMut() -> Result<()>,
 ) -> Result<End> {
     let start = Instant::now();
     let mut done = 0u64;
+    let child_signals = on_child.as_ref().map(|(signals, _)| *signals);
     loop {
         if options.count.is_some_and(|count| done >= count) {
             return Ok(End::Count);
@@ -80,6 +112,9 @@ pub fn every(
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
             let mut fds = vec![PollFd::new(interrupts.0.as_fd(), PollFlags::POLLIN)];
+            if let Some(signals) = child_signals {
+                fds.push(PollFd::new(signals.0.as_fd(), PollFlags::POLLIN));
+            }
             if let Some(pidfd) = exited {
                 fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
             }
@@ -92,7 +127,17 @@ pub fn every(
                     if ready(&fds[0]) {
                         return Ok(End::Interrupted);
                     }
-                    if fds.get(1).is_some_and(ready) {
+                    let mut next = 1;
+                    if let (Some(signals), Some((_, handle))) = (child_signals, &mut on_child) {
+                        if ready(&fds[next]) {
+                            signals.drain();
+                            if handle()? {
+                                return Ok(End::Exited);
+                            }
+                        }
+                        next += 1;
+                    }
+                    if fds.get(next).is_some_and(ready) {
                         return Ok(End::Exited);
                     }
                 }

@@ -490,6 +490,21 @@ mod pod {
     unsafe impl aya::Pod for super::TraceEvent {}
 }
 
+// Layouts are part of the kernel/user contract: fail the build if padding sneaks in.
+const _: () = {
+    assert!(core::mem::size_of::<AllocKey>() == 16);
+    assert!(core::mem::size_of::<AllocInfo>() == 24);
+    assert!(core::mem::size_of::<StackKey>() == 16);
+    assert!(core::mem::size_of::<PendingCall>() == 64);
+    assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
+    assert!(core::mem::size_of::<KernelFields>() == 56);
+    assert!(core::mem::size_of::<NestedMmap>() == 16);
+    assert!(core::mem::size_of::<TraceConfig>() == 8);
+    assert!(core::mem::size_of::<StackTotal>() == 16);
+    assert!(core::mem::size_of::<TraceEvent>() == 48);
+    assert!(Counter::ALL.len() == Counter::COUNT);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,18 +526,3 @@ mod tests {
         assert_eq!(Cookie(0).entry(), None);
     }
 }
-
-// Layouts are part of the kernel/user contract: fail the build if padding sneaks in.
-const _: () = {
-    assert!(core::mem::size_of::<AllocKey>() == 16);
-    assert!(core::mem::size_of::<AllocInfo>() == 24);
-    assert!(core::mem::size_of::<StackKey>() == 16);
-    assert!(core::mem::size_of::<PendingCall>() == 64);
-    assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
-    assert!(core::mem::size_of::<KernelFields>() == 56);
-    assert!(core::mem::size_of::<NestedMmap>() == 16);
-    assert!(core::mem::size_of::<TraceConfig>() == 8);
-    assert!(core::mem::size_of::<StackTotal>() == 16);
-    assert!(core::mem::size_of::<TraceEvent>() == 48);
-    assert!(Counter::ALL.len() == Counter::COUNT);
-};

@@ -27,10 +27,13 @@
 
 #![no_std]
 #![no_main]
-// The BPF target has no compare-and-swap, so core's atomics lack `fetch_add`; the intrinsic
-// lowers to BPF's own atomic add (`lock *(u64 *)(r + 0) += r`).
-#![expect(internal_features, reason = "atomic_xadd: see above")]
-#![feature(core_intrinsics)]
+// The BPF target has no compare-and-swap, so core's atomics lack `fetch_add` there; the
+// intrinsic lowers to BPF's own atomic add (`lock *(u64 *)(r + 0) += r`). See `atomic_add`.
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "atomic_xadd: see above")
+)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 use aya_ebpf::{
     EbpfContext,
@@ -127,9 +130,29 @@ fn combine(tgid: u32, info: &AllocInfo, remove: bool) {
     };
     // SAFETY: the map value lives as long as the entry, and is only updated atomically.
     unsafe {
+        atomic_add(&raw mut (*total).bytes, bytes);
+        atomic_add(&raw mut (*total).allocations, allocations);
+    }
+}
+
+/// `*dst += value`, atomically (several CPUs update one stack's total at once).
+///
+/// # Safety
+/// `dst` points to a live, aligned `u64` that is only ever updated atomically.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, value: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller's promise.
+    unsafe {
         use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*total).bytes, bytes);
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*total).allocations, allocations);
+        atomic_xadd::<u64, u64, { Relaxed }>(dst, value);
+    }
+    // Host builds (clippy, tests) have core's atomics.
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller's promise.
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(dst)
+            .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
     }
 }
 

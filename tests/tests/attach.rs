@@ -10,7 +10,7 @@ use std::{
 
 use memleak_tests::{
     Periodic, c_fixture, c_fixture_source, frames, marker_line, memleak_raw, privileged,
-    report_stacks_with, symbol_of,
+    report_stacks_with, stacks_of, symbol_of,
 };
 use serde_json::Value;
 
@@ -203,4 +203,100 @@ fn attach_to_a_missing_process_or_a_thread_is_a_clear_error() {
         stderr.trim(),
         "error: INTERVAL 0 is not a positive number of seconds"
     );
+}
+
+/// Waits for the line of a periodic run saying it attached, and for its first report (so that
+/// the probes are in and the process is seized).
+fn attached(memleak: &mut Periodic) {
+    memleak.wait_for_stderr("Attaching to pid", WAIT);
+    memleak.wait_for_report("a first report", WAIT, |_| true);
+}
+
+#[test]
+fn attach_reports_the_blocks_outstanding_at_the_process_exit() {
+    if !privileged("attach_reports_the_blocks_outstanding_at_the_process_exit") {
+        return;
+    }
+    let mut served = Served::start();
+    let pid = served.pid().to_string();
+    let mut memleak = Periodic::start(&[
+        "attach", "-p", &pid, "--older", "0", "--format", "json", "0.2",
+    ]);
+    attached(&mut memleak);
+    // Two on the main thread, one on the worker thread.
+    served.send("aab");
+    served.quit();
+    let last = memleak.wait_for_report("the report at its exit", WAIT, |report| {
+        !report["at_exit"].is_null()
+    });
+    assert_eq!(last["at_exit"], "tracing began while it ran", "{last:#}");
+    assert_eq!(last["outstanding_allocations"], 3, "{last:#}");
+    assert_eq!(last["outstanding_bytes"], 90000, "{last:#}");
+    assert_eq!(stack_through(&last, "serve_leak_on_thread"), (30000, 1));
+    assert!(
+        stacks_of(&last)
+            .iter()
+            .all(|stack| stack.get("category").is_none()),
+        "nothing is classified: {last:#}"
+    );
+    let (code, stderr) = memleak.wait_exit(WAIT);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("memleak: pid {pid} exited")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn two_attaches_keep_their_own_entries_and_combined_totals_match() {
+    if !privileged("two_attaches_keep_their_own_entries_and_combined_totals_match") {
+        return;
+    }
+    let mut served = Served::start();
+    let pid = served.pid().to_string();
+    let mut first = Periodic::start(&[
+        "attach", "-p", &pid, "--older", "0", "-T", "100", "--format", "json", "0.2",
+    ]);
+    attached(&mut first);
+    // The second cannot seize the process (the first has it), and says so; its totals are
+    // kept in the kernel. It ends after 8 reports, while the first goes on.
+    let mut second = Periodic::start(&[
+        "attach",
+        "-p",
+        &pid,
+        "--combined-only",
+        "-T",
+        "100",
+        "--format",
+        "json",
+        "0.2",
+        "8",
+    ]);
+    second.wait_for_stderr("memleak: no report at its exit: ", WAIT);
+    second.wait_for_stderr("Attaching to pid", WAIT);
+    second.wait_for_report("a first report", WAIT, |_| true);
+    served.send("aaab");
+    let four = |report: &Value| report["outstanding_allocations"] == 4;
+    let per_allocation = first.wait_for_report("the four blocks", WAIT, four);
+    let combined = second.wait_for_report("the four blocks, combined", WAIT, four);
+    assert_eq!(combined["combined"], true, "{combined:#}");
+    for report in [&per_allocation, &combined] {
+        assert_eq!(report["outstanding_bytes"], 120000, "{report:#}");
+        assert_eq!(stack_through(report, "serve_leak_on_thread"), (30000, 1));
+    }
+    let (code, stderr) = second.wait_exit(WAIT);
+    assert_eq!(code, 0, "{stderr}");
+    // The second's exit removed nothing of the first's.
+    served.send("a");
+    let five = first.wait_for_report("the fifth block", WAIT, |report| {
+        report["outstanding_allocations"] == 5
+    });
+    assert_eq!(five["outstanding_bytes"], 150000, "{five:#}");
+    served.quit();
+    let last = first.wait_for_report("the report at its exit", WAIT, |report| {
+        !report["at_exit"].is_null()
+    });
+    assert_eq!(last["outstanding_allocations"], 5, "{last:#}");
+    let (code, stderr) = first.wait_exit(WAIT);
+    assert_eq!(code, 0, "{stderr}");
 }

@@ -2,9 +2,15 @@
 //! its threads) and report its outstanding allocations every INTERVAL, like BCC's
 //! `memleak -p PID`, until COUNT reports, Ctrl-C, or the process's exit.
 //!
+//! The process's threads are seized with ptrace ([`Running::seize`]), so that its exit stops
+//! it while its memory is still there: the last report is made then, of the blocks
+//! outstanding at its exit (unclassified: tracing began mid-run). When it cannot be seized
+//! (another tracer, a debugger, holds it) the reports go on without that last one.
+//!
 //! Invariants: the signals are blocked before any thread exists (see
 //! [`Interrupts::block`]); the probes come off and the process's map entries go on every path
-//! out of the loop; the outcome is incomplete when any report was.
+//! out of the loop; a seized process is let go (detached, or released from its exit stop) on
+//! every path; the outcome is incomplete when any report was.
 
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
@@ -15,8 +21,9 @@ use crate::{
     outcome::Outcome,
     report,
     session::{self, TraceOptions},
+    spawn::{Event, Running},
     symbolize::Symbolizer,
-    watch::{self, End, Interrupts},
+    watch::{self, ChildSignals, End, Interrupts},
 };
 
 /// `cargo memleak attach`'s options.
@@ -36,6 +43,7 @@ pub fn attach(options: &Options) -> Result<Outcome> {
     } = options;
     let pid = *pid;
     let interrupts = Interrupts::block()?;
+    let child_signals = ChildSignals::block()?;
     check_process(pid)?;
     let exited = pidfd_open(pid)?;
     let object = match &trace.allocator_object {
@@ -52,6 +60,13 @@ pub fn attach(options: &Options) -> Result<Outcome> {
     // executable; what cannot be makes every report incomplete.
     let executable = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
     let untraced = session::probe_program_allocators(&mut tracer, &mut attachment, &executable);
+    let mut seized = match Running::seize(pid) {
+        Ok(running) => Some(running),
+        Err(err) => {
+            eprintln!("memleak: no report at its exit: {err}");
+            None
+        }
+    };
     eprintln!("Attaching to pid {pid}, Ctrl+C to quit.");
     if let Some(untraced) = &untraced {
         eprintln!("memleak: INCOMPLETE: {untraced}");
@@ -59,19 +74,73 @@ pub fn attach(options: &Options) -> Result<Outcome> {
     let mut incomplete = untraced.is_some();
     let symbolizer = Symbolizer::new();
     let target = format!("pid {pid}");
-    let end = watch::every(options, &interrupts, Some(&exited), || {
+    let mut at_exit = |running: &mut Running, tid: u32| -> Result<()> {
         let trace = tracer.read(pid)?;
-        let snapshot = report::snapshot(
+        let mut snapshot = report::snapshot(
             &target,
             &trace,
             &options.report,
             |_| None,
-            |addrs| symbolizer.symbolize(pid, addrs),
+            |addrs| symbolizer.symbolize(tid, addrs),
         );
+        snapshot.at_exit = Some("tracing began while it ran".into());
         incomplete |= !snapshot.incomplete.is_empty();
         print!("{}", report::render_periodic(&snapshot, options.format));
+        running.release(pid);
         Ok(())
-    });
+    };
+    let mut stops = || -> Result<bool> {
+        let Some(running) = seized.as_mut() else {
+            return Ok(false);
+        };
+        for event in running.poll_events()? {
+            match event {
+                Event::ExitStop { pid: stopped, tid } if stopped == pid => {
+                    at_exit(running, tid)?;
+                    return Ok(true);
+                }
+                Event::ExitStop { pid: stopped, .. } => running.release(stopped),
+                Event::Exec { pid: execed } => running.resume(execed),
+                Event::Forked {
+                    parent_thread,
+                    child,
+                    ..
+                } => {
+                    running.resume(parent_thread);
+                    running.resume(child);
+                }
+                Event::Exited(_) => return Ok(true),
+                Event::ChildExited { .. } => {}
+            }
+        }
+        Ok(false)
+    };
+    let mut periodic_incomplete = false;
+    let end = watch::every(
+        options,
+        &interrupts,
+        Some(&exited),
+        Some((&child_signals, &mut stops)),
+        || {
+            let trace = tracer.read(pid)?;
+            let snapshot = report::snapshot(
+                &target,
+                &trace,
+                &options.report,
+                |_| None,
+                |addrs| symbolizer.symbolize(pid, addrs),
+            );
+            periodic_incomplete |= !snapshot.incomplete.is_empty();
+            print!("{}", report::render_periodic(&snapshot, options.format));
+            Ok(())
+        },
+    );
+    incomplete |= periodic_incomplete;
+    // Released at its exit stop: it ends now (and is reaped by its parent). Otherwise it runs
+    // on, untraced.
+    if let Some(running) = seized.take() {
+        running.let_go();
+    }
     tracer.detach(attachment);
     let _ = tracer.forget(pid);
     if let Some(printer) = printer {

@@ -47,7 +47,7 @@ pub fn kernel(options: &Options) -> Result<Outcome> {
     );
     let symbolizer = Symbolizer::new();
     let mut incomplete = false;
-    let end = watch::every(periodic, &interrupts, None, || {
+    let end = watch::every(periodic, &interrupts, None, None, || {
         let trace = tracer.read()?;
         // Per-CPU pointers are small enough to pass for frame numbers: only the default set
         // traces pages.

@@ -16,7 +16,7 @@ use crate::{error::Result, outcome::Outcome};
 /// A subcommand with its validated options.
 #[derive(Debug)]
 pub enum Command {
-    Exec(exec::Options),
+    Exec(Box<exec::Options>),
     Run(Box<run::Options>),
     Test(Box<test::Options>),
     Attach(attach::Options),
