@@ -80,7 +80,17 @@ enum Task {
         /// Repetitions of each measurement (the median is shown).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Only this part of the bench.
+        #[arg(long, value_enum)]
+        only: Option<BenchPart>,
     },
+}
+
+/// A part of `cargo xtask bench` that can run alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    /// `--combined-only` against per-allocation records.
+    Combined,
 }
 
 fn main() -> Result<()> {
@@ -154,9 +164,9 @@ fn main() -> Result<()> {
             println!("xtask demo: the three leaking tests failed the leak gate, as they should");
             Ok(())
         }
-        Task::Bench { pairs, runs } => {
+        Task::Bench { pairs, runs, only } => {
             bootstrap()?;
-            bench(pairs, runs)
+            bench(pairs, runs, only)
         }
     }
 }
@@ -467,7 +477,7 @@ fn median<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
     values[values.len() / 2]
 }
 
-fn bench(pairs: u64, runs: usize) -> Result<()> {
+fn bench(pairs: u64, runs: usize, only: Option<BenchPart>) -> Result<()> {
     ensure!(runs > 0 && pairs > 0, "--runs and --pairs must be positive");
     let root = workspace_root();
     let target = root.join("target/xtask");
@@ -501,6 +511,9 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
     let memleak = root.join("target/release/cargo-memleak");
     if !nix_is_root() {
         bail!("the traced measurements need root (BPF, uprobes, ptrace)");
+    }
+    if only == Some(BenchPart::Combined) {
+        return bench_combined(&memleak, &workload, &live, pairs, runs);
     }
 
     let ns_per_pair = |traced: bool| -> Result<f64> {
@@ -627,6 +640,7 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
     );
     bench_global_allocators(&memleak, pairs, runs)?;
     bench_kernel(&memleak, &kpairs, runs)?;
+    bench_combined(&memleak, &workload, &live, pairs, runs)?;
     let root = workspace_root();
     bench_suite(
         &memleak,
@@ -747,6 +761,90 @@ fn bench_kernel(memleak: &Path, kpairs: &Path, runs: usize) -> Result<()> {
         untraced,
         traced,
         traced / untraced
+    );
+    Ok(())
+}
+
+/// `--combined-only` against per-allocation records, side by side: the cost of a traced
+/// malloc+free pair (the totals' atomic adds), and of reading a process with a million live
+/// blocks at its exit (`--timings`' read: every record, or only the per-stack totals).
+fn bench_combined(
+    memleak: &Path,
+    workload: &Path,
+    live: &Path,
+    pairs: u64,
+    runs: usize,
+) -> Result<()> {
+    const BLOCKS: u64 = 1_000_000;
+    let mode_args = |combined: bool| -> &'static [&'static str] {
+        if combined { &["--combined-only"] } else { &[] }
+    };
+    let ns_per_pair = |combined: bool| -> Result<f64> {
+        let stdout = output(
+            Command::new(memleak)
+                .arg("exec")
+                .args(mode_args(combined))
+                .args(["--output", "/dev/null", "--"])
+                .arg(workload)
+                .arg(pairs.to_string()),
+            "pairs workload",
+        )?;
+        stdout
+            .trim()
+            .parse::<f64>()
+            .context("the workload prints ns per pair")
+    };
+    let read_ms = |combined: bool| -> Result<f64> {
+        let out = Command::new(memleak)
+            .args(["exec", "--timings"])
+            .args(mode_args(combined))
+            .args(["--output", "/dev/null", "--"])
+            .arg(live)
+            .args([&BLOCKS.to_string(), "32", "keep"])
+            .output()
+            .context("running cargo-memleak --timings")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let read = stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("memleak: timings: "))
+            .and_then(|line| {
+                line.split(", ")
+                    .find_map(|phase| phase.strip_prefix("read "))
+            })
+            .with_context(|| format!("no read phase in: {stderr}"))?;
+        Ok(read.trim_end_matches(" ms").parse::<f64>()?)
+    };
+    let mut pair = [Vec::new(), Vec::new()];
+    let mut read = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (index, combined) in [false, true].into_iter().enumerate() {
+            pair[index].push(ns_per_pair(combined)?);
+        }
+    }
+    for _ in 0..runs.min(3) {
+        for (index, combined) in [false, true].into_iter().enumerate() {
+            read[index].push(read_ms(combined)?);
+        }
+    }
+    let [pair_each, pair_combined] = pair.map(median);
+    let [read_each, read_combined] = read.map(median);
+    println!(
+        "{:<36} {:>14} {:>14} {:>10}",
+        "--combined-only", "per-alloc", "combined", "ratio"
+    );
+    println!(
+        "{:<36} {:>11.1} ns {:>11.1} ns {:>9.2}x",
+        "  traced malloc+free pair",
+        pair_each,
+        pair_combined,
+        pair_combined / pair_each
+    );
+    println!(
+        "{:<36} {:>11.1} ms {:>11.1} ms {:>9.4}x",
+        format!("  read at exit, {BLOCKS} live blocks"),
+        read_each,
+        read_combined,
+        read_combined / read_each
     );
     Ok(())
 }
