@@ -54,15 +54,24 @@ pub struct Interrupts(SignalFd);
 
 impl Interrupts {
     pub fn block() -> Result<Self> {
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGINT);
-        mask.add(Signal::SIGTERM);
-        mask.thread_block()
-            .map_err(|err| Error::io("blocking SIGINT and SIGTERM")(err.into()))?;
-        SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map(Self)
-            .map_err(|err| Error::io("creating a signalfd")(err.into()))
+        signal_fd(
+            &[Signal::SIGINT, Signal::SIGTERM],
+            "blocking SIGINT and SIGTERM",
+        )
+        .map(Self)
     }
+}
+
+/// Blocks `signals` in the calling thread and returns a descriptor that reads them.
+fn signal_fd(signals: &[Signal], what: &'static str) -> Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for &signal in signals {
+        mask.add(signal);
+    }
+    mask.thread_block()
+        .map_err(|err| Error::io(what)(err.into()))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|err| Error::io("creating a signalfd")(err.into()))
 }
 
 /// SIGCHLD as a file descriptor: a seized process's threads stopped (see [`every`]). Blocks
@@ -71,13 +80,7 @@ pub struct ChildSignals(SignalFd);
 
 impl ChildSignals {
     pub fn block() -> Result<Self> {
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        mask.thread_block()
-            .map_err(|err| Error::io("blocking SIGCHLD")(err.into()))?;
-        SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map(Self)
-            .map_err(|err| Error::io("creating a signalfd")(err.into()))
+        signal_fd(&[Signal::SIGCHLD], "blocking SIGCHLD").map(Self)
     }
 
     /// Forgets the signals received so far (the caller then handles every pending stop).

@@ -135,12 +135,7 @@ fn attach_reports_what_a_running_process_allocates_from_then_on() {
 
     // The process's exit ends the attach by itself.
     served.quit();
-    let (code, stderr) = memleak.wait_exit(WAIT);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains(&format!("memleak: pid {pid} exited")),
-        "{stderr}"
-    );
+    ends_with_the_process(&mut memleak, &pid);
 }
 
 #[test]
@@ -205,6 +200,23 @@ fn attach_to_a_missing_process_or_a_thread_is_a_clear_error() {
     );
 }
 
+/// Checks that `memleak` ended by itself, with exit 0, when process `pid` exited.
+fn ends_with_the_process(memleak: &mut Periodic, pid: &str) {
+    let (code, stderr) = memleak.wait_exit(WAIT);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("memleak: pid {pid} exited")),
+        "{stderr}"
+    );
+}
+
+/// Waits for the report made at the process's exit.
+fn report_at_exit(memleak: &mut Periodic) -> Value {
+    memleak.wait_for_report("the report at its exit", WAIT, |report| {
+        !report["at_exit"].is_null()
+    })
+}
+
 /// Waits for the line of a periodic run saying it attached, and for its first report (so that
 /// the probes are in and the process is seized).
 fn attached(memleak: &mut Periodic) {
@@ -226,9 +238,7 @@ fn attach_reports_the_blocks_outstanding_at_the_process_exit() {
     // Two on the main thread, one on the worker thread.
     served.send("aab");
     served.quit();
-    let last = memleak.wait_for_report("the report at its exit", WAIT, |report| {
-        !report["at_exit"].is_null()
-    });
+    let last = report_at_exit(&mut memleak);
     assert_eq!(last["at_exit"], "tracing began while it ran", "{last:#}");
     assert_eq!(last["outstanding_allocations"], 3, "{last:#}");
     assert_eq!(last["outstanding_bytes"], 90000, "{last:#}");
@@ -239,12 +249,7 @@ fn attach_reports_the_blocks_outstanding_at_the_process_exit() {
             .all(|stack| stack.get("category").is_none()),
         "nothing is classified: {last:#}"
     );
-    let (code, stderr) = memleak.wait_exit(WAIT);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains(&format!("memleak: pid {pid} exited")),
-        "{stderr}"
-    );
+    ends_with_the_process(&mut memleak, &pid);
 }
 
 #[test]
@@ -293,10 +298,7 @@ fn two_attaches_keep_their_own_entries_and_combined_totals_match() {
     });
     assert_eq!(five["outstanding_bytes"], 150000, "{five:#}");
     served.quit();
-    let last = first.wait_for_report("the report at its exit", WAIT, |report| {
-        !report["at_exit"].is_null()
-    });
+    let last = report_at_exit(&mut first);
     assert_eq!(last["outstanding_allocations"], 5, "{last:#}");
-    let (code, stderr) = first.wait_exit(WAIT);
-    assert_eq!(code, 0, "{stderr}");
+    ends_with_the_process(&mut first, &pid);
 }

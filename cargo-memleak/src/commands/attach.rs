@@ -73,16 +73,9 @@ pub fn attach(options: &Options) -> Result<Outcome> {
     }
     let mut incomplete = untraced.is_some();
     let symbolizer = Symbolizer::new();
-    let target = format!("pid {pid}");
     let mut at_exit = |running: &mut Running, tid: u32| -> Result<()> {
         let trace = tracer.read(pid)?;
-        let mut snapshot = report::snapshot(
-            &target,
-            &trace,
-            &options.report,
-            |_| None,
-            |addrs| symbolizer.symbolize(tid, addrs),
-        );
+        let mut snapshot = report::process_snapshot(pid, tid, &trace, &options.report, &symbolizer);
         snapshot.at_exit = Some("tracing began while it ran".into());
         incomplete |= !snapshot.incomplete.is_empty();
         print!("{}", report::render_periodic(&snapshot, options.format));
@@ -123,13 +116,7 @@ pub fn attach(options: &Options) -> Result<Outcome> {
         Some((&child_signals, &mut stops)),
         || {
             let trace = tracer.read(pid)?;
-            let snapshot = report::snapshot(
-                &target,
-                &trace,
-                &options.report,
-                |_| None,
-                |addrs| symbolizer.symbolize(pid, addrs),
-            );
+            let snapshot = report::process_snapshot(pid, pid, &trace, &options.report, &symbolizer);
             periodic_incomplete |= !snapshot.incomplete.is_empty();
             print!("{}", report::render_periodic(&snapshot, options.format));
             Ok(())

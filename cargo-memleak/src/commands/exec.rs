@@ -207,7 +207,6 @@ fn report_while_running(
         return;
     };
     let symbolizer = Symbolizer::new();
-    let target = format!("pid {pid}");
     let start = Instant::now();
     let mut done = 0u64;
     while periodic.count.is_none_or(|count| done < count) {
@@ -224,13 +223,7 @@ fn report_while_running(
         let Ok(trace) = read else {
             return;
         };
-        let snapshot = report::snapshot(
-            &target,
-            &trace,
-            &periodic.report,
-            |_| None,
-            |addrs| symbolizer.symbolize(pid, addrs),
-        );
+        let snapshot = report::process_snapshot(pid, pid, &trace, &periodic.report, &symbolizer);
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(report::render_periodic(&snapshot, periodic.format).as_bytes());
         let _ = stdout.flush();

@@ -20,7 +20,7 @@ pub mod text;
 
 pub use exit::{Options, Report, build};
 pub use model::{Alloc, Amount, LeakSummary, SortKey, Stack, StackOptions, above_harness};
-pub use periodic::{PeriodicOptions, Snapshot, snapshot};
+pub use periodic::{PeriodicOptions, Snapshot, process_snapshot, snapshot};
 pub use text::{category_words, render_frame};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -181,6 +181,24 @@ pub fn snapshot(
     }
 }
 
+/// [`snapshot`] of process `pid`, its frames symbolized in the process (through thread
+/// `tid`: a process at its exit stop is read through the stopped thread).
+pub fn process_snapshot(
+    pid: u32,
+    tid: u32,
+    trace: &ProcessTrace,
+    options: &PeriodicOptions,
+    symbolizer: &crate::symbolize::Symbolizer,
+) -> Snapshot {
+    snapshot(
+        &format!("pid {pid}"),
+        trace,
+        options,
+        |_| None,
+        |addrs| symbolizer.symbolize(tid, addrs),
+    )
+}
+
 /// One stack's figures, from its allocations or from the kernel's total.
 struct Row<'t> {
     stack_id: u64,
