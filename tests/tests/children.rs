@@ -200,9 +200,21 @@ fn exec_reports_each_followed_child() {
         .expect("the fixture was built")
         .filter_map(|entry| Some(entry.ok()?.path()))
         .find(|path| {
-            path.file_name()
+            let named = path
+                .file_name()
                 .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("children-") && !name.contains('.'))
+                .is_some_and(|name| name.starts_with("children-") && !name.contains('.'));
+            // deps/ holds the `children` bin too, under the same prefix: the test binary is
+            // the one that lists the test.
+            named
+                && std::process::Command::new(path)
+                    .args(["--list", "--format", "terse"])
+                    .output()
+                    .is_ok_and(|listed| {
+                        String::from_utf8_lossy(&listed.stdout)
+                            .lines()
+                            .any(|line| line == "runs_a_leaking_child: test")
+                    })
         })
         .expect("the children test binary");
     let binary = binary.to_str().expect("UTF-8").to_owned();

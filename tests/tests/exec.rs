@@ -380,7 +380,7 @@ fn missing_privileges_are_exit_77() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(77), "{stderr}");
     assert!(
-        stderr.starts_with("error: missing privileges: CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE"),
+        stderr.starts_with("error: missing capabilities: CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE"),
         "{stderr}"
     );
 }
