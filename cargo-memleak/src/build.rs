@@ -60,6 +60,8 @@ pub struct TestSelection {
     pub package: Vec<String>,
     /// Test all packages in the workspace.
     pub workspace: bool,
+    /// `--all-targets`.
+    pub all_targets: bool,
     /// Exclude packages from the test (with --workspace).
     pub exclude: Vec<String>,
     /// Test only this package's library.
@@ -298,6 +300,7 @@ impl BuildOptions {
             }
         };
         flag("--workspace", selection.workspace);
+        flag("--all-targets", selection.all_targets);
         flag("--lib", selection.lib);
         flag("--bins", selection.bins);
         flag("--tests", selection.tests);

@@ -19,7 +19,7 @@ use crate::{
     report::{self, Format, PeriodicOptions, SortKey, StackOptions},
     session::TraceOptions,
     spawn::{Command, FollowChildren},
-    testrun::{MessageFormat, TestFilters, TestOptions},
+    testrun::{Display, MessageFormat, TestFilters, TestOptions},
     tracer::{Limits, Recording},
     watch,
 };
@@ -70,7 +70,8 @@ pub enum Commands {
                       in a process group of its own.\n\nExit codes: 0 all passed, 100 a test \
                       failed or lost more than its budget, 101 build failed, 102 cargo \
                       metadata failed, 104 listing tests failed, 4 no tests matched, 96 \
-                      malformed baseline or suppressions, 2 usage, 69/70/77 tool errors."
+                      malformed baseline or suppressions, 130 interrupted (SIGINT), 143 \
+                      terminated (SIGTERM), 2 usage, 69/70/77 tool errors."
     )]
     Test(Box<TestArgs>),
     /// Trace a process that is already running and report its outstanding allocations every
@@ -334,9 +335,74 @@ pub struct TestArgs {
     pub top: usize,
     #[command(flatten)]
     pub trace: TraceArgs,
-    /// libtest-style filters after `--`: TESTNAME, --exact, --skip, --ignored, --include-ignored.
+    /// Start no test after the first failure (the running ones finish).
+    #[arg(long, help_heading = "Test run", overrides_with = "no_fail_fast")]
+    pub fail_fast: bool,
+    /// Run every test whatever fails (the default; accepted for cargo's sake).
+    #[arg(long, help_heading = "Test run", overrides_with = "fail_fast")]
+    pub no_fail_fast: bool,
+    /// Build the test targets, then stop.
+    #[arg(long, help_heading = "Test run", conflicts_with = "list")]
+    pub no_run: bool,
+    /// List the selected tests (`[binary id] name: test`, or JSON with --message-format json)
+    /// instead of running them.
+    #[arg(long, help_heading = "Test run")]
+    pub list: bool,
+    /// Report a test still running after this many seconds (nextest's SLOW), and again after
+    /// each further period.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60.0,
+        help_heading = "Test run"
+    )]
+    pub slow_timeout: f64,
+    /// Show every frame of a stack, with offsets, full paths and module names (by default a
+    /// stack starts past the allocator, paths are short, offsets and hashes hidden).
+    #[arg(long, help_heading = "Test run")]
+    pub full_stacks: bool,
+    /// No line for passing tests.
+    #[arg(short, long, help_heading = "Test run", conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print the captured output of passing tests too.
+    #[arg(short, long, help_heading = "Test run")]
+    pub verbose: bool,
+    /// Coloring: auto (a terminal, unless NO_COLOR is set), always, never
+    /// [default: CARGO_TERM_COLOR, else auto]
+    #[arg(long, value_enum, value_name = "WHEN", help_heading = "Test run")]
+    pub color: Option<ColorArg>,
+    /// libtest arguments after `--`: TESTNAME, --exact, --skip, --ignored, --include-ignored;
+    /// --test-threads N is -j N; --nocapture and --show-output are accepted.
     #[arg(last = true, value_name = "ARGS")]
     pub libtest_args: Vec<String>,
+}
+
+/// `--color`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorArg {
+    /// Whether to color: the flag, else `CARGO_TERM_COLOR`, else auto (stdout a terminal and
+    /// `NO_COLOR` unset or empty).
+    fn resolve(choice: Option<ColorArg>) -> bool {
+        let choice = choice.or_else(|| match std::env::var("CARGO_TERM_COLOR").ok()?.as_str() {
+            "always" => Some(ColorArg::Always),
+            "never" => Some(ColorArg::Never),
+            _ => Some(ColorArg::Auto),
+        });
+        match choice.unwrap_or(ColorArg::Auto) {
+            ColorArg::Always => true,
+            ColorArg::Never => false,
+            ColorArg::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
+                    && std::io::IsTerminal::is_terminal(&std::io::stdout())
+            }
+        }
+    }
 }
 
 /// The leak gate's options, shared by `run` and `test`.
@@ -383,14 +449,49 @@ struct TrailingFilters {
     /// Accepted for libtest compatibility: output is always captured per test.
     #[arg(long)]
     nocapture: bool,
+    /// Accepted for libtest compatibility: the output of passing tests is shown with -v.
+    #[arg(long)]
+    show_output: bool,
+    /// libtest's thread count: here, how many test processes run at once (-j).
+    #[arg(long, value_name = "N")]
+    test_threads: Option<usize>,
 }
+
+/// The libtest arguments after `--` that are accepted.
+const TRAILING_ACCEPTED: &str = "TESTNAME, --exact, --skip FILTER, --ignored, --include-ignored, \
+                                 --test-threads N, --nocapture, --show-output";
 
 impl TestArgs {
     fn options(&self) -> Result<test::Options> {
         let mut filters = self.filters.options();
+        let mut jobs = self.jobs;
         if !self.libtest_args.is_empty() {
-            let trailing = TrailingFilters::try_parse_from(&self.libtest_args)
-                .map_err(|err| Error::Selection(err.to_string().trim().replace('\n', " ")))?;
+            let trailing = TrailingFilters::try_parse_from(&self.libtest_args).map_err(|err| {
+                // clap's first line without its `error: ` (ours precedes it), and no tip to
+                // put `--` before what already follows it.
+                let rendered = err.to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                Error::Selection(format!(
+                    "after `--`: {first}; the libtest arguments accepted there are \
+                     {TRAILING_ACCEPTED}"
+                ))
+            })?;
+            if trailing.nocapture || trailing.show_output {
+                eprintln!(
+                    "memleak: note: --nocapture and --show-output change nothing here: each \
+                     test's output is captured and shown when it fails (-v: always)"
+                );
+            }
+            if let Some(threads) = trailing.test_threads {
+                if jobs.is_some_and(|jobs| jobs != threads) {
+                    return Err(Error::Selection(format!(
+                        "-j {} and --test-threads {threads} disagree; give one",
+                        jobs.unwrap_or_default()
+                    )));
+                }
+                jobs = Some(threads);
+            }
             let more = trailing.filters;
             if let Some(filter) = more.filter {
                 if filters.filter.is_some() {
@@ -419,16 +520,29 @@ impl TestArgs {
                 )));
             }
         };
-        let jobs = match self.jobs {
+        let jobs = match jobs {
             Some(0) => {
                 return Err(Error::Selection("--jobs must be at least 1".into()));
             }
             Some(jobs) => jobs,
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
+        if !(self.slow_timeout.is_finite() && self.slow_timeout > 0.0) {
+            return Err(Error::Selection(format!(
+                "--slow-timeout {} is not a positive number of seconds",
+                self.slow_timeout
+            )));
+        }
         Ok(test::Options {
             build: self.build.options(),
             selection: self.selection.options(),
+            mode: if self.list {
+                test::Mode::List
+            } else if self.no_run {
+                test::Mode::NoRun
+            } else {
+                test::Mode::Run
+            },
             run: TestOptions {
                 filters,
                 jobs,
@@ -446,8 +560,51 @@ impl TestArgs {
                     Some(kind) => kind == AnnotationsArg::Github,
                     None => std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true"),
                 },
+                fail_fast: self.fail_fast && !self.no_fail_fast,
+                slow_timeout: Some(Duration::from_secs_f64(self.slow_timeout)),
+                display: Display {
+                    quiet: self.quiet,
+                    verbose: self.verbose,
+                    color: ColorArg::resolve(self.color),
+                    full_stacks: self.full_stacks,
+                },
+                rerun_args: self.rerun_args(),
             },
         })
+    }
+
+    /// The options of this run that a failed test's rerun command repeats: what changes the
+    /// build or the verdict.
+    fn rerun_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut path = |flag: &str, value: &Option<PathBuf>| {
+            if let Some(value) = value {
+                args.extend([flag.to_owned(), value.display().to_string()]);
+            }
+        };
+        path("--manifest-path", &self.build.manifest_path);
+        path("--baseline", &self.gate.baseline);
+        path("--suppressions", &self.gate.suppressions);
+        for features in &self.build.features {
+            args.extend(["--features".to_owned(), features.clone()]);
+        }
+        for (flag, on) in [
+            ("--all-features", self.build.all_features),
+            ("--no-default-features", self.build.no_default_features),
+            ("--release", self.build.release),
+            ("--allow-incomplete", self.gate.allow_incomplete),
+        ] {
+            if on {
+                args.push(flag.to_owned());
+            }
+        }
+        if let Some(profile) = &self.build.profile {
+            args.extend(["--profile".to_owned(), profile.clone()]);
+        }
+        if self.gate.fail_on == FailOnArg::Reachable {
+            args.extend(["--fail-on".to_owned(), "reachable".to_owned()]);
+        }
+        args
     }
 }
 
@@ -749,6 +906,9 @@ pub struct TestSelectionArgs {
     /// Test all packages in the workspace.
     #[arg(long, help_heading = "Package selection")]
     pub workspace: bool,
+    /// Test all targets (lib, bins, tests, examples; doc tests are never run).
+    #[arg(long, help_heading = "Target selection")]
+    pub all_targets: bool,
     /// Exclude packages from the test (with --workspace).
     #[arg(long, value_name = "SPEC", help_heading = "Package selection")]
     pub exclude: Vec<String>,
@@ -871,6 +1031,7 @@ impl TestSelectionArgs {
         TestSelection {
             package: self.package.clone(),
             workspace: self.workspace,
+            all_targets: self.all_targets,
             exclude: self.exclude.clone(),
             lib: self.lib,
             bins: self.bins,

@@ -80,6 +80,13 @@ pub enum Error {
         message: String,
     },
 
+    #[error("{what} {}: {reason}", path.display())]
+    GateFile {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+
     #[error("listing the tests of {} failed: {detail}", binary.display())]
     Listing { binary: PathBuf, detail: String },
 
@@ -110,7 +117,7 @@ impl Error {
             Error::Metadata { .. } => &outcome::METADATA_FAILED,
             Error::Build { .. } => &outcome::BUILD_FAILED,
             Error::Selection(_) => &outcome::USAGE,
-            Error::Baseline { .. } => &outcome::BAD_BASELINE,
+            Error::Baseline { .. } | Error::GateFile { .. } => &outcome::BAD_BASELINE,
             Error::Listing { .. } => &outcome::LISTING_FAILED,
             Error::MapRead { .. }
             | Error::Ptrace { .. }

@@ -149,9 +149,23 @@ pub const NOT_FOUND: ExitCode = ExitCode {
     summary: "program (or, for attach, process) not found",
     commands: &[Exec, Run, Attach],
 };
+/// `cargo memleak test`: interrupted by SIGINT (Ctrl-C), after the results so far were
+/// reported (128 + 2, the shell's convention).
+pub const INTERRUPTED: ExitCode = ExitCode {
+    code: 130,
+    summary: "interrupted (SIGINT)",
+    commands: &[Test],
+};
+/// `cargo memleak test`: stopped by SIGTERM, after the results so far were reported (128 +
+/// 15).
+pub const TERMINATED: ExitCode = ExitCode {
+    code: 143,
+    summary: "terminated (SIGTERM)",
+    commands: &[Test],
+};
 
 /// Every exit code, ascending. Part of the CLI contract (README, "Exit codes").
-pub const TABLE: [&ExitCode; 15] = [
+pub const TABLE: [&ExitCode; 17] = [
     &OK,
     &PROGRAM_FAILED,
     &USAGE,
@@ -167,6 +181,8 @@ pub const TABLE: [&ExitCode; 15] = [
     &LISTING_FAILED,
     &NOT_EXECUTABLE,
     &NOT_FOUND,
+    &INTERRUPTED,
+    &TERMINATED,
 ];
 
 /// The codes `command` can exit with, ascending.
@@ -202,6 +218,8 @@ pub enum Outcome {
     NoTests,
     /// `test`: a test failed; `run`: the program lost more than its budget.
     Failed,
+    /// `test`: SIGINT or SIGTERM stopped the run (the results so far were reported).
+    Interrupted(crate::testrun::interrupt::Signal),
 }
 
 impl Outcome {
@@ -212,6 +230,8 @@ impl Outcome {
             Outcome::Incomplete => &INCOMPLETE,
             Outcome::NoTests => &NO_TESTS,
             Outcome::Failed => &FAILED,
+            Outcome::Interrupted(crate::testrun::interrupt::Signal::Int) => &INTERRUPTED,
+            Outcome::Interrupted(crate::testrun::interrupt::Signal::Term) => &TERMINATED,
         }
     }
 }
@@ -230,7 +250,7 @@ mod tests {
         assert_eq!(codes_of(Command::Kernel), [0, 2, 3, 69, 70, 77]);
         assert_eq!(
             codes_of(Command::Test),
-            [0, 2, 4, 69, 70, 77, 96, 100, 101, 102, 104]
+            [0, 2, 4, 69, 70, 77, 96, 100, 101, 102, 104, 130, 143]
         );
     }
 
@@ -296,6 +316,6 @@ mod tests {
     #[test]
     fn the_help_lists_the_whole_table() {
         assert!(help().starts_with("Exit codes: 0 ok, 1 the program failed, 2 usage,"));
-        assert!(help().ends_with(", 127 program (or, for attach, process) not found."));
+        assert!(help().ends_with(", 143 terminated (SIGTERM)."));
     }
 }

@@ -56,6 +56,9 @@ pub struct TracedRun {
     pub output: Option<String>,
     /// The command's timeout killed it.
     pub timed_out: bool,
+    /// Processes of its process group were still alive after it ended (and were killed):
+    /// nextest's LEAK.
+    pub left_processes: bool,
     pub timings: Timings,
     /// The processes it started that were followed ([`Command::follow`]), in the order they
     /// ended.
@@ -194,6 +197,7 @@ pub fn trace_observed(
             ended.push(child.into_child(ChildFate::StillRunning));
         }
     }
+    let left_processes = running.kill_left_behind();
     let timed_out = running.timed_out();
     let output = running.output();
     drop(running);
@@ -207,6 +211,7 @@ pub fn trace_observed(
     let mut run = root.into_run(status, scanned);
     run.output = output;
     run.timed_out = timed_out;
+    run.left_processes = left_processes;
     run.timings = timings;
     run.children = ended;
     Ok(run)
@@ -482,6 +487,7 @@ impl Followed {
             unseen,
             output: None,
             timed_out: false,
+            left_processes: false,
             timings: Timings::default(),
             children: Vec::new(),
         }

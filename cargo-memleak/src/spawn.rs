@@ -77,6 +77,51 @@ pub struct Command {
     /// reported as [`Event::Forked`] and [`Event::Exec`], and stop at their own exit like it
     /// does.
     pub follow: Follow,
+    /// Where an isolated command's process group is registered while it runs, so that an
+    /// interrupted test run can kill every running test at once ([`Groups::kill_all`]).
+    pub groups: Option<Arc<Groups>>,
+}
+
+/// The process groups of the isolated commands running now (each test leads its own).
+#[derive(Debug, Default)]
+pub struct Groups {
+    state: std::sync::Mutex<GroupsState>,
+}
+
+#[derive(Debug, Default)]
+struct GroupsState {
+    live: BTreeSet<i32>,
+    /// `kill_all` was called: a group registered from now on is killed at once.
+    killed: bool,
+}
+
+impl Groups {
+    fn state(&self) -> std::sync::MutexGuard<'_, GroupsState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Kills every registered group with SIGKILL, and every group registered after.
+    pub fn kill_all(&self) {
+        let mut state = self.state();
+        state.killed = true;
+        for &group in &state.live {
+            let _ = signal::kill(Pid::from_raw(-group), Signal::SIGKILL);
+        }
+    }
+
+    fn add(&self, group: Pid) {
+        let mut state = self.state();
+        if state.killed {
+            let _ = signal::kill(Pid::from_raw(-group.as_raw()), Signal::SIGKILL);
+        }
+        state.live.insert(group.as_raw());
+    }
+
+    fn remove(&self, group: Pid) {
+        self.state().live.remove(&group.as_raw());
+    }
 }
 
 /// Which of the processes a traced program starts are followed.
@@ -140,6 +185,7 @@ impl Command {
             isolated: false,
             timeout: None,
             follow: Follow::Nothing,
+            groups: None,
         }
     }
 }
@@ -200,6 +246,7 @@ pub struct Gated {
     output: Option<OwnedFd>,
     isolated: bool,
     timeout: Option<Duration>,
+    groups: Option<Arc<Groups>>,
 }
 
 /// Everything the child needs after `fork`, prepared before it.
@@ -350,6 +397,7 @@ pub fn spawn(command: &Command) -> Result<Gated> {
                 output,
                 isolated: command.isolated,
                 timeout: command.timeout,
+                groups: command.groups.clone().filter(|_| command.isolated),
             })
         }
     }
@@ -435,7 +483,12 @@ impl Gated {
             output,
             isolated,
             timeout,
+            groups,
         } = self;
+        // The child called setpgid before it waited at the gate: its group exists.
+        if let Some(groups) = &groups {
+            groups.add(pid);
+        }
         let mut running = Running {
             root: pid,
             processes: BTreeMap::from([(pid, Traced::default())]),
@@ -445,6 +498,7 @@ impl Gated {
             output,
             watchdog: None,
             _interrupts: (!isolated).then(IgnoreInterrupts::install),
+            group: groups.map(|groups| (groups, pid)),
         };
         nix::unistd::write(&gate, &[1]).map_err(|source| Error::Spawn {
             program: program.clone(),
@@ -579,11 +633,16 @@ pub struct Running {
     output: Option<OwnedFd>,
     watchdog: Option<Watchdog>,
     _interrupts: Option<IgnoreInterrupts>,
+    /// An isolated child's process group, registered while it runs.
+    group: Option<(Arc<Groups>, Pid)>,
 }
 
 impl Drop for Running {
     /// Processes abandoned on an error path are killed and reaped, not left stopped.
     fn drop(&mut self) {
+        if let Some((groups, group)) = self.group.take() {
+            groups.remove(group);
+        }
         if self.reaped && self.processes.is_empty() {
             return;
         }
@@ -665,6 +724,7 @@ impl Running {
             output: None,
             watchdog: None,
             _interrupts: None,
+            group: None,
         })
     }
 
@@ -754,6 +814,29 @@ impl Running {
                 Event::ChildExited { .. } => {}
             }
         }
+    }
+
+    /// After the program was reaped: whether processes of its (isolated) process group are
+    /// still alive 100 ms later (nextest's leak timeout); they are killed then. Always false
+    /// for a command that shares our process group.
+    pub fn kill_left_behind(&mut self) -> bool {
+        if !self.reaped {
+            return false;
+        }
+        let Some((groups, group)) = self.group.take() else {
+            return false;
+        };
+        groups.remove(group);
+        let target = Pid::from_raw(-group.as_raw());
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while signal::kill(target, None).is_ok() {
+            if Instant::now() >= deadline {
+                let _ = signal::kill(target, Signal::SIGKILL);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
     }
 
     /// Whether the timeout killed the process.

@@ -136,6 +136,14 @@ fn a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones() {
         running["processes"][0]["fate"], "still_running",
         "{running:#}"
     );
+    // nextest's LEAK: the child outlived the test, was reported and killed with its group.
+    assert_eq!(
+        result(&results, "leaves_a_child_running")["left_processes"],
+        true
+    );
+    for test in ["kills_its_child", "runs_a_clean_child"] {
+        assert_eq!(result(&results, test)["left_processes"], false, "{test}");
+    }
     let killed = child(result(&results, "kills_its_child"), "children");
     let fate = &killed["processes"][0];
     assert!(

@@ -55,6 +55,13 @@ fn manifest() -> PathBuf {
     workspace_root().join("fixtures/workspace/Cargo.toml")
 }
 
+/// An empty baseline (no budgets) in `dir`: an explicit `--baseline` must exist.
+fn no_budgets(dir: &Path) -> PathBuf {
+    let path = dir.join("none.json");
+    std::fs::write(&path, "{ \"version\": 1, \"tests\": {} }\n").expect("baseline written");
+    path
+}
+
 /// A scratch directory for baselines and reports, unique to this test.
 fn scratch(name: &str) -> PathBuf {
     let dir = workspace_root()
@@ -138,7 +145,7 @@ fn full_run() -> &'static (TestRun, String) {
                 "--timeout",
                 TIMEOUT,
                 "--baseline",
-                path_str(&dir.join("none.json")),
+                path_str(&no_budgets(&dir)),
                 "--junit",
                 path_str(&junit),
                 "--message-format",
@@ -337,12 +344,7 @@ fn libtest_output_lists_each_test_and_the_leaking_stack() {
     }
     let dir = scratch("human");
     let run = memleak_test(
-        &[
-            "-p",
-            "alpha",
-            "--baseline",
-            path_str(&dir.join("none.json")),
-        ],
+        &["-p", "alpha", "--baseline", path_str(&no_budgets(&dir))],
         &[],
     );
     assert_eq!(run.code, 100, "{}", run.stderr);
@@ -362,23 +364,100 @@ fn libtest_output_lists_each_test_and_the_leaking_stack() {
     assert!(line("leaks_a_vec").starts_with("test [alpha::gate] leaks_a_vec"));
     let failure = run
         .stdout
-        .split("---- leaks_a_vec ----\nin test binary alpha::gate\n")
+        .split("---- [alpha::gate] leaks_a_vec ----\n")
         .nth(1)
+        .and_then(|rest| rest.split("\n---- ").next())
         .unwrap_or_else(|| panic!("a failure section: {}", run.stdout));
+    let line = memleak_tests::marker_line(
+        &workspace_root().join("fixtures/workspace/alpha/src/lib.rs"),
+        "leak_bytes",
+    );
+    let test_line = memleak_tests::marker_line(
+        &workspace_root().join("fixtures/workspace/alpha/tests/gate.rs"),
+        "leaks_a_vec",
+    );
+    // The stack starts at the user's code, with paths relative to the workspace, no offsets
+    // and no binary hashes, and ends above the standard library's FnOnce glue.
+    assert!(
+        failure.starts_with(&format!(
+            "memleak: lost 4000 bytes in 1 blocks, over its budget of 0 bytes in 0 blocks\n\
+             \t4000 bytes in 1 allocations from stack (definitely lost)\n\
+             \t\talpha::leak_bytes (alpha/src/lib.rs:{line})\n\
+             \t\tgate::leaks_a_vec (alpha/tests/gate.rs:{test_line})\n"
+        )),
+        "{failure}"
+    );
     assert!(
         failure.contains(
-            "memleak: lost 4000 bytes in 1 blocks, over its budget of 0 bytes in 0 blocks"
+            " of the standard library and the test harness below; --full-stacks shows them)\n"
         ),
         "{failure}"
     );
-    assert!(failure.contains("4000 bytes in 1 allocations from stack (definitely lost)"));
-    assert!(failure.contains("alpha::leak_bytes+0x"), "{failure}");
+    assert!(
+        failure
+            .lines()
+            .filter(|line| !line.starts_with("rerun: "))
+            .all(|line| line.chars().count() <= 160),
+        "no line over 160 characters but the command to copy: {failure}"
+    );
+    assert!(
+        !failure.contains("+0x") && !failure.contains("/rustc/"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains(&format!(
+            "rerun: cargo memleak test --manifest-path {} --baseline {} -p alpha --test gate \
+             -- --exact leaks_a_vec\n",
+            manifest().display(),
+            dir.join("none.json").display()
+        )),
+        "{failure}"
+    );
+    assert!(
+        run.stdout.contains(
+            "\nfailures:\n    [alpha] tests::leaks_in_a_unit_test\n    [alpha::gate] leaks_a_vec\n"
+        ),
+        "{}",
+        run.stdout
+    );
     assert!(
         run.stdout
             .contains("test result: FAILED. 6 passed; 3 failed; 0 ignored"),
         "{}",
         run.stdout
     );
+    assert!(
+        run.stdout.starts_with("\nrunning 9 tests\n"),
+        "{}",
+        run.stdout
+    );
+
+    // --full-stacks: every frame above the harness, with offsets and modules.
+    let full = memleak_test(
+        &[
+            "-p",
+            "alpha",
+            "--test",
+            "gate",
+            "--baseline",
+            path_str(&dir.join("none.json")),
+            "--full-stacks",
+            "leaks_a_vec",
+        ],
+        &[],
+    );
+    assert_eq!(full.code, 100, "{}", full.stderr);
+    assert!(
+        full.stdout.contains("alpha::leak_bytes+0x"),
+        "{}",
+        full.stdout
+    );
+    assert!(
+        full.stdout.contains("alloc::vec::from_elem"),
+        "{}",
+        full.stdout
+    );
+    assert!(full.stdout.contains("[gate-"), "{}", full.stdout);
 }
 
 #[test]
@@ -592,7 +671,7 @@ fn suppressions_match_functions_like_leak_sanitizer() {
             "-p",
             "alpha",
             "--baseline",
-            path_str(&dir.join("none.json")),
+            path_str(&no_budgets(&dir)),
             "--suppressions",
             path_str(&suppressions),
             "--message-format",
@@ -626,7 +705,7 @@ fn filters_select_tests_like_cargo_test() {
         return;
     }
     let dir = scratch("filters");
-    let none = dir.join("none.json");
+    let none = no_budgets(&dir);
     let ran = |args: &[&str]| -> (i32, Vec<String>) {
         let args = [
             &["--baseline", path_str(&none), "--message-format", "json"][..],
@@ -687,6 +766,8 @@ fn run_checks_its_binary_against_the_baseline() {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
+    // An explicit --baseline must exist (unless --bless): start with no budgets.
+    std::fs::write(&baseline, "{ \"version\": 1, \"tests\": {} }\n").expect("written");
     let (code, stderr) = run(&[]);
     assert_eq!(code, 100, "30000 bytes lost, no budget: {stderr}");
     assert!(
@@ -714,7 +795,7 @@ fn stacks_of_finished_tests_make_room_for_the_next() {
     if !privileged("stacks_of_finished_tests_make_room_for_the_next") {
         return;
     }
-    let baseline = scratch("room").join("none.json");
+    let baseline = no_budgets(&scratch("room"));
     let run = memleak_test_in(
         &workspace_root().join("fixtures/stacks/Cargo.toml"),
         &[
@@ -745,4 +826,435 @@ fn stacks_of_finished_tests_make_room_for_the_next() {
         Some(&"tests::a_held_open"),
         "the held test ends last: every other test ran while it was traced"
     );
+}
+
+/// The pid of a process whose command line contains `needle`, waiting up to `timeout`.
+fn find_process(needle: &str, timeout: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let std::result::Result::Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) && pid != std::process::id() as i32 {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+/// Whether process `pid` is gone within a second (reaped, not a zombie).
+fn gone(pid: i32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// SIGINT or SIGTERM while beta's hanging test runs (`-j 1`: aborts ran, panics has not):
+/// the run stops, kills the hanging test's group, reports what ran and writes JUnit.
+#[test]
+fn an_interrupted_run_reports_what_ran_and_exits_130_or_143() {
+    if !privileged("an_interrupted_run_reports_what_ran_and_exits_130_or_143") {
+        return;
+    }
+    use nix::sys::signal::{Signal, kill};
+    let dir = scratch("interrupt");
+    for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let junit = dir.join(format!("{signal}.xml"));
+        let child = Command::new(cargo_memleak())
+            .args(["memleak", "test", "--manifest-path"])
+            .arg(manifest())
+            .args(["-p", "beta", "--lib", "-j", "1", "--baseline"])
+            .arg(no_budgets(&dir))
+            .arg("--junit")
+            .arg(&junit)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cargo memleak test starts");
+        let hanging = find_process(
+            "--exact tests::hangs --nocapture",
+            std::time::Duration::from_secs(120),
+        )
+        .expect("the hanging test runs");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("signalled");
+        let output = child.wait_with_output().expect("it exits");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{stdout}\n{stderr}");
+        let summary = stdout
+            .lines()
+            .find(|line| line.starts_with("test result:"))
+            .unwrap_or_else(|| panic!("a test result line: {stdout}"));
+        assert!(
+            summary.starts_with(&format!(
+                "test result: FAILED (interrupted by {signal}). 0 passed; 2 failed; 1 ignored; \
+                 0 measured; 0 filtered out; 1 not run; finished in "
+            )),
+            "{summary}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "---- [beta] tests::hangs ----\nmemleak: interrupted by {signal}: killed with \
+                 its process group\n"
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "memleak: interrupted by {signal}: no more tests start"
+            )),
+            "{stderr}"
+        );
+        assert!(gone(hanging), "the hanging test {hanging} survived");
+        let xml = std::fs::read_to_string(&junit).expect("the JUnit file is written");
+        let document = roxmltree::Document::parse(&xml).expect("JUnit parses");
+        let cases: Vec<(&str, bool)> = document
+            .descendants()
+            .filter(|node| node.has_tag_name("testcase"))
+            .map(|case| {
+                let failed = case.children().any(|node| node.has_tag_name("failure"));
+                (case.attribute("name").unwrap_or_default(), failed)
+            })
+            .collect();
+        assert_eq!(
+            cases,
+            [
+                ("tests::aborts", true),
+                ("tests::hangs", true),
+                ("tests::ignored_leak", false)
+            ]
+        );
+    }
+}
+
+#[test]
+fn fail_fast_stops_starting_tests_after_the_first_failure() {
+    if !privileged("fail_fast_stops_starting_tests_after_the_first_failure") {
+        return;
+    }
+    let dir = scratch("fail-fast");
+    let none = no_budgets(&dir);
+    let args = [
+        "-p",
+        "beta",
+        "--lib",
+        "-j",
+        "1",
+        "--baseline",
+        path_str(&none),
+    ];
+    let run = memleak_test(&[&args[..], &["--fail-fast"]].concat(), &[]);
+    assert_eq!(run.code, 100, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(
+            "test result: FAILED (--fail-fast). 0 passed; 1 failed; 1 ignored; 0 measured; 0 \
+             filtered out; 2 not run; finished in "
+        ),
+        "{}",
+        run.stdout
+    );
+    // --no-fail-fast is the default, accepted for cargo's sake: every test runs.
+    let run = memleak_test(
+        &[&args[..], &["--no-fail-fast", "--timeout", "2"]].concat(),
+        &[],
+    );
+    assert_eq!(run.code, 100, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(
+            "test result: FAILED. 0 passed; 3 failed; 1 ignored; 0 measured; 0 filtered out; \
+             finished in "
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn no_run_and_list_build_but_run_nothing() {
+    let dir = scratch("list");
+    let none = no_budgets(&dir);
+    let base = ["-p", "beta", "--baseline", path_str(&none)];
+    let built = memleak_test(&[&base[..], &["--no-run"]].concat(), &[]);
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    assert_eq!(built.stdout, "", "nothing runs");
+    let listed = memleak_test(&[&base[..], &["--list", "--lib"]].concat(), &[]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert_eq!(
+        listed.stdout,
+        "[beta] tests::aborts: test\n[beta] tests::hangs: test\n[beta] tests::panics: test\n\
+         [beta] tests::ignored_leak: test (ignored)\n"
+    );
+    let json = memleak_test(
+        &[&base[..], &["--list", "--message-format", "json", "hangs"]].concat(),
+        &[],
+    );
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    assert_eq!(
+        json.events(),
+        [serde_json::json!({
+            "event": "test-listed", "binary_id": "beta", "test": "tests::hangs",
+            "ignored": false, "runs": true
+        })]
+    );
+}
+
+#[test]
+fn libtest_arguments_after_the_dashes_are_mapped_or_named() {
+    if !privileged("libtest_arguments_after_the_dashes_are_mapped_or_named") {
+        return;
+    }
+    let dir = scratch("trailing");
+    let none = no_budgets(&dir);
+    let base = [
+        "-p",
+        "alpha",
+        "--test",
+        "gate",
+        "--baseline",
+        path_str(&none),
+    ];
+    let run = memleak_test(
+        &[
+            &base[..],
+            &["--message-format", "json", "--", "--exact", "adds_numbers"],
+            &["--test-threads", "1", "--nocapture", "--show-output"],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.events()[0]["jobs"], 1, "--test-threads 1 is -j 1");
+    assert!(
+        run.stderr
+            .contains("memleak: note: --nocapture and --show-output change nothing here"),
+        "{}",
+        run.stderr
+    );
+    let run = memleak_test(&[&base[..], &["--", "--bogus"]].concat(), &[]);
+    assert_eq!(run.code, 2);
+    let first = run.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(
+            "error: after `--`: unexpected argument '--bogus' found; the libtest \
+                           arguments accepted there are TESTNAME, --exact"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("error: error:") && !run.stderr.contains("tip:"));
+    // -q leaves out the passing tests' lines; --color always colors the verdicts.
+    let run = memleak_test(&[&base[..], &["-q", "--color", "always"]].concat(), &[]);
+    assert_eq!(run.code, 100, "{}", run.stderr);
+    assert!(!run.stdout.contains("adds_numbers"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|line| line.starts_with("test [alpha::gate] leaks_a_vec ")
+                && line.ends_with(" ... \x1b[31mFAILED\x1b[0m")),
+        "{}",
+        run.stdout
+    );
+    let run = memleak_test(
+        &[&base[..], &["adds_numbers"]].concat(),
+        &[("CARGO_TERM_COLOR", "always")],
+    );
+    assert!(run.stdout.contains("\x1b[32mok\x1b[0m"), "{}", run.stdout);
+    let run = memleak_test(
+        &[&base[..], &["adds_numbers"]].concat(),
+        &[("NO_COLOR", "1")],
+    );
+    assert!(!run.stdout.contains('\x1b'), "{}", run.stdout);
+}
+
+#[test]
+fn mistakes_are_found_before_the_build_with_their_exit_codes() {
+    let dir = scratch("early");
+    let started = std::time::Instant::now();
+    let run = memleak_test(&["--junit", "/nonexistent/dir/junit.xml"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "error: --junit /nonexistent/dir/junit.xml: its directory does not exist; create it \
+         first\n"
+    );
+    let missing = dir.join("missing.json");
+    let run = memleak_test(&["--baseline", path_str(&missing)], &[]);
+    assert_eq!(run.code, 96, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: baseline {}: no such file; check the path, or create it with --bless\n",
+            missing.display()
+        )
+    );
+    let run = memleak_test(&["--baseline", path_str(&dir)], &[]);
+    assert_eq!(run.code, 96, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: baseline {}: Is a directory",
+            dir.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    let run = memleak_test(&["--suppressions", path_str(&missing)], &[]);
+    assert_eq!(run.code, 96, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: suppressions file {}: No such file",
+            missing.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("Compiling") && started.elapsed().as_secs() < 30,
+        "found before any build"
+    );
+    // cargo's own words, whole, for a manifest path that is a directory.
+    let output = Command::new(cargo_memleak())
+        .args(["memleak", "test", "--manifest-path"])
+        .arg(workspace_root().join("fixtures/workspace"))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(102), "{stderr}");
+    assert!(
+        stderr.contains("is a directory but expected a file")
+            && stderr.contains("fixtures/workspace/Cargo.toml exists"),
+        "{stderr}"
+    );
+}
+
+/// `--bless` through a symlinked baseline keeps the symlink and the file's mode; suppressions
+/// take trailing comments, and the unused ones are listed.
+#[test]
+fn bless_writes_through_symlinks_and_unused_suppressions_are_listed() {
+    if !privileged("bless_writes_through_symlinks_and_unused_suppressions_are_listed") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch("symlink");
+    let target = no_budgets(&dir);
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let link = dir.join("memleak-baseline.json");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let suppressions = dir.join("suppressions.txt");
+    std::fs::write(
+        &suppressions,
+        "leak:^alpha::leak_bytes$  # alpha's helper leaks on purpose\nleak:no_such_function # stale\n",
+    )
+    .expect("written");
+    let args = [
+        "-p",
+        "alpha",
+        "--test",
+        "gate",
+        "--baseline",
+        path_str(&link),
+        "--suppressions",
+        path_str(&suppressions),
+    ];
+    let run = memleak_test(&[&args[..], &["--bless"]].concat(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("memleak: unused suppression `leak:no_such_function`: it matched no stack"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("unused suppression `leak:^alpha"),
+        "{}",
+        run.stderr
+    );
+    let meta = std::fs::symlink_metadata(&link).expect("link");
+    assert!(meta.file_type().is_symlink(), "still a symlink");
+    assert_eq!(
+        std::fs::metadata(&target)
+            .expect("target")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(&target).expect("read")).expect("JSON");
+    assert_eq!(
+        file["tests"]["alpha::gate"]["leaks_an_rc_cycle"]["lost"],
+        serde_json::json!({"bytes": 2064, "blocks": 2}),
+        "blessed through the link"
+    );
+    assert!(
+        file["tests"]["alpha::gate"].get("leaks_a_vec").is_none(),
+        "suppressed despite the trailing comment: {file:#}"
+    );
+}
+
+/// On a terminal, the status line names the running test and how long it has run; a slow test
+/// is reported like nextest's SLOW.
+#[test]
+fn the_status_line_names_the_running_test_and_slow_tests_are_reported() {
+    if !privileged("the_status_line_names_the_running_test_and_slow_tests_are_reported") {
+        return;
+    }
+    use std::io::Read as _;
+    let dir = scratch("tty");
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let child = Command::new(cargo_memleak())
+        .args(["memleak", "test", "--manifest-path"])
+        .arg(manifest())
+        .args([
+            "-p",
+            "beta",
+            "--lib",
+            "--exact",
+            "tests::hangs",
+            "--timeout",
+            "3",
+        ])
+        .args(["--slow-timeout", "1", "--baseline"])
+        .arg(no_budgets(&dir))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(pty.slave))
+        .spawn()
+        .expect("cargo memleak test starts");
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // EIO once the last writer of the terminal is gone.
+        while let std::result::Result::Ok(n) = master.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let output = child.wait_with_output().expect("it exits");
+    let terminal = reader.join().expect("read");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(100), "{stdout}\n{terminal}");
+    assert!(
+        terminal.contains("\r\x1b[Kmemleak: 0/1 done; running [beta] tests::hangs 1."),
+        "{terminal:?}"
+    );
+    assert!(
+        stdout.contains("    SLOW [>1s] [beta] tests::hangs\n    SLOW [>2s] [beta] tests::hangs\n"),
+        "{stdout}"
+    );
+    assert!(stdout.starts_with("\nrunning 1 test\n"), "{stdout}");
 }

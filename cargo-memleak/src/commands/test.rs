@@ -2,9 +2,10 @@
 //! traced process (several at once), judge each against its leak budget, and report the lot as
 //! a test run ([`crate::testrun`]: libtest's output, JSON events, JUnit XML), with `--bless`.
 //!
-//! Invariants: privileges and kernel support are checked before the (slow) build; the run's
-//! verdict is computed once, here, from libtest-mimic's counts; the baseline is written only
-//! by a `--bless` run in which every test ran to completion and was traced completely; the
+//! Invariants: privileges and kernel support, the output paths and the gate's files are
+//! checked before the (slow) build; the run's verdict is computed once, here, from the
+//! scheduler's counts; the baseline is written only by a `--bless` run that was not
+//! interrupted and in which every test ran to completion and was traced completely; the
 //! probes come off after the last event is reported.
 
 use std::collections::BTreeSet;
@@ -12,37 +13,71 @@ use std::collections::BTreeSet;
 use crate::{
     build::{BuildOptions, TestSelection},
     error::Result,
+    fsutil,
     gate::{Blessing, LoadedGate, Measured, StaleEntry},
     outcome::Outcome,
     session,
     testrun::{
-        TestOptions, TestResult, list,
+        MessageFormat, TestOptions, TestResult,
+        interrupt::Interrupt,
+        list,
         reporter::{Reporters, TestEvent},
         run,
     },
 };
+
+/// What `cargo memleak test` does once the tests are built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Run them (the default).
+    #[default]
+    Run,
+    /// `--no-run`: build only.
+    NoRun,
+    /// `--list`: list the selected tests.
+    List,
+}
 
 /// `cargo memleak test`'s options.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub build: BuildOptions,
     pub selection: TestSelection,
+    pub mode: Mode,
     pub run: TestOptions,
 }
 
 pub fn test(options: &Options) -> Result<Outcome> {
     let run_options = &options.run;
+    // Every path the run writes is checked before the (slow) build, and so are the gate's
+    // files, read now.
+    if let Some(junit) = &run_options.junit {
+        fsutil::check_writable(junit, "--junit")?;
+    }
+    let tracing = options.mode == Mode::Run;
     // Fail on privileges and kernel support before the (slow) build.
-    let mut tracer = session::load_tracer(&run_options.trace)?;
-    let built = options.build.build_tests(&options.selection)?;
-    let workspace_members: BTreeSet<String> = options
-        .build
-        .metadata()?
+    let tracer = if tracing {
+        Some(session::load_tracer(&run_options.trace)?)
+    } else {
+        None
+    };
+    let metadata = options.build.metadata()?;
+    let workspace_root = metadata.workspace_root.clone().into_std_path_buf();
+    let gate = run_options.gate.load(&workspace_root)?;
+    let workspace_members: BTreeSet<String> = metadata
         .workspace_packages()
         .iter()
         .map(|package| package.name.to_string())
         .collect();
-    let gate = run_options.gate.load(&built.workspace_root)?;
+    let built = options.build.build_tests(&options.selection)?;
+    let (Some(mut tracer), Mode::Run) = (tracer, options.mode) else {
+        if options.mode == Mode::List {
+            let listed = list::list_all(built.executables)?;
+            let selection = run::select(&listed.cases, &run_options.filters);
+            list::print(&selection, run_options.message_format);
+        }
+        return Ok(Outcome::Ok);
+    };
     // A test's children are followed when they run a target of the workspace (a test binary
     // forked, a bin through CARGO_BIN_EXE_*), or as --follow-children says.
     let follow = run_options.follow_children.follow(|| {
@@ -61,19 +96,22 @@ pub fn test(options: &Options) -> Result<Outcome> {
             .collect()
     });
     let listed = list::list_all(built.executables)?;
+    let selection = run::select(&listed.cases, &run_options.filters);
     if let Some(note) = tracer.prepare_for_many()? {
         eprintln!("memleak: {note}");
     }
+    let interrupt = Interrupt::install()?;
     let ran = run::run(
         tracer,
         gate,
         run_options,
-        &listed.cases,
+        &selection,
         follow,
-        Reporters::new(run_options, &built.workspace_root),
+        Reporters::new(run_options, &workspace_root),
+        &interrupt,
     )?;
     let run::Ran {
-        conclusion,
+        stats,
         results,
         tracer: _tracer,
         gate,
@@ -83,26 +121,47 @@ pub fn test(options: &Options) -> Result<Outcome> {
     let stale = gate
         .baseline
         .stale_entries(&listed.names, &workspace_members);
-    reporters.report(&TestEvent::TestsFinished { stale: &stale })?;
+    let used: BTreeSet<&str> = results
+        .iter()
+        .flat_map(|result| {
+            std::iter::once(&result.judgement)
+                .chain(result.children.iter().map(|child| &child.judgement))
+        })
+        .flat_map(|judgement| judgement.used_suppressions.iter().map(String::as_str))
+        .collect();
+    let unused: Vec<String> = gate
+        .user_suppressions()
+        .filter(|suppression| !used.contains(suppression.pattern.as_str()))
+        .map(|suppression| String::from(suppression.clone()))
+        .collect();
+    reporters.report(&TestEvent::TestsFinished {
+        stats: &stats,
+        stale: &stale,
+        unused: &unused,
+    })?;
 
-    let mut outcome = if conclusion.num_failed > 0 {
+    let mut outcome = if let Some(signal) = stats.interrupted {
+        Outcome::Interrupted(signal)
+    } else if stats.failed > 0 {
         Outcome::Failed
-    } else if conclusion.num_passed == 0 && conclusion.num_ignored == 0 {
+    } else if stats.passed == 0 && stats.ignored == 0 {
         eprintln!("memleak: no tests matched; check the filters and target selection");
         Outcome::NoTests
     } else {
         Outcome::Ok
     };
-    if gate.options.bless {
+    if gate.options.bless && stats.interrupted.is_none() {
         outcome = bless(&gate, &results, &stale, outcome)?;
     }
     reporters.report(&TestEvent::RunFinished {
-        passed: conclusion.num_passed,
-        failed: conclusion.num_failed,
-        ignored: conclusion.num_ignored,
-        filtered_out: conclusion.num_filtered_out,
+        stats: &stats,
         outcome,
     })?;
+    if run_options.message_format == MessageFormat::Human {
+        // The results are out: say so before the kernel takes its time removing the probes.
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
     Ok(outcome)
 }
 

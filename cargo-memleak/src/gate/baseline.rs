@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::Suppression;
 use crate::{
     error::{Error, Result},
-    report::{Amount, above_harness},
+    report::{Amount, above_harness, is_allocation_plumbing},
     symbolize::Frame,
 };
 
@@ -108,17 +108,19 @@ pub struct StackBudget {
 }
 
 impl Baseline {
-    /// Reads the baseline at `path`; a missing file is an empty baseline.
+    /// Reads the baseline at `path`; a missing file is an empty baseline (whether that is
+    /// allowed is the caller's call: see [`super::Gate::load`]).
     pub fn read(path: &Path) -> Result<Baseline> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Baseline::default());
             }
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("reading baseline {}", path.display()),
-                    source,
+            Err(err) => {
+                return Err(Error::GateFile {
+                    path: path.to_owned(),
+                    what: "baseline",
+                    reason: err.to_string(),
                 });
             }
         };
@@ -163,20 +165,9 @@ pub fn stack_key(frames: &[Frame]) -> Vec<String> {
         .iter()
         .map(|frame| frame.symbol.clone().unwrap_or_else(|| "??".into()))
         .collect();
-    const CRATES: [&str; 3] = ["alloc::", "core::", "std::"];
-    // `alloc::vec::from_elem`, and `<u8 as alloc::vec::SpecFromElem>::from_elem` too.
-    let plumbing = |name: &str| {
-        let name = name.trim_start_matches('<');
-        CRATES
-            .iter()
-            .any(|krate| name.starts_with(krate) || name.contains(&format!(" as {krate}")))
-            || ["__rust", "__rdl", "__rg_"]
-                .iter()
-                .any(|prefix| name.starts_with(prefix))
-    };
     let key: Vec<String> = names
         .iter()
-        .filter(|name| !plumbing(name))
+        .filter(|name| !is_allocation_plumbing(name))
         .take(STACK_KEY_FRAMES)
         .cloned()
         .collect();

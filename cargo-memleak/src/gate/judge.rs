@@ -37,6 +37,10 @@ pub struct Judgement {
     pub stacks: Vec<KeyedStack>,
     /// Why the run is over budget; empty when within.
     pub over_budget: Vec<OverBudget>,
+    /// The patterns of the suppressions that matched a lost stack (the first that matched
+    /// each), for listing the unused ones.
+    #[serde(skip)]
+    pub used_suppressions: std::collections::BTreeSet<String>,
 }
 
 /// One way a run is over its budget. Serialized tagged by `kind`; `Display` is the sentence.
@@ -125,7 +129,8 @@ pub fn judge(
             Some(Category::StillReachable) => add(&mut judgement.reachable, amount),
             // A report at exit classifies every stack; one that is not is counted as lost.
             Some(Category::DefinitelyLost | Category::IndirectlyLost) | None => {
-                if suppressions.iter().any(|s| s.matches(&stack.frames)) {
+                if let Some(used) = suppressions.iter().find(|s| s.matches(&stack.frames)) {
+                    judgement.used_suppressions.insert(used.pattern.clone());
                     add(&mut judgement.suppressed, amount);
                 } else {
                     add(&mut judgement.lost, amount);

@@ -50,9 +50,18 @@ pub struct LoadedGate {
 }
 
 impl Gate {
-    /// Reads the baseline (missing is empty) and the suppressions file.
+    /// Reads the baseline and the suppressions file. The default baseline may be missing (no
+    /// budgets); a `--baseline` that names no file is an error, unless `--bless` is to create
+    /// it.
     pub fn load(&self, workspace_root: &Path) -> Result<LoadedGate> {
         let path = baseline::path(self.baseline.as_deref(), workspace_root);
+        if self.baseline.is_some() && !self.bless && !path.exists() {
+            return Err(crate::error::Error::GateFile {
+                path,
+                what: "baseline",
+                reason: "no such file; check the path, or create it with --bless".into(),
+            });
+        }
         let baseline = Baseline::read(&path)?;
         let mut suppressions = builtin_suppressions();
         suppressions.extend(baseline.suppressions.iter().cloned());
@@ -69,6 +78,12 @@ impl Gate {
 }
 
 impl LoadedGate {
+    /// The suppressions the user gave (the baseline's and the `--suppressions` file's), not
+    /// the built-in ones.
+    pub fn user_suppressions(&self) -> impl Iterator<Item = &Suppression> {
+        self.suppressions.iter().skip(BUILTIN_SUPPRESSIONS.len())
+    }
+
     /// Judges one traced run against `budget`: the report of every stack it left, and the
     /// verdict on it.
     pub fn judge(&self, run: &TracedRun, budget: Option<&Budget>) -> (report::Report, Judgement) {

@@ -132,17 +132,18 @@ fn template_match(template: &str, text: &str) -> bool {
     true
 }
 
-/// Reads a suppressions file: one `leak:PATTERN` per line, `#` comments and blank lines
-/// ignored.
+/// Reads a suppressions file: one `leak:PATTERN` per line, `#` comments (whole lines, or after
+/// the pattern and a space: `leak:foo  # why`) and blank lines ignored.
 pub fn read_suppressions(path: &Path) -> Result<Vec<Suppression>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        context: format!("reading suppressions {}", path.display()),
-        source,
+    let text = std::fs::read_to_string(path).map_err(|err| Error::GateFile {
+        path: path.to_owned(),
+        what: "suppressions file",
+        reason: err.to_string(),
     })?;
     let mut suppressions = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let indent = line.len() - line.trim_start().len();
-        let trimmed = line.trim();
+        let trimmed = without_comment(line).trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
@@ -156,6 +157,16 @@ pub fn read_suppressions(path: &Path) -> Result<Vec<Suppression>> {
         suppressions.push(suppression);
     }
     Ok(suppressions)
+}
+
+/// A line without its trailing comment: from a `#` that starts the line or follows white
+/// space.
+fn without_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let start = (0..bytes.len()).find(|&index| {
+        bytes[index] == b'#' && (index == 0 || bytes[index - 1].is_ascii_whitespace())
+    });
+    start.map_or(line, |index| &line[..index])
 }
 
 #[cfg(test)]
@@ -202,13 +213,13 @@ mod tests {
         std::fs::write(&path, "leak:ok_one\nleak:  \n").unwrap();
         let err = read_suppressions(&path).unwrap_err().to_string();
         assert!(err.contains(":2:6:"), "{err}");
-        std::fs::write(&path, "leak:one\n  leak:^two$ \n").unwrap();
+        std::fs::write(&path, "leak:one  # why\n  leak:^two$ \nleak:a#b\t# c\n").unwrap();
         let patterns: Vec<String> = read_suppressions(&path)
             .unwrap()
             .into_iter()
             .map(|s| s.pattern)
             .collect();
-        assert_eq!(patterns, ["one", "^two$"]);
+        assert_eq!(patterns, ["one", "^two$", "a#b"]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -19,7 +19,10 @@ mod periodic;
 pub mod text;
 
 pub use exit::{Options, Report, build};
-pub use model::{Alloc, Amount, LeakSummary, SortKey, Stack, StackOptions, above_harness};
+pub use model::{
+    Alloc, Amount, LeakSummary, SortKey, Stack, StackOptions, above_harness,
+    is_allocation_plumbing, user_frames,
+};
 pub use periodic::{PeriodicOptions, Snapshot, process_snapshot, snapshot};
 pub use text::{category_words, render_frame};
 

@@ -272,3 +272,37 @@ pub fn above_harness(frames: &[Frame]) -> &[Frame] {
         .unwrap_or(frames.len());
     &frames[..harness]
 }
+
+/// Whether a function is the allocator's or the standard library's allocation code
+/// (`alloc::`, `core::`, `std::`, their trait impls such as `<u8 as
+/// alloc::vec::spec_from_elem::SpecFromElem>::from_elem`, `__rust_alloc`, ...): not where a
+/// leak is, only how it was allocated.
+pub fn is_allocation_plumbing(symbol: &str) -> bool {
+    const CRATES: [&str; 3] = ["alloc::", "core::", "std::"];
+    let name = symbol.trim_start_matches('<');
+    CRATES
+        .iter()
+        .any(|krate| name.starts_with(krate) || name.contains(&format!(" as {krate}")))
+        || ["__rust", "__rdl", "__rg_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+}
+
+/// A test's stack as the user reads it: above libtest's harness, from the first frame past the
+/// allocator and the standard library's allocation code (the frames the baseline's stack key
+/// skips too) to the last frame that is not the standard library's (below it, `FnOnce` glue
+/// and the harness); the whole of it when it is all such code (the runtime allocating). As a
+/// range of indices into `frames`.
+pub fn user_frames(frames: &[Frame]) -> std::ops::Range<usize> {
+    let frames = above_harness(frames);
+    let user = |frame: &Frame| {
+        frame
+            .symbol
+            .as_deref()
+            .is_some_and(|symbol| !is_allocation_plumbing(symbol))
+    };
+    match (frames.iter().position(user), frames.iter().rposition(user)) {
+        (Some(first), Some(last)) => first..last + 1,
+        _ => 0..frames.len(),
+    }
+}

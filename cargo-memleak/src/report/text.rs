@@ -56,8 +56,124 @@ pub enum Frames {
     AboveHarness,
 }
 
-/// A stack: `\tB bytes in M allocations from stack (category)`, its frames, its allocations.
-pub fn write_stack(out: &mut String, stack: &Stack, frames: Frames) {
+/// How a test's stack reads by default: from the first frame past the allocator, short paths,
+/// no offsets; `full` shows every frame as [`render_frame`] does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Short {
+    /// `--full-stacks`.
+    pub full: bool,
+    /// Paths under it are shown relative to it.
+    pub workspace_root: Option<std::path::PathBuf>,
+}
+
+/// The longest frame line the short view prints; longer symbols are cut in the middle.
+const SHORT_FRAME_MAX: usize = 150;
+
+/// `path` as the short view shows it: relative to the workspace root, the standard library's
+/// from `library/` (`library/alloc/src/raw_vec/mod.rs`), a registry crate's from its
+/// `name-version/` directory; anything else whole.
+pub fn short_path(path: &str, workspace_root: Option<&std::path::Path>) -> String {
+    if let Some(root) = workspace_root
+        && let Ok(relative) = std::path::Path::new(path).strip_prefix(root)
+    {
+        return relative.display().to_string();
+    }
+    let std_source = path.starts_with("/rustc/") || path.contains("/lib/rustlib/src/rust/");
+    if std_source && let Some(index) = path.find("/library/") {
+        return path[index + 1..].to_owned();
+    }
+    if let Some(index) = path.find("/registry/src/") {
+        // .../registry/src/index.crates.io-HASH/serde-1.0.219/src/lib.rs
+        let rest = &path[index + "/registry/src/".len()..];
+        if let Some((_, inside)) = rest.split_once('/') {
+            return inside.to_owned();
+        }
+    }
+    path.to_owned()
+}
+
+/// A module's file name without cargo's `-<16 hex digits>` suffix (`gate-ada4b0710e96b47a` is
+/// `gate`).
+pub fn without_hash(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((stem, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            stem
+        }
+        _ => name,
+    }
+}
+
+/// One frame in the short view: `symbol (short/path.rs:line)`, `[inlined]`, and the module
+/// only when it is a shared object (`[libc.so.6]`), never an offset.
+pub fn render_short_frame(frame: &Frame, workspace_root: Option<&std::path::Path>) -> String {
+    let location = frame.file.as_ref().map(|file| {
+        let file = short_path(file, workspace_root);
+        match frame.line {
+            Some(line) => format!(" ({file}:{line})"),
+            None => format!(" ({file})"),
+        }
+    });
+    let module = if frame.inlined {
+        " [inlined]".to_owned()
+    } else if let Some(module) = &frame.module {
+        let name = module.rsplit('/').next().unwrap_or(module);
+        if name.contains(".so") {
+            format!(" [{}]", without_hash(name))
+        } else {
+            String::new()
+        }
+    } else if let Some(reason) = &frame.unknown_reason {
+        format!(" [unknown: {reason}]")
+    } else {
+        String::new()
+    };
+    let tail = format!("{}{module}", location.unwrap_or_default());
+    let symbol = match &frame.symbol {
+        Some(symbol) => symbol.clone(),
+        None => format!("{:#x}", frame.addr),
+    };
+    let room = SHORT_FRAME_MAX.saturating_sub(tail.chars().count()).max(40);
+    format!("{}{tail}", cut_middle(&symbol, room))
+}
+
+/// `text` cut to `max` characters by leaving out its middle (`...`).
+fn cut_middle(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_owned();
+    }
+    let keep = max.saturating_sub(3);
+    let head: String = text.chars().take(keep / 2).collect();
+    let tail: String = text.chars().skip(count - (keep - keep / 2)).collect();
+    format!("{head}...{tail}")
+}
+
+/// A test's stack as the test runner shows it: in the short view, the frames past the
+/// allocator and above libtest's harness, saying how many were left out on each side;
+/// `--full-stacks`, every frame above the harness as [`write_stack`] shows them.
+pub fn write_test_stack(out: &mut String, stack: &Stack, style: &Short) {
+    if style.full {
+        write_stack(out, stack, Frames::AboveHarness);
+        return;
+    }
+    write_stack_heading(out, stack);
+    let shown = super::model::user_frames(&stack.frames);
+    let root = style.workspace_root.as_deref();
+    for frame in &stack.frames[shown.clone()] {
+        let _ = writeln!(out, "\t\t{}", render_short_frame(frame, root));
+    }
+    let above = shown.start;
+    let below = stack.frames.len() - shown.end;
+    if above + below > 0 {
+        let _ = writeln!(
+            out,
+            "\t\t({above} frames of the allocator above, {below} of the standard library and \
+             the test harness below; --full-stacks shows them)"
+        );
+    }
+}
+
+fn write_stack_heading(out: &mut String, stack: &Stack) {
     let _ = write!(
         out,
         "\t{} bytes in {} allocations from stack",
@@ -67,6 +183,11 @@ pub fn write_stack(out: &mut String, stack: &Stack, frames: Frames) {
         let _ = write!(out, " ({})", category_words(category));
     }
     out.push('\n');
+}
+
+/// A stack: `\tB bytes in M allocations from stack (category)`, its frames, its allocations.
+pub fn write_stack(out: &mut String, stack: &Stack, frames: Frames) {
+    write_stack_heading(out, stack);
     let shown = match frames {
         Frames::All => &stack.frames[..],
         Frames::AboveHarness => above_harness(&stack.frames),
@@ -307,5 +428,52 @@ mod tests {
         unknown.module = None;
         unknown.unknown_reason = Some("unmapped".into());
         assert_eq!(render_frame(&unknown), "0x7f001234 [unknown: unmapped]");
+    }
+
+    #[test]
+    fn short_frames_have_short_paths_and_no_offsets_or_hashes() {
+        let root = std::path::Path::new("/work/ws");
+        assert_eq!(
+            short_path("/work/ws/alpha/src/lib.rs", Some(root)),
+            "alpha/src/lib.rs"
+        );
+        assert_eq!(
+            short_path(
+                "/rustc/58cf8f9c35b355199727627d07ae34a4e2846d67/library/core/src/ops/function.rs",
+                Some(root)
+            ),
+            "library/core/src/ops/function.rs"
+        );
+        assert_eq!(
+            short_path(
+                "/root/.rustup/toolchains/1.99.1-x86_64-unknown-linux-gnu/lib/rustlib/src/rust/\
+                 library/alloc/src/raw_vec/mod.rs",
+                None
+            ),
+            "library/alloc/src/raw_vec/mod.rs"
+        );
+        assert_eq!(
+            short_path(
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/serde-1.0.219/src/de.rs",
+                None
+            ),
+            "serde-1.0.219/src/de.rs"
+        );
+        assert_eq!(without_hash("gate-ada4b0710e96b47a"), "gate");
+        assert_eq!(without_hash("my-tool"), "my-tool");
+        let mut leak = frame(Some("alpha::leak_bytes"), false);
+        leak.file = Some("/work/ws/alpha/src/lib.rs".into());
+        leak.module = Some("/work/ws/target/debug/deps/gate-ada4b0710e96b47a".into());
+        assert_eq!(
+            render_short_frame(&leak, Some(root)),
+            "alpha::leak_bytes (alpha/src/lib.rs:12)"
+        );
+        leak.module = Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into());
+        assert_eq!(
+            render_short_frame(&leak, Some(root)),
+            "alpha::leak_bytes (alpha/src/lib.rs:12) [libc.so.6]"
+        );
+        let long = frame(Some(&"x".repeat(300)), true);
+        assert!(render_short_frame(&long, None).chars().count() <= 160);
     }
 }

@@ -96,3 +96,39 @@ fn list(binary: &Executable) -> Result<Vec<(String, bool)>> {
         })
         .collect())
 }
+
+/// `--list`: the selected tests, `[binary id] name: test` per line (libtest's terse format
+/// with the binary id), ignored ones marked; or one JSON object per test.
+pub fn print(selection: &super::run::Selection, format: super::MessageFormat) {
+    use std::io::Write as _;
+    let mut out = String::new();
+    let all = selection
+        .run
+        .iter()
+        .map(|case| (case, false))
+        .chain(selection.ignored.iter().map(|case| (case, true)));
+    for (case, ignored) in all {
+        match format {
+            super::MessageFormat::Human => {
+                out.push_str(&format!(
+                    "[{}] {}: test{}\n",
+                    case.binary.id,
+                    case.name,
+                    if ignored { " (ignored)" } else { "" }
+                ));
+            }
+            super::MessageFormat::Json => {
+                let line = serde_json::json!({
+                    "event": "test-listed",
+                    "binary_id": case.binary.id,
+                    "test": case.name,
+                    "ignored": case.ignored,
+                    "runs": !ignored,
+                });
+                out.push_str(&line.to_string());
+                out.push('\n');
+            }
+        }
+    }
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}

@@ -1,15 +1,16 @@
 //! The test run of `cargo memleak test`: its tests listed from the built binaries ([`list`]),
-//! run as libtest-mimic trials, each its own traced process judged against its budget
-//! ([`run`], whose results are [`result::TestResult`]s), and one stream of events
-//! ([`reporter::TestEvent`]) that the reporters consume: human (libtest's lines and the failure
-//! text), JSON, JUnit and the progress line. [`crate::commands::test`] strings them together.
+//! filtered and run by the scheduler, each its own traced process judged against its budget
+//! ([`run`], whose results are [`result::TestResult`]s), stopped early by SIGINT/SIGTERM
+//! ([`interrupt`]) or `--fail-fast`, and one stream of events ([`reporter::TestEvent`]) that
+//! the reporters consume: human (libtest's lines and the failure text), JSON, JUnit and the
+//! status line. [`crate::commands::test`] strings them together.
 //!
 //! Invariants: one eBPF object is loaded and attached to every process once per run; each test
 //! process is registered with it before it execs, and forgotten after its exit stop. A test
 //! passes only if it passed, its trace is complete (unless `--allow-incomplete`), and what it
-//! lost is within its budget. Nothing here writes output but a reporter (and libtest-mimic,
-//! which prints the human lines from the outcomes the adapter hands it).
+//! lost is within its budget. Nothing here writes output but a reporter.
 
+pub mod interrupt;
 pub mod list;
 pub mod reporter;
 pub mod result;
@@ -61,4 +62,26 @@ pub struct TestOptions {
     pub follow_children: FollowChildren,
     /// GitHub Actions annotations and step summary (see [`reporter::github`]).
     pub github_annotations: bool,
+    /// `--fail-fast`: start no test after the first failure.
+    pub fail_fast: bool,
+    /// Report a test still running after this long (again after each further period).
+    pub slow_timeout: Option<Duration>,
+    /// How the human output looks.
+    pub display: Display,
+    /// The options a failed test's rerun command repeats (`--manifest-path`, `--baseline`,
+    /// ...), as given.
+    pub rerun_args: Vec<String>,
+}
+
+/// The human output's choices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Display {
+    /// `-q`: no line per passing test.
+    pub quiet: bool,
+    /// `-v`: print the output of passing tests too.
+    pub verbose: bool,
+    /// Colored result words (`--color`, `CARGO_TERM_COLOR`, `NO_COLOR`).
+    pub color: bool,
+    /// `--full-stacks`: every frame with its offset, full paths and module names.
+    pub full_stacks: bool,
 }

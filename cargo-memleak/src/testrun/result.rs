@@ -39,6 +39,8 @@ pub enum Failure {
         executable: String,
         over: OverBudget,
     },
+    /// The run was interrupted while it ran; it was killed with its process group.
+    Interrupted { signal: super::interrupt::Signal },
     /// It lost more than its budget.
     #[serde(untagged)]
     OverBudget(OverBudget),
@@ -73,6 +75,11 @@ impl std::fmt::Display for Failure {
                 f,
                 "the trace is incomplete ({}); --allow-incomplete accepts that",
                 incomplete::joined(reasons)
+            ),
+            Failure::Interrupted { signal } => write!(
+                f,
+                "interrupted by {}: killed with its process group",
+                signal.name()
             ),
             Failure::OverBudget(over) => over.fmt(f),
             Failure::ChildOverBudget { executable, over } => {
@@ -123,6 +130,11 @@ impl Serialize for Failures {
 pub struct TestResult {
     pub binary_id: String,
     pub test: String,
+    /// It is an ignored test (run with `--ignored` or `--include-ignored`).
+    #[serde(skip)]
+    pub ignored: bool,
+    /// Processes of its process group outlived it and were killed (nextest's LEAK).
+    pub left_processes: bool,
     /// Why it failed; empty when it passed.
     #[serde(flatten)]
     pub failures: Failures,

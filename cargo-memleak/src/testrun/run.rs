@@ -1,54 +1,83 @@
-//! The libtest-mimic adapter: each listed test becomes a trial that runs it as its own traced
-//! process, judges it against its budget and emits its `TestFinished` event; libtest-mimic
-//! runs the trials (`--jobs` at once), filters them as `cargo test` does and prints libtest's
-//! lines from their outcomes.
+//! The scheduler: the listed tests are filtered as `cargo test` filters them, then run by `-j`
+//! worker threads, each test its own traced process judged against its budget; the runner's
+//! own thread turns what the workers report into [`TestEvent`]s for the reporters, watches
+//! for slow tests, `--fail-fast` and interruption (SIGINT/SIGTERM: no new test starts, the
+//! running ones are killed with their process groups).
 //!
-//! Invariants: the tracer is shared by the worker threads and handed back when every trial has
-//! ended, so the probes come off after the last result is out; a trial fails exactly when its
-//! result has failures, and its failure text is the human reporter's.
+//! Invariants: every reporter is called from the runner's thread only, in run order; a test
+//! is started only while the run is neither interrupted nor cancelled; the tracer is shared by
+//! the workers and handed back when every worker has ended, so the probes come off after the
+//! last result is out; a test that was running when the run was interrupted and did not pass
+//! fails as interrupted, whatever its killing did to it.
 
 use std::{
+    collections::BTreeMap,
     ffi::OsString,
-    sync::{Arc, Mutex},
-    time::Instant,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
 };
 
-use libtest_mimic::{Arguments, Conclusion, Failed, Trial};
+use serde::Serialize;
 
 use super::{
-    Failure, Failures, MessageFormat, TestOptions, TestResult,
+    Failure, Failures, TestFilters, TestOptions, TestResult,
+    interrupt::{Interrupt, Signal},
     list::TestCase,
-    reporter::{Reporters, TestEvent, human::failure_message},
+    reporter::{Reporters, TestEvent},
 };
 use crate::{
-    error::{Error, Result},
+    error::Result,
     gate::{self, Judgement, LoadedGate},
     incomplete::Reasons,
     report::{Amount, LeakSummary},
     session,
-    spawn::{Command, Follow},
+    spawn::{Command, Follow, Groups},
     symbolize::Symbolizer,
     tracer::Tracer,
 };
 
 /// What the worker threads share.
-struct Shared {
-    tracer: Mutex<Tracer>,
-    follow: Follow,
-    gate: LoadedGate,
-    options: TestOptions,
-    results: Mutex<Vec<TestResult>>,
-    reporters: Reporters,
+struct Shared<'a> {
+    tracer: &'a Mutex<Tracer>,
+    follow: &'a Follow,
+    gate: &'a LoadedGate,
+    options: &'a TestOptions,
+    groups: &'a Arc<Groups>,
 }
 
-/// A finished run of the trials, with what it borrowed handed back.
+/// A run's counts, for the summary line and the JSON `run-finished`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Stats {
+    pub passed: u64,
+    pub failed: u64,
+    /// Selected but ignored: not run.
+    pub ignored: u64,
+    pub filtered_out: u64,
+    /// Selected to run but never started: the run was interrupted or `--fail-fast` stopped it.
+    pub not_run: u64,
+    #[serde(rename = "elapsed_secs", serialize_with = "seconds")]
+    pub elapsed: Duration,
+    /// The signal that interrupted the run.
+    pub interrupted: Option<Signal>,
+    /// `--fail-fast` stopped the run after a failure.
+    pub cancelled: bool,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+/// A finished run, with what it borrowed handed back.
 pub struct Ran {
-    /// libtest-mimic's counts.
-    pub conclusion: Conclusion,
+    pub stats: Stats,
     /// Every test that ran, in the order they finished.
     pub results: Vec<TestResult>,
-    /// Drop it after the last output: removing the probes takes the kernel a couple of seconds
-    /// (see Tracer::detach).
+    /// Drop it after the last output: removing the probes takes the kernel a while (see
+    /// Tracer::detach).
     pub tracer: Tracer,
     pub gate: LoadedGate,
     pub reporters: Reporters,
@@ -59,100 +88,237 @@ thread_local! {
     static SYMBOLIZER: Symbolizer = Symbolizer::new();
 }
 
-/// Runs `cases` as libtest-mimic trials, emitting `RunStarted` and each `TestFinished`; each
-/// test's children are followed as `follow` says.
+/// The tests a run selects, in list order.
+pub struct Selection<'a> {
+    /// Those that will run.
+    pub run: Vec<&'a TestCase>,
+    /// Those selected but ignored.
+    pub ignored: Vec<&'a TestCase>,
+    /// How many the filters left out.
+    pub filtered_out: usize,
+}
+
+/// libtest's filters: `filter` matches `[binary id] name` as a substring, or with `--exact`
+/// the name or `[binary id] name` whole; each `--skip` likewise; `--ignored` keeps only the
+/// ignored tests, which then run; `--include-ignored` runs the ignored ones too.
+pub fn select<'a>(cases: &'a [TestCase], filters: &TestFilters) -> Selection<'a> {
+    let matches = |pattern: &str, case: &TestCase| {
+        let with_id = format!("[{}] {}", case.binary.id, case.name);
+        if filters.exact {
+            case.name == pattern || with_id == pattern
+        } else {
+            with_id.contains(pattern)
+        }
+    };
+    let mut selection = Selection {
+        run: Vec::new(),
+        ignored: Vec::new(),
+        filtered_out: 0,
+    };
+    for case in cases {
+        let kept = filters
+            .filter
+            .as_deref()
+            .is_none_or(|filter| matches(filter, case))
+            && !filters.skip.iter().any(|skip| matches(skip, case))
+            && (!filters.ignored || case.ignored);
+        if !kept {
+            selection.filtered_out += 1;
+        } else if case.ignored && !filters.ignored && !filters.include_ignored {
+            selection.ignored.push(case);
+        } else {
+            selection.run.push(case);
+        }
+    }
+    selection
+}
+
+/// What a worker tells the runner's thread.
+enum Message {
+    Started(usize),
+    Finished(usize, Box<TestResult>),
+}
+
+/// A test that is running, as the runner's thread sees it.
+struct Running {
+    since: Instant,
+    /// How many `--slow-timeout` periods it has been reported slow for.
+    slow_periods: u32,
+}
+
+/// Runs the selected tests, `options.jobs` at once, reporting every event; stops early on an
+/// interrupt or, with `--fail-fast`, after the first failure.
 pub fn run(
     tracer: Tracer,
     gate: LoadedGate,
     options: &TestOptions,
-    cases: &[TestCase],
+    selection: &Selection,
     follow: Follow,
     reporters: Reporters,
+    interrupt: &Interrupt,
 ) -> Result<Ran> {
-    let arguments = Arguments {
-        filter: options.filters.filter.clone(),
-        exact: options.filters.exact,
-        skip: options.filters.skip.clone(),
-        ignored: options.filters.ignored,
-        include_ignored: options.filters.include_ignored,
-        test_threads: Some(options.jobs.max(1)),
-        logfile: (options.message_format == MessageFormat::Json).then(|| "/dev/null".into()),
-        ..Arguments::default()
-    };
-    let shared = Arc::new(Shared {
-        tracer: Mutex::new(tracer),
-        follow,
-        gate,
-        options: options.clone(),
-        results: Mutex::new(Vec::new()),
-        reporters,
-    });
-    let trials: Vec<Trial> = cases
+    let start = Instant::now();
+    let to_run = &selection.run;
+    let ignored: Vec<(String, String)> = selection
+        .ignored
         .iter()
-        .map(|case| {
-            let shared = Arc::clone(&shared);
-            let runner_case = case.clone();
-            Trial::test(case.name.clone(), move || {
-                let result = run_one(&shared, &runner_case);
-                let failure = failure_message(&result, shared.options.top);
-                let _ = shared
-                    .reporters
-                    .report(&TestEvent::TestFinished { result: &result });
-                lock(&shared.results).push(result);
-                failure.map_or(Ok(()), |message| Err(Failed::from(message)))
-            })
-            .with_kind(case.binary.id.clone())
-            .with_ignored_flag(case.ignored)
-        })
+        .map(|case| (case.binary.id.clone(), case.name.clone()))
         .collect();
-    let selected = trials
+    let names: Vec<(String, String)> = to_run
         .iter()
-        .filter(|trial| !arguments.is_filtered_out(trial))
-        .count();
-    let skipped: Vec<(String, String)> = trials
-        .iter()
-        .filter(|trial| !arguments.is_filtered_out(trial) && arguments.is_ignored(trial))
-        .map(|trial| (trial.kind().to_owned(), trial.name().to_owned()))
+        .map(|case| (case.binary.id.clone(), case.name.clone()))
         .collect();
-    shared.reporters.report(&TestEvent::RunStarted {
-        tests: selected - skipped.len(),
-        ignored: &skipped,
+    reporters.report(&TestEvent::RunStarted {
+        tests: &names,
+        ignored: &ignored,
         jobs: options.jobs,
     })?;
-
-    let conclusion = libtest_mimic::run(&arguments, trials);
-    let results = std::mem::take(&mut *lock(&shared.results));
-    let shared = match Arc::try_unwrap(shared) {
-        Ok(shared) => shared,
-        Err(_) => {
-            return Err(Error::Io {
-                context: "finishing the test run".into(),
-                source: std::io::Error::other("a test runner outlived the run"),
+    let tracer = Mutex::new(tracer);
+    let groups = Arc::new(Groups::default());
+    let shared = Shared {
+        tracer: &tracer,
+        follow: &follow,
+        gate: &gate,
+        options,
+        groups: &groups,
+    };
+    let stop = AtomicBool::new(false);
+    let next = AtomicUsize::new(0);
+    let mut stats = Stats {
+        ignored: ignored.len() as u64,
+        filtered_out: selection.filtered_out as u64,
+        ..Stats::default()
+    };
+    let mut results = Vec::new();
+    let mut started = 0usize;
+    let mut failure: Option<crate::error::Error> = None;
+    std::thread::scope(|scope| {
+        let (sender, receiver) = mpsc::channel::<Message>();
+        for _ in 0..options.jobs.clamp(1, to_run.len().max(1)) {
+            let sender = sender.clone();
+            let (shared, stop, next) = (&shared, &stop, &next);
+            scope.spawn(move || {
+                loop {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let index = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(case) = to_run.get(index) else {
+                        break;
+                    };
+                    if sender.send(Message::Started(index)).is_err() {
+                        break;
+                    }
+                    let result = run_one(shared, case);
+                    if sender
+                        .send(Message::Finished(index, Box::new(result)))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
             });
         }
-    };
+        drop(sender);
+        let mut running: BTreeMap<usize, Running> = BTreeMap::new();
+        // The tests that were running when the run was interrupted.
+        let mut killed: Vec<usize> = Vec::new();
+        let mut report = |event: &TestEvent| {
+            if let Err(err) = reporters.report(event)
+                && failure.is_none()
+            {
+                failure = Some(err);
+            }
+        };
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(Message::Started(index)) => {
+                    started += 1;
+                    running.insert(
+                        index,
+                        Running {
+                            since: Instant::now(),
+                            slow_periods: 0,
+                        },
+                    );
+                    let case = to_run[index];
+                    report(&TestEvent::TestStarted {
+                        binary_id: &case.binary.id,
+                        test: &case.name,
+                    });
+                }
+                Ok(Message::Finished(index, result)) => {
+                    running.remove(&index);
+                    let mut result = *result;
+                    if let Some(signal) = stats.interrupted
+                        && killed.contains(&index)
+                        && !result.failures.is_empty()
+                    {
+                        result.failures = Failures(vec![Failure::Interrupted { signal }]);
+                    }
+                    if result.failures.is_empty() {
+                        stats.passed += 1;
+                    } else {
+                        stats.failed += 1;
+                        if options.fail_fast && !stats.cancelled && stats.interrupted.is_none() {
+                            stats.cancelled = true;
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    report(&TestEvent::TestFinished { result: &result });
+                    results.push(result);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if stats.interrupted.is_none()
+                && let Some(signal) = interrupt.signal()
+            {
+                stats.interrupted = Some(signal);
+                stop.store(true, Ordering::SeqCst);
+                groups.kill_all();
+                killed = running.keys().copied().collect();
+                report(&TestEvent::Interrupted {
+                    signal,
+                    running: running.len(),
+                });
+            }
+            if let Some(slow) = options.slow_timeout {
+                for (&index, test) in &mut running {
+                    let elapsed = test.since.elapsed();
+                    if elapsed >= slow * (test.slow_periods + 1) {
+                        test.slow_periods += 1;
+                        let case = to_run[index];
+                        report(&TestEvent::TestSlow {
+                            binary_id: &case.binary.id,
+                            test: &case.name,
+                            elapsed: slow * test.slow_periods,
+                        });
+                    }
+                }
+            }
+        }
+    });
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    stats.not_run = (to_run.len() - started) as u64;
+    stats.elapsed = start.elapsed();
     Ok(Ran {
-        conclusion,
+        stats,
         results,
-        tracer: shared
-            .tracer
+        tracer: tracer
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        gate: shared.gate,
-        reporters: shared.reporters,
+        gate,
+        reporters,
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs one test traced and judges it.
 fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
-    let options = &shared.options;
-    let gate = &shared.gate;
+    let options = shared.options;
+    let gate = shared.gate;
     let mut args: Vec<OsString> = vec![
         "--exact".into(),
         case.name.clone().into(),
@@ -167,6 +333,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     command.isolated = true;
     command.timeout = options.timeout;
     command.follow = shared.follow.clone();
+    command.groups = Some(Arc::clone(shared.groups));
     let budget = gate
         .baseline
         .tests
@@ -176,6 +343,8 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     let mut result = TestResult {
         binary_id: case.binary.id.clone(),
         test: case.name.clone(),
+        ignored: case.ignored,
+        left_processes: false,
         failures: Failures::default(),
         exit: None,
         timed_out: false,
@@ -193,7 +362,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         children: Vec::new(),
     };
     let start = Instant::now();
-    let traced = SYMBOLIZER.with(|symbolizer| session::trace(&shared.tracer, symbolizer, &command));
+    let traced = SYMBOLIZER.with(|symbolizer| session::trace(shared.tracer, symbolizer, &command));
     result.duration_ms = start.elapsed().as_secs_f64() * 1e3;
     let run = match traced {
         Ok(run) => run,
@@ -207,6 +376,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     let (report, judgement) = gate.judge(&run, result.budget.as_ref());
     result.exit = Some(run.status.clone());
     result.timed_out = run.timed_out;
+    result.left_processes = run.left_processes;
     result.output = run.output.clone();
     result.lost = judgement.lost;
     result.reachable = judgement.reachable;

@@ -136,14 +136,14 @@ impl Reporter for Github {
                     failed.sort_by(|a, b| (&a.binary, &a.test).cmp(&(&b.binary, &b.test)));
                 }
             }
-            TestEvent::RunFinished { passed, failed, .. } => {
+            TestEvent::RunFinished { stats, .. } => {
                 if let Some(path) = &self.step_summary {
                     let appended = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
                         .open(path)
                         .and_then(|mut file| {
-                            file.write_all(self.summary(*passed, *failed).as_bytes())
+                            file.write_all(self.summary(stats.passed, stats.failed).as_bytes())
                         });
                     if let Err(err) = appended {
                         eprintln!(

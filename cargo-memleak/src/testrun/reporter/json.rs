@@ -8,12 +8,15 @@ use std::io::Write as _;
 use serde::Serialize;
 
 use super::{Reporter, TestEvent};
-use crate::{error::Result, testrun::TestResult};
+use crate::{
+    error::Result,
+    testrun::{TestResult, interrupt::Signal, run::Stats},
+};
 
 /// The JSON reporter.
 pub struct Json;
 
-/// The lines, one per event (and one per stale entry).
+/// The lines, one per event (and one per ignored test, stale entry and unused suppression).
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 enum JsonEvent<'a> {
@@ -24,20 +27,38 @@ enum JsonEvent<'a> {
         ignored: usize,
         jobs: usize,
     },
+    TestIgnored {
+        binary_id: &'a str,
+        test: &'a str,
+    },
+    TestStarted {
+        binary_id: &'a str,
+        test: &'a str,
+    },
+    TestSlow {
+        binary_id: &'a str,
+        test: &'a str,
+        elapsed_secs: f64,
+    },
     TestFinished {
         result: &'static str,
         #[serde(flatten)]
         test: &'a TestResult,
     },
+    Interrupted {
+        signal: Signal,
+        running: usize,
+    },
     StaleEntry {
         binary_id: &'a str,
         test: Option<&'a str>,
     },
+    UnusedSuppression {
+        pattern: &'a str,
+    },
     RunFinished {
-        passed: u64,
-        failed: u64,
-        ignored: u64,
-        filtered_out: u64,
+        #[serde(flatten)]
+        stats: &'a Stats,
         exit_code: u8,
     },
 }
@@ -55,10 +76,27 @@ impl Reporter for Json {
                 tests,
                 ignored,
                 jobs,
-            } => emit(&JsonEvent::RunStarted {
-                tests,
-                ignored: ignored.len(),
-                jobs,
+            } => {
+                emit(&JsonEvent::RunStarted {
+                    tests: tests.len(),
+                    ignored: ignored.len(),
+                    jobs,
+                });
+                for (binary_id, test) in ignored {
+                    emit(&JsonEvent::TestIgnored { binary_id, test });
+                }
+            }
+            TestEvent::TestStarted { binary_id, test } => {
+                emit(&JsonEvent::TestStarted { binary_id, test });
+            }
+            TestEvent::TestSlow {
+                binary_id,
+                test,
+                elapsed,
+            } => emit(&JsonEvent::TestSlow {
+                binary_id,
+                test,
+                elapsed_secs: elapsed.as_secs_f64(),
             }),
             TestEvent::TestFinished { result } => emit(&JsonEvent::TestFinished {
                 result: if result.failures.is_empty() {
@@ -68,25 +106,22 @@ impl Reporter for Json {
                 },
                 test: result,
             }),
-            TestEvent::TestsFinished { stale } => {
+            TestEvent::Interrupted { signal, running } => {
+                emit(&JsonEvent::Interrupted { signal, running });
+            }
+            TestEvent::TestsFinished { stale, unused, .. } => {
                 for entry in stale {
                     emit(&JsonEvent::StaleEntry {
                         binary_id: &entry.binary_id,
                         test: entry.test.as_deref(),
                     });
                 }
+                for pattern in unused {
+                    emit(&JsonEvent::UnusedSuppression { pattern });
+                }
             }
-            TestEvent::RunFinished {
-                passed,
-                failed,
-                ignored,
-                filtered_out,
-                outcome,
-            } => emit(&JsonEvent::RunFinished {
-                passed,
-                failed,
-                ignored,
-                filtered_out,
+            TestEvent::RunFinished { stats, outcome } => emit(&JsonEvent::RunFinished {
+                stats,
                 exit_code: outcome.exit_code().code,
             }),
         }

@@ -1,5 +1,5 @@
 //! `--junit PATH`: JUnit XML, one testsuite per test binary, one testcase per test (the ignored
-//! ones skipped), written when every test has run.
+//! ones skipped), written when every started test has finished (an interrupted run's too).
 //!
 //! Invariants: the file is written atomically, whole or not at all; a failed test's message is
 //! its failure sentences and its description the human failure text.
@@ -10,21 +10,26 @@ use super::{Reporter, TestEvent, human::failure_message};
 use crate::{
     error::{Error, Result},
     fsutil,
-    testrun::TestResult,
+    report::text::Short,
+    testrun::{TestOptions, TestResult},
 };
 
 /// The JUnit reporter: collects the results, writes the file at `TestsFinished`.
 pub struct Junit {
     path: PathBuf,
+    style: Short,
+    rerun_args: Vec<String>,
     results: Mutex<Vec<TestResult>>,
     /// `(binary id, test)` of the selected tests that are ignored.
     skipped: Mutex<Vec<(String, String)>>,
 }
 
 impl Junit {
-    pub fn new(path: PathBuf) -> Self {
+    pub fn new(path: PathBuf, options: &TestOptions, style: Short) -> Self {
         Self {
             path,
+            style,
+            rerun_args: options.rerun_args.clone(),
             results: Mutex::new(Vec::new()),
             skipped: Mutex::new(Vec::new()),
         }
@@ -37,10 +42,18 @@ impl Reporter for Junit {
             TestEvent::RunStarted { ignored, .. } => *lock(&self.skipped) = ignored.to_vec(),
             TestEvent::TestFinished { result } => lock(&self.results).push((*result).clone()),
             TestEvent::TestsFinished { .. } => {
-                let xml = junit(&lock(&self.results), &lock(&self.skipped))?;
+                let xml = junit(
+                    &lock(&self.results),
+                    &lock(&self.skipped),
+                    &self.style,
+                    &self.rerun_args,
+                )?;
                 fsutil::write_atomically(&self.path, xml.as_bytes())?;
             }
-            TestEvent::RunFinished { .. } => {}
+            TestEvent::TestStarted { .. }
+            | TestEvent::TestSlow { .. }
+            | TestEvent::Interrupted { .. }
+            | TestEvent::RunFinished { .. } => {}
         }
         Ok(())
     }
@@ -53,12 +66,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// JUnit XML: one testsuite per test binary, one testcase per test.
-fn junit(results: &[TestResult], skipped: &[(String, String)]) -> Result<String> {
+fn junit(
+    results: &[TestResult],
+    skipped: &[(String, String)],
+    style: &Short,
+    rerun_args: &[String],
+) -> Result<String> {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
     let mut suites: BTreeMap<&str, TestSuite> = BTreeMap::new();
     let mut total = Duration::ZERO;
     for result in results {
-        let status = match failure_message(result, usize::MAX) {
+        let status = match failure_message(result, usize::MAX, style, rerun_args) {
             None => TestCaseStatus::success(),
             Some(message) => {
                 let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);

@@ -1,12 +1,14 @@
 //! The reporters of a test run and the one stream of events they consume (nextest's
-//! `reporter/`): the adapter ([`super::run`]) and the driver ([`crate::commands::test`]) emit
-//! [`TestEvent`]s; [`human`], [`json`], [`junit`], [`progress`] and [`github`] render them.
+//! `reporter/`): the scheduler ([`super::run`]) and the driver ([`crate::commands::test`]) emit
+//! [`TestEvent`]s; [`human`], [`json`], [`junit`], [`pictures`] (folded stacks, flame graph),
+//! [`progress`] and [`github`] render them.
 //!
-//! Invariants: events arrive in run order: `RunStarted`, one `TestFinished` per test that ran
-//! (from the worker threads, so a reporter is `Sync`), `TestsFinished` once libtest has printed
-//! its summary, then `RunFinished` with the run's outcome. Reporters get each event in the
-//! order they were listed: the progress line is erased before anything else prints, and the
-//! JUnit file is written after the lines of the same event.
+//! Invariants: events arrive in run order, all from the runner's thread: `RunStarted`, then
+//! per test `TestStarted`, any `TestSlow`, `TestFinished` (and `Interrupted` at most once in
+//! between), `TestsFinished` once every started test has finished (the results so far when the
+//! run was interrupted), then `RunFinished` with the run's outcome. Reporters get each event in
+//! the order they were listed: the progress line is erased before anything else prints, and
+//! the JUnit file is written after the lines of the same event. Reporters only format.
 
 pub mod github;
 pub mod human;
@@ -14,7 +16,9 @@ pub mod json;
 pub mod junit;
 pub mod progress;
 
-use super::{MessageFormat, TestOptions, TestResult};
+use std::time::Duration;
+
+use super::{MessageFormat, TestOptions, TestResult, interrupt::Signal, run::Stats};
 use crate::{error::Result, gate::StaleEntry, outcome::Outcome};
 
 /// What happened in a test run.
@@ -22,25 +26,33 @@ use crate::{error::Result, gate::StaleEntry, outcome::Outcome};
 pub enum TestEvent<'a> {
     /// The tests are selected and about to run.
     RunStarted {
-        /// Tests that will run.
-        tests: usize,
+        /// `(binary id, test)` of the tests that will run, in list order.
+        tests: &'a [(String, String)],
         /// Selected but ignored, `(binary id, test)`: they will not run.
         ignored: &'a [(String, String)],
         jobs: usize,
     },
-    /// A test ran and was judged (from the worker thread that ran it).
-    TestFinished { result: &'a TestResult },
-    /// Every test has run and libtest has printed its summary; `stale` are the baseline's
-    /// entries for tests or binaries that no longer exist.
-    TestsFinished { stale: &'a [StaleEntry] },
-    /// The run's counts and its outcome (after any bless).
-    RunFinished {
-        passed: u64,
-        failed: u64,
-        ignored: u64,
-        filtered_out: u64,
-        outcome: Outcome,
+    /// A worker started a test.
+    TestStarted { binary_id: &'a str, test: &'a str },
+    /// A test has been running for `elapsed` (a multiple of `--slow-timeout`).
+    TestSlow {
+        binary_id: &'a str,
+        test: &'a str,
+        elapsed: Duration,
     },
+    /// A test ran and was judged.
+    TestFinished { result: &'a TestResult },
+    /// The first SIGINT or SIGTERM: no test starts any more, the `running` ones are killed.
+    Interrupted { signal: Signal, running: usize },
+    /// Every started test has finished; `stale` are the baseline's entries for tests or
+    /// binaries that no longer exist, `unused` the suppressions that matched nothing.
+    TestsFinished {
+        stats: &'a Stats,
+        stale: &'a [StaleEntry],
+        unused: &'a [String],
+    },
+    /// The run's outcome (after any bless).
+    RunFinished { stats: &'a Stats, outcome: Outcome },
 }
 
 /// Something that renders a test run's events.
@@ -53,21 +65,25 @@ pub struct Reporters(Vec<Box<dyn Reporter>>);
 
 impl Reporters {
     /// Human output (with the progress line when stderr is a terminal) or JSON events, JUnit
-    /// XML when `--junit` is given, and GitHub's annotations when asked for (paths in them are
-    /// relative to `workspace_root`).
+    /// XML when `--junit` is given, and GitHub's annotations when asked for. Paths in stacks
+    /// and annotations are relative to `workspace_root`.
     pub fn new(options: &TestOptions, workspace_root: &std::path::Path) -> Self {
         let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
+        let style = crate::report::text::Short {
+            full: options.display.full_stacks,
+            workspace_root: Some(workspace_root.to_owned()),
+        };
         match options.message_format {
             MessageFormat::Human => {
                 if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                     reporters.push(Box::new(progress::Progress::new()));
                 }
-                reporters.push(Box::new(human::Human));
+                reporters.push(Box::new(human::Human::new(options, style.clone())));
             }
             MessageFormat::Json => reporters.push(Box::new(json::Json)),
         }
         if let Some(path) = &options.junit {
-            reporters.push(Box::new(junit::Junit::new(path.clone())));
+            reporters.push(Box::new(junit::Junit::new(path.clone(), options, style)));
         }
         if options.github_annotations {
             reporters.push(Box::new(github::Github::new(workspace_root)));
