@@ -463,7 +463,7 @@ const TRAILING_ACCEPTED: &str = "TESTNAME, --exact, --skip FILTER, --ignored, --
 
 impl TestArgs {
     fn options(&self) -> Result<test::Options> {
-        let mut filters = self.filters.options();
+        let mut filters = self.filters.options()?;
         let mut jobs = self.jobs;
         if !self.libtest_args.is_empty() {
             let trailing = TrailingFilters::try_parse_from(&self.libtest_args).map_err(|err| {
@@ -505,6 +505,11 @@ impl TestArgs {
             filters.skip.extend(more.skip);
             filters.ignored |= more.ignored;
             filters.include_ignored |= more.include_ignored;
+            if more.partition.is_some() {
+                return Err(Error::Selection(
+                    "--partition is cargo memleak's option: give it before `--`".into(),
+                ));
+            }
         }
         if filters.ignored && filters.include_ignored {
             return Err(Error::Selection(
@@ -954,6 +959,10 @@ pub struct TestFilterArgs {
     /// Run ignored tests too.
     #[arg(long)]
     pub include_ignored: bool,
+    /// Run one shard of the tests: count:K/N deals them round-robin in list order, hash:K/N
+    /// by a stable hash of binary id and name (for CI matrices).
+    #[arg(long, value_name = "KIND:K/N")]
+    pub partition: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -1045,14 +1054,20 @@ impl TestSelectionArgs {
 }
 
 impl TestFilterArgs {
-    fn options(&self) -> TestFilters {
-        TestFilters {
+    fn options(&self) -> Result<TestFilters> {
+        Ok(TestFilters {
             filter: self.filter.clone(),
             exact: self.exact,
             skip: self.skip.clone(),
             ignored: self.ignored,
             include_ignored: self.include_ignored,
-        }
+            partition: self
+                .partition
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(Error::Selection)?,
+        })
     }
 }
 

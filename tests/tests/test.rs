@@ -1258,3 +1258,103 @@ fn the_status_line_names_the_running_test_and_slow_tests_are_reported() {
     );
     assert!(stdout.starts_with("\nrunning 1 test\n"), "{stdout}");
 }
+
+/// `--partition`: count deals the tests that would run round-robin in list order, hash by a
+/// stable hash; every test is in exactly one shard.
+#[test]
+fn partitions_deal_every_test_to_one_shard() {
+    let list = |partition: &str| -> Vec<String> {
+        let run = memleak_test(
+            &[
+                "-p",
+                "alpha",
+                "--test",
+                "gate",
+                "--list",
+                "--partition",
+                partition,
+            ],
+            &[],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.stdout.lines().map(str::to_owned).collect()
+    };
+    assert_eq!(
+        list("count:1/2"),
+        [
+            "[alpha::gate] adds_numbers: test",
+            "[alpha::gate] leaks_a_vec: test",
+            "[alpha::gate] panics_as_expected: test",
+            "[alpha::gate] spawns_threads: test"
+        ]
+    );
+    assert_eq!(
+        list("count:2/2"),
+        [
+            "[alpha::gate] fills_statics: test",
+            "[alpha::gate] leaks_an_rc_cycle: test",
+            "[alpha::gate] prints: test"
+        ]
+    );
+    let mut hashed: Vec<String> = (1..=3).flat_map(|k| list(&format!("hash:{k}/3"))).collect();
+    hashed.sort();
+    let mut all = list("count:1/1");
+    all.sort();
+    assert_eq!(
+        hashed, all,
+        "the hash shards together are the whole run, once each"
+    );
+    let run = memleak_test(&["--list", "--partition", "count:3/2"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("write count:K/N or hash:K/N"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A shard's run and bless leave the other shards' entries alone, and does not call them stale.
+#[test]
+fn a_shard_neither_reports_nor_drops_the_other_shards_entries() {
+    if !privileged("a_shard_neither_reports_nor_drops_the_other_shards_entries") {
+        return;
+    }
+    let dir = scratch("shard");
+    let baseline = dir.join("memleak-baseline.json");
+    std::fs::write(
+        &baseline,
+        r#"{ "version": 1, "tests": { "alpha::gate": {
+             "leaks_a_vec": { "lost": { "bytes": 4000, "blocks": 1 } } } } }"#,
+    )
+    .expect("written");
+    let run = memleak_test(
+        &[
+            "-p",
+            "alpha",
+            "--test",
+            "gate",
+            "--baseline",
+            path_str(&baseline),
+            "--partition",
+            "count:2/2",
+            "--bless",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("stale"), "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 4 filtered out"),
+        "{}",
+        run.stdout
+    );
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).expect("read")).expect("JSON");
+    let gate = file["tests"]["alpha::gate"].as_object().expect("gate");
+    assert_eq!(
+        gate.keys().collect::<Vec<_>>(),
+        ["leaks_a_vec", "leaks_an_rc_cycle"],
+        "shard 1's entry kept, shard 2's written: {file:#}"
+    );
+}

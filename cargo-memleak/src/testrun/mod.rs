@@ -12,6 +12,7 @@
 
 pub mod interrupt;
 pub mod list;
+pub mod partition;
 pub mod reporter;
 pub mod result;
 pub mod run;
@@ -35,6 +36,8 @@ pub struct TestFilters {
     pub ignored: bool,
     /// Run ignored tests too.
     pub include_ignored: bool,
+    /// `--partition`: run only this shard of the tests that would run.
+    pub partition: Option<partition::Partition>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -100,7 +100,9 @@ pub struct Selection<'a> {
 
 /// libtest's filters: `filter` matches `[binary id] name` as a substring, or with `--exact`
 /// the name or `[binary id] name` whole; each `--skip` likewise; `--ignored` keeps only the
-/// ignored tests, which then run; `--include-ignored` runs the ignored ones too.
+/// ignored tests, which then run; `--include-ignored` runs the ignored ones too. Then
+/// `--partition` keeps its shard of the tests that would run (the others count as filtered
+/// out).
 pub fn select<'a>(cases: &'a [TestCase], filters: &TestFilters) -> Selection<'a> {
     let matches = |pattern: &str, case: &TestCase| {
         let with_id = format!("[{}] {}", case.binary.id, case.name);
@@ -129,6 +131,15 @@ pub fn select<'a>(cases: &'a [TestCase], filters: &TestFilters) -> Selection<'a>
         } else {
             selection.run.push(case);
         }
+    }
+    if let Some(partition) = filters.partition {
+        let before = selection.run.len();
+        let mut index = 0;
+        selection.run.retain(|case| {
+            index += 1;
+            partition.contains(index - 1, &case.binary.id, &case.name)
+        });
+        selection.filtered_out += before - selection.run.len();
     }
     selection
 }
