@@ -102,6 +102,10 @@ pub struct AttachArgs {
     /// The process to trace (all its threads).
     #[arg(short, long)]
     pub pid: u32,
+    /// Draw each report's outstanding stacks as an SVG flame graph of bytes here (the latest
+    /// report's stays).
+    #[arg(long, value_name = "PATH")]
+    pub flamegraph: Option<PathBuf>,
     #[command(flatten)]
     pub periodic: PeriodicArgs,
     #[command(flatten)]
@@ -320,6 +324,19 @@ pub struct TestArgs {
     /// $GITHUB_STEP_SUMMARY [default: github when GITHUB_ACTIONS=true, else none]
     #[arg(long, value_enum, value_name = "KIND", help_heading = "Test run")]
     pub annotations: Option<AnnotationsArg>,
+    /// `folded`: print the lost stacks as folded stacks (`[binary id] test;frame;... bytes`) on
+    /// stdout instead of libtest's output.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        help_heading = "Test run",
+        conflicts_with = "message_format"
+    )]
+    pub format: Option<TestFormatArg>,
+    /// Draw the lost stacks of every test as an SVG flame graph of bytes here.
+    #[arg(long, value_name = "PATH", help_heading = "Test run")]
+    pub flamegraph: Option<PathBuf>,
     #[command(flatten)]
     pub follow: FollowArgs,
     #[command(flatten)]
@@ -375,6 +392,13 @@ pub struct TestArgs {
     /// --test-threads N is -j N; --nocapture and --show-output are accepted.
     #[arg(last = true, value_name = "ARGS")]
     pub libtest_args: Vec<String>,
+}
+
+/// `cargo memleak test --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TestFormatArg {
+    /// Folded stacks of lost memory, for flame graph tools.
+    Folded,
 }
 
 /// `--color`.
@@ -554,7 +578,11 @@ impl TestArgs {
                 timeout,
                 gate: self.gate.gate(),
                 junit: self.junit.clone(),
-                message_format: self.message_format.into(),
+                message_format: match self.format {
+                    Some(TestFormatArg::Folded) => MessageFormat::Folded,
+                    None => self.message_format.into(),
+                },
+                flamegraph: self.flamegraph.clone(),
                 top: self.top,
                 trace: {
                     self.trace.record.refuse_for_gate("test", true)?;
@@ -735,6 +763,10 @@ pub struct ReportArgs {
     /// Print where the time went (load, attach, program, read, symbolize, scan, detach) to stderr.
     #[arg(long)]
     pub timings: bool,
+    /// Draw the lost stacks (outstanding ones with --show-reachable) as an SVG flame graph of
+    /// bytes here.
+    #[arg(long, value_name = "PATH")]
+    pub flamegraph: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -785,6 +817,7 @@ impl ReportArgs {
             output: self.output.clone(),
             timings: self.timings,
             periodic: None,
+            flamegraph: self.flamegraph.clone(),
         })
     }
 
@@ -1006,6 +1039,8 @@ pub enum FormatArg {
     #[default]
     Text,
     Json,
+    /// Folded stacks (`frame;frame;frame bytes`), for flame graph tools.
+    Folded,
 }
 
 impl BuildArgs {
@@ -1103,6 +1138,7 @@ impl From<FormatArg> for Format {
         match arg {
             FormatArg::Text => Format::Text,
             FormatArg::Json => Format::Json,
+            FormatArg::Folded => Format::Folded,
         }
     }
 }
@@ -1147,6 +1183,7 @@ impl Cli {
                 pid: args.pid,
                 periodic: args.periodic.options(&args.trace.record)?,
                 trace: args.trace.options(Limits::default()),
+                flamegraph: args.flamegraph,
             }),
             Commands::Kernel(args) => {
                 let mut periodic = args.periodic.options(&args.record)?;

@@ -302,3 +302,58 @@ fn two_attaches_keep_their_own_entries_and_combined_totals_match() {
     assert_eq!(last["outstanding_allocations"], 5, "{last:#}");
     ends_with_the_process(&mut first, &pid);
 }
+
+#[test]
+fn attach_draws_each_reports_stacks_as_a_flame_graph() {
+    if !privileged("attach_draws_each_reports_stacks_as_a_flame_graph") {
+        return;
+    }
+    let svg = memleak_tests::workspace_root()
+        .join("target/test-scratch")
+        .join(format!("attach-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&svg);
+    let mut served = Served::start();
+    let pid = served.pid().to_string();
+    let mut memleak = Periodic::start(&[
+        "attach",
+        "-p",
+        &pid,
+        "--older",
+        "0",
+        "--format",
+        "json",
+        "--flamegraph",
+        svg.to_str().expect("UTF-8"),
+        "0.2",
+    ]);
+    memleak.wait_for_stderr("Attaching to pid", WAIT);
+    served.send("aaa");
+    memleak.wait_for_report("the three blocks", WAIT, |report| {
+        report["outstanding_allocations"] == 3
+    });
+    // The next report comes after the picture of this one was written.
+    memleak.wait_for_report("another report", WAIT, |_| true);
+    let text = std::fs::read_to_string(&svg).expect("the flame graph is written");
+    let document = roxmltree::Document::parse_with_options(
+        &text,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..roxmltree::ParsingOptions::default()
+        },
+    )
+    .expect("the SVG parses as XML");
+    let titles: Vec<&str> = document
+        .descendants()
+        .filter(|node| node.has_tag_name("title"))
+        .filter_map(|node| node.text())
+        .collect();
+    assert!(
+        titles
+            .iter()
+            .any(|title| title.starts_with("serve_leak (90,000 bytes")),
+        "{titles:#?}"
+    );
+    served.quit();
+    let (code, stderr) = memleak.wait_exit(WAIT);
+    assert_eq!(code, 0, "{stderr}");
+}

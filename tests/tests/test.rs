@@ -233,6 +233,12 @@ fn every_test_gets_the_expected_verdict_and_figures() {
             .contains("about to abort"),
         "{aborted:#}"
     );
+    let starts = run
+        .events()
+        .iter()
+        .filter(|event| event["event"] == "test-started")
+        .count();
+    assert_eq!(starts, 15, "a test-started event per test");
     let started = &run.events()[0];
     assert_eq!(started["event"], "run-started");
     assert_eq!(started["tests"], 15, "{started}");
@@ -742,6 +748,45 @@ fn filters_select_tests_like_cargo_test() {
         (100, vec!["tests::ignored_leak".to_owned()])
     );
     assert_eq!(ran(&["-p", "alpha", "no_such_test"]), (4, vec![]));
+    // Each selected ignored test is an event of its own; each test that runs starts first.
+    let run = memleak_test(
+        &[
+            "--baseline",
+            path_str(&none),
+            "--message-format",
+            "json",
+            "-p",
+            "beta",
+            "--lib",
+            "--skip",
+            "hangs",
+            "--skip",
+            "aborts",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 100, "{}", run.stderr);
+    let kinds: Vec<String> = run
+        .events()
+        .iter()
+        .map(|event| {
+            format!(
+                "{} {}",
+                event["event"].as_str().unwrap_or_default(),
+                event["test"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "run-started ",
+            "test-ignored tests::ignored_leak",
+            "test-started tests::panics",
+            "test-finished tests::panics",
+            "run-finished "
+        ]
+    );
 }
 
 #[test]

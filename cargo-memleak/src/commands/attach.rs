@@ -33,6 +33,8 @@ pub struct Options {
     pub pid: u32,
     pub periodic: watch::Options,
     pub trace: TraceOptions,
+    /// Draw each report's stacks as an SVG flame graph here (the latest report's stays).
+    pub flamegraph: Option<std::path::PathBuf>,
 }
 
 pub fn attach(options: &Options) -> Result<Outcome> {
@@ -40,6 +42,7 @@ pub fn attach(options: &Options) -> Result<Outcome> {
         pid,
         periodic: options,
         trace,
+        flamegraph,
     } = options;
     let pid = *pid;
     let interrupts = Interrupts::block()?;
@@ -79,6 +82,7 @@ pub fn attach(options: &Options) -> Result<Outcome> {
         snapshot.at_exit = Some("tracing began while it ran".into());
         incomplete |= !snapshot.incomplete.is_empty();
         print!("{}", report::render_periodic(&snapshot, options.format));
+        draw(flamegraph.as_deref(), &snapshot, pid)?;
         running.release(pid);
         Ok(())
     };
@@ -119,7 +123,7 @@ pub fn attach(options: &Options) -> Result<Outcome> {
             let snapshot = report::process_snapshot(pid, pid, &trace, &options.report, &symbolizer);
             periodic_incomplete |= !snapshot.incomplete.is_empty();
             print!("{}", report::render_periodic(&snapshot, options.format));
-            Ok(())
+            draw(flamegraph.as_deref(), &snapshot, pid)
         },
     );
     incomplete |= periodic_incomplete;
@@ -181,4 +185,16 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     }
     // SAFETY: see above.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `--flamegraph PATH`: a report's stacks drawn as an SVG (each report replaces the last).
+fn draw(path: Option<&std::path::Path>, snapshot: &report::Snapshot, pid: u32) -> Result<()> {
+    match path {
+        Some(path) => report::folded::write_flamegraph(
+            path,
+            &report::folded::fold_stacks(&snapshot.stacks),
+            &format!("pid {pid}"),
+        ),
+        None => Ok(()),
+    }
 }

@@ -56,6 +56,8 @@ pub struct ReportOptions {
     pub timings: bool,
     /// `INTERVAL [COUNT]`: report the outstanding allocations every INTERVAL while it runs.
     pub periodic: Option<watch::Options>,
+    /// Draw the stacks (every one, not only the top N) as an SVG flame graph here.
+    pub flamegraph: Option<PathBuf>,
 }
 
 /// A traced run and the report written of it.
@@ -134,6 +136,11 @@ pub fn trace_and_report(
         None => {
             let _ = std::io::stderr().write_all(rendered.as_bytes());
         }
+    }
+    if let Some(path) = &options.flamegraph {
+        let every = report::build(&run, &report::folded::all_stacks(&options.report));
+        let lines = report::folded::fold_stacks(&every.stacks);
+        report::folded::write_flamegraph(path, &lines, &report.program)?;
     }
     // Waits for the probes' removal (see Tracer::detach).
     let start = Instant::now();

@@ -54,6 +54,9 @@ pub fn test(options: &Options) -> Result<Outcome> {
     if let Some(junit) = &run_options.junit {
         fsutil::check_writable(junit, "--junit")?;
     }
+    if let Some(svg) = &run_options.flamegraph {
+        fsutil::check_writable(svg, "--flamegraph")?;
+    }
     let tracing = options.mode == Mode::Run;
     // Fail on privileges and kernel support before the (slow) build.
     let tracer = if tracing {

@@ -4,7 +4,7 @@
 //! allocations pass a size filter, are grouped by stack (at exit, by category too), ordered and
 //! cut to the top N, and the tracer's drop counters become reasons the report is incomplete
 //! (`model`). [`text`] renders them in BCC memleak's and memcheck's wording, [`json`] as
-//! JSON.
+//! JSON, [`folded`] as folded stacks and flame graphs.
 //!
 //! Invariants: stacks are ordered by category (definitely lost, indirectly lost, still
 //! reachable), then by bytes or count (descending), then by a deterministic tie-break (frames
@@ -13,6 +13,7 @@
 //! JSON carries no addresses unless `--show-allocs` asked for them.
 
 mod exit;
+pub mod folded;
 pub mod json;
 mod model;
 mod periodic;
@@ -31,6 +32,8 @@ pub enum Format {
     #[default]
     Text,
     Json,
+    /// Brendan Gregg's folded stacks, one `frame;frame;frame bytes` line per stack.
+    Folded,
 }
 
 /// The report at exit, as text or JSON.
@@ -38,6 +41,7 @@ pub fn render(report: &Report, format: Format) -> String {
     match format {
         Format::Text => text::render_exit(report),
         Format::Json => json::render_exit(report),
+        Format::Folded => folded::render_exit(report),
     }
 }
 
@@ -46,5 +50,6 @@ pub fn render_periodic(snapshot: &Snapshot, format: Format) -> String {
     match format {
         Format::Text => text::render_periodic(snapshot),
         Format::Json => json::render_periodic(snapshot),
+        Format::Folded => folded::render_periodic(snapshot),
     }
 }

@@ -109,7 +109,7 @@ pub fn print(selection: &super::run::Selection, format: super::MessageFormat) {
         .chain(selection.ignored.iter().map(|case| (case, true)));
     for (case, ignored) in all {
         match format {
-            super::MessageFormat::Human => {
+            super::MessageFormat::Human | super::MessageFormat::Folded => {
                 out.push_str(&format!(
                     "[{}] {}: test{}\n",
                     case.binary.id,

@@ -47,6 +47,8 @@ pub enum MessageFormat {
     Human,
     /// One JSON object per line and event on stdout (and no libtest output).
     Json,
+    /// `--format folded`: the lost stacks, folded, on stdout (and no libtest output).
+    Folded,
 }
 
 /// Everything `cargo memleak test` was asked to do besides building.
@@ -57,6 +59,8 @@ pub struct TestOptions {
     pub timeout: Option<Duration>,
     pub gate: Gate,
     pub junit: Option<PathBuf>,
+    /// `--flamegraph PATH`: an SVG of every test's lost stacks.
+    pub flamegraph: Option<PathBuf>,
     pub message_format: MessageFormat,
     /// Stacks shown under a failed test.
     pub top: usize,

@@ -14,6 +14,7 @@ pub mod github;
 pub mod human;
 pub mod json;
 pub mod junit;
+pub mod pictures;
 pub mod progress;
 
 use std::time::Duration;
@@ -64,9 +65,10 @@ pub trait Reporter: Send + Sync {
 pub struct Reporters(Vec<Box<dyn Reporter>>);
 
 impl Reporters {
-    /// Human output (with the progress line when stderr is a terminal) or JSON events, JUnit
-    /// XML when `--junit` is given, and GitHub's annotations when asked for. Paths in stacks
-    /// and annotations are relative to `workspace_root`.
+    /// Human output (with the progress line when stderr is a terminal), JSON events or folded
+    /// stacks; JUnit XML with `--junit`, the flame graph with `--flamegraph`, and GitHub's
+    /// annotations when asked for. Paths in stacks and annotations are relative to
+    /// `workspace_root`.
     pub fn new(options: &TestOptions, workspace_root: &std::path::Path) -> Self {
         let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
         let style = crate::report::text::Short {
@@ -81,6 +83,13 @@ impl Reporters {
                 reporters.push(Box::new(human::Human::new(options, style.clone())));
             }
             MessageFormat::Json => reporters.push(Box::new(json::Json)),
+            MessageFormat::Folded => {}
+        }
+        if options.message_format == MessageFormat::Folded || options.flamegraph.is_some() {
+            reporters.push(Box::new(pictures::Pictures::new(
+                options.message_format == MessageFormat::Folded,
+                options.flamegraph.clone(),
+            )));
         }
         if let Some(path) = &options.junit {
             reporters.push(Box::new(junit::Junit::new(path.clone(), options, style)));
