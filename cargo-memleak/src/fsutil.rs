@@ -59,6 +59,41 @@ pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> Result<()> {
     })
 }
 
+/// Checks, before any work, that `path` can be written: its directory exists and is writable,
+/// and the path itself, if it exists, is not a directory and is writable.
+pub fn check_writable(path: &std::path::Path, what: &str) -> Result<()> {
+    let fail = |reason: &str| {
+        Err(Error::Selection(format!(
+            "{what} {}: {reason}",
+            path.display()
+        )))
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return fail("is a directory; give a file name"),
+        Ok(_) => {
+            if nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_err() {
+                return fail("cannot be written (permission denied)");
+            }
+            return Ok(());
+        }
+        Err(_) => {}
+    }
+    match std::fs::metadata(&dir) {
+        Ok(meta) if meta.is_dir() => {
+            if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
+                return fail("its directory cannot be written (permission denied)");
+            }
+            Ok(())
+        }
+        Ok(_) => fail("its parent is not a directory"),
+        Err(_) => fail("its directory does not exist; create it first"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::FileTypeExt as _;
@@ -127,40 +162,5 @@ mod tests {
         let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
         assert!(kind.is_fifo(), "still a FIFO: {kind:?}");
         std::fs::remove_dir_all(dir).unwrap();
-    }
-}
-
-/// Checks, before any work, that `path` can be written: its directory exists and is writable,
-/// and the path itself, if it exists, is not a directory and is writable.
-pub fn check_writable(path: &std::path::Path, what: &str) -> Result<()> {
-    let fail = |reason: &str| {
-        Err(Error::Selection(format!(
-            "{what} {}: {reason}",
-            path.display()
-        )))
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => return fail("is a directory; give a file name"),
-        Ok(_) => {
-            if nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_err() {
-                return fail("cannot be written (permission denied)");
-            }
-            return Ok(());
-        }
-        Err(_) => {}
-    }
-    match std::fs::metadata(&dir) {
-        Ok(meta) if meta.is_dir() => {
-            if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
-                return fail("its directory cannot be written (permission denied)");
-            }
-            Ok(())
-        }
-        Ok(_) => fail("its parent is not a directory"),
-        Err(_) => fail("its directory does not exist; create it first"),
     }
 }

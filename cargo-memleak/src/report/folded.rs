@@ -136,13 +136,13 @@ mod tests {
 
     #[test]
     fn stacks_fold_root_first_and_merge() {
-        let leak = vec![
+        let leak = [
             frame("alpha::leak_bytes"),
             frame("gate::leaks_a_vec"),
             frame("main"),
         ];
-        let odd = vec![frame("<[u8; 4] as x::Y>::f")];
-        let root = vec!["[alpha::gate] leaks_a_vec".to_owned()];
+        let odd = [frame("<[u8; 4] as x::Y>::f")];
+        let root = ["[alpha::gate] leaks_a_vec".to_owned()];
         let lines = fold([
             (&root[..], &leak[..], 4000),
             (&root[..], &leak[..], 96),
