@@ -448,3 +448,21 @@ pub fn report_stacks_with<'a>(report: &'a Value, symbol: &str) -> Vec<&'a Value>
         })
         .collect()
 }
+
+/// The text of the `<title>`s of the SVG at `path` (a flame graph's frames, `name (N bytes,
+/// P%)`), after checking it parses as XML.
+pub fn svg_titles(path: &Path) -> Vec<String> {
+    let svg = std::fs::read_to_string(path).expect("the flame graph is written");
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let document =
+        roxmltree::Document::parse_with_options(&svg, options).expect("the SVG parses as XML");
+    assert_eq!(document.root_element().tag_name().name(), "svg");
+    document
+        .descendants()
+        .filter(|node| node.has_tag_name("title"))
+        .filter_map(|node| node.text().map(str::to_owned))
+        .collect()
+}

@@ -333,20 +333,7 @@ fn attach_draws_each_reports_stacks_as_a_flame_graph() {
     });
     // The next report comes after the picture of this one was written.
     memleak.wait_for_report("another report", WAIT, |_| true);
-    let text = std::fs::read_to_string(&svg).expect("the flame graph is written");
-    let document = roxmltree::Document::parse_with_options(
-        &text,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..roxmltree::ParsingOptions::default()
-        },
-    )
-    .expect("the SVG parses as XML");
-    let titles: Vec<&str> = document
-        .descendants()
-        .filter(|node| node.has_tag_name("title"))
-        .filter_map(|node| node.text())
-        .collect();
+    let titles = memleak_tests::svg_titles(&svg);
     assert!(
         titles
             .iter()

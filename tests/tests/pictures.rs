@@ -1,9 +1,9 @@
 //! Folded stacks (`--format folded`) and SVG flame graphs (`--flamegraph PATH`) of real runs:
 //! `cargo memleak test` on the fixture workspace and `cargo memleak exec` on the C fixture.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use memleak_tests::{c_fixture, cargo_memleak, privileged, workspace_root};
+use memleak_tests::{c_fixture, cargo_memleak, privileged, svg_titles, workspace_root};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = workspace_root()
@@ -12,25 +12,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
-}
-
-/// The SVG at `path` parses as XML; the text of its frames' `<title>`s.
-fn svg_titles(path: &Path) -> Vec<String> {
-    let svg = std::fs::read_to_string(path).expect("the flame graph is written");
-    let document = roxmltree::Document::parse_with_options(
-        &svg,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..roxmltree::ParsingOptions::default()
-        },
-    )
-    .expect("the SVG parses as XML");
-    assert_eq!(document.root_element().tag_name().name(), "svg");
-    document
-        .descendants()
-        .filter(|node| node.has_tag_name("title"))
-        .filter_map(|node| node.text().map(str::to_owned))
-        .collect()
 }
 
 #[test]

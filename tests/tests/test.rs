@@ -109,11 +109,18 @@ fn memleak_test(args: &[&str], env: &[(&str, &str)]) -> TestRun {
     memleak_test_in(&manifest(), args, env)
 }
 
+/// `cargo memleak test --manifest-path MANIFEST`, for more arguments.
+fn memleak_test_command(manifest: &Path) -> Command {
+    let mut command = Command::new(cargo_memleak());
+    command
+        .args(["memleak", "test", "--manifest-path"])
+        .arg(manifest);
+    command
+}
+
 /// `cargo memleak test --manifest-path MANIFEST ARGS`.
 fn memleak_test_in(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> TestRun {
-    let output = Command::new(cargo_memleak())
-        .args(["memleak", "test", "--manifest-path"])
-        .arg(manifest)
+    let output = memleak_test_command(manifest)
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -873,8 +880,9 @@ fn stacks_of_finished_tests_make_room_for_the_next() {
     );
 }
 
-/// The pid of a process whose command line contains `needle`, waiting up to `timeout`.
-fn find_process(needle: &str, timeout: std::time::Duration) -> Option<i32> {
+/// The pid of a child of `parent` whose command line contains `needle`, waiting up to
+/// `timeout` (other tests run the same fixture at the same time).
+fn find_child(parent: u32, needle: &str, timeout: std::time::Duration) -> Option<i32> {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -884,7 +892,12 @@ fn find_process(needle: &str, timeout: std::time::Duration) -> Option<i32> {
             };
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) && pid != std::process::id() as i32 {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the parent is the fourth field, after the comm.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if cmdline.contains(needle) && ppid == Some(parent) {
                 return Some(pid);
             }
         }
@@ -916,9 +929,7 @@ fn an_interrupted_run_reports_what_ran_and_exits_130_or_143() {
     let dir = scratch("interrupt");
     for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
         let junit = dir.join(format!("{signal}.xml"));
-        let child = Command::new(cargo_memleak())
-            .args(["memleak", "test", "--manifest-path"])
-            .arg(manifest())
+        let child = memleak_test_command(&manifest())
             .args(["-p", "beta", "--lib", "-j", "1", "--baseline"])
             .arg(no_budgets(&dir))
             .arg("--junit")
@@ -927,7 +938,8 @@ fn an_interrupted_run_reports_what_ran_and_exits_130_or_143() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("cargo memleak test starts");
-        let hanging = find_process(
+        let hanging = find_child(
+            child.id(),
             "--exact tests::hangs --nocapture",
             std::time::Duration::from_secs(120),
         )
@@ -1169,9 +1181,7 @@ fn mistakes_are_found_before_the_build_with_their_exit_codes() {
         "found before any build"
     );
     // cargo's own words, whole, for a manifest path that is a directory.
-    let output = Command::new(cargo_memleak())
-        .args(["memleak", "test", "--manifest-path"])
-        .arg(workspace_root().join("fixtures/workspace"))
+    let output = memleak_test_command(&workspace_root().join("fixtures/workspace"))
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -1258,9 +1268,7 @@ fn the_status_line_names_the_running_test_and_slow_tests_are_reported() {
     use std::io::Read as _;
     let dir = scratch("tty");
     let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
-    let child = Command::new(cargo_memleak())
-        .args(["memleak", "test", "--manifest-path"])
-        .arg(manifest())
+    let child = memleak_test_command(&manifest())
         .args([
             "-p",
             "beta",
