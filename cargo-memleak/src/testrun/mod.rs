@@ -8,7 +8,8 @@
 //! Invariants: one eBPF object is loaded and attached to every process once per run; each test
 //! process is registered with it before it execs, and forgotten after its exit stop. A test
 //! passes only if it passed, its trace is complete (unless `--allow-incomplete`), and what it
-//! lost is within its budget. Nothing here writes output but a reporter.
+//! lost is within its budget. Nothing here writes a run's output but a reporter (`--list` prints
+//! its listing through [`list::print`]).
 
 pub mod interrupt;
 pub mod list;

@@ -109,7 +109,12 @@ impl Reporter for Human {
                 elapsed,
             } => print(&format!(
                 "    SLOW [>{}s] [{binary_id}] {test}\n",
-                elapsed.as_secs()
+                // Whole seconds as such (`>60s`), a fraction to a tenth (`>1.5s`).
+                if elapsed.subsec_millis() == 0 {
+                    elapsed.as_secs().to_string()
+                } else {
+                    format!("{:.1}", elapsed.as_secs_f64())
+                }
             )),
             TestEvent::TestFinished { result } => {
                 let failed = !result.failures.is_empty();
