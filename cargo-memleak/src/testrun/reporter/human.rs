@@ -32,7 +32,7 @@ pub struct Human {
 
 #[derive(Default)]
 struct State {
-    /// Widths of `[binary id]` and of test names, for aligned lines (as libtest-mimic).
+    /// Widths of `[binary id]` and of test names, for aligned lines (libtest-mimic's layout).
     id_width: usize,
     name_width: usize,
     /// Each failed test's heading and text, in the order they finished.
