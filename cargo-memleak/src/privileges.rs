@@ -39,6 +39,8 @@ pub fn required(command: &Command) -> Result<Vec<Capability>> {
             }
             set
         }
+        // `--list` and `--no-run` only build and list: nothing is traced.
+        Command::Test(options) if options.mode != crate::commands::test::Mode::Run => Vec::new(),
         Command::Exec(_) | Command::Run(_) | Command::Test(_) | Command::Attach(_) => {
             match LinkMode::chosen()? {
                 LinkMode::Multi => vec![CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE],
