@@ -1012,7 +1012,11 @@ fn fail_fast_stops_starting_tests_after_the_first_failure() {
         "--baseline",
         path_str(&none),
     ];
-    let run = memleak_test(&[&args[..], &["--fail-fast"]].concat(), &[]);
+    // With a timeout: were --fail-fast to start the hanging test, it fails, not hangs.
+    let run = memleak_test(
+        &[&args[..], &["--fail-fast", "--timeout", "20"]].concat(),
+        &[],
+    );
     assert_eq!(run.code, 100, "{}", run.stderr);
     assert!(
         run.stdout.contains(

@@ -221,6 +221,11 @@ pub fn run(
                         break;
                     }
                     let result = run_one(shared, case);
+                    // Decided here, before this worker loops for its next test: the receiving
+                    // loop may see this result only after that.
+                    if shared.options.fail_fast && !result.failures.is_empty() {
+                        stop.store(true, Ordering::SeqCst);
+                    }
                     if sender
                         .send(Message::Finished(index, Box::new(result)))
                         .is_err()
