@@ -16,6 +16,17 @@ pub fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// A fresh scratch directory for one test's baselines, reports and pictures, under
+/// `target/test-scratch/` and unique to this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = workspace_root()
+        .join("target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
 /// True when this process may trace. Panics under CI when it may not.
 pub fn privileged(test: &str) -> bool {
     let root = nix_geteuid() == 0;

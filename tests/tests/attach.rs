@@ -308,10 +308,7 @@ fn attach_draws_each_reports_stacks_as_a_flame_graph() {
     if !privileged("attach_draws_each_reports_stacks_as_a_flame_graph") {
         return;
     }
-    let svg = memleak_tests::workspace_root()
-        .join("target/test-scratch")
-        .join(format!("attach-{}.svg", std::process::id()));
-    let _ = std::fs::remove_file(&svg);
+    let svg = memleak_tests::scratch("attach-flamegraph").join("stacks.svg");
     let mut served = Served::start();
     let pid = served.pid().to_string();
     let mut memleak = Periodic::start(&[

@@ -6,12 +6,7 @@ use std::path::PathBuf;
 use memleak_tests::{c_fixture, cargo_memleak, privileged, svg_titles, workspace_root};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = workspace_root()
-        .join("target/test-scratch")
-        .join(format!("pictures-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+    memleak_tests::scratch(&format!("pictures-{name}"))
 }
 
 #[test]
@@ -112,4 +107,33 @@ fn exec_folds_and_draws_what_the_program_left() {
             .any(|title| title.starts_with("leak_malloc (")),
         "{titles:#?}"
     );
+}
+
+#[test]
+fn a_picture_that_cannot_be_written_is_refused_before_anything_runs() {
+    if !privileged("a_picture_that_cannot_be_written_is_refused_before_anything_runs") {
+        return;
+    }
+    let dir = scratch("unwritable");
+    let svg = dir.join("missing").join("stacks.svg");
+    let marker = dir.join("ran");
+    let svg_arg = svg.to_str().expect("UTF-8");
+    let marker_arg = marker.to_str().expect("UTF-8");
+    for args in [
+        &["exec", "--flamegraph", svg_arg, "--", "touch", marker_arg][..],
+        &["attach", "-p", "1", "--flamegraph", svg_arg][..],
+    ] {
+        let output = std::process::Command::new(cargo_memleak())
+            .args(args)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("error: --flamegraph {svg_arg}: its directory does not exist; create it first"),
+            "{args:?}"
+        );
+    }
+    assert!(!marker.exists(), "exec ran its program");
 }

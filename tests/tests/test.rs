@@ -10,7 +10,7 @@ use std::{
     sync::OnceLock,
 };
 
-use memleak_tests::{cargo_memleak, privileged, workspace_root};
+use memleak_tests::{cargo_memleak, privileged, scratch, workspace_root};
 use serde_json::Value;
 
 /// How a test ends under `cargo memleak test` with no budgets.
@@ -62,15 +62,6 @@ fn no_budgets(dir: &Path) -> PathBuf {
     path
 }
 
-/// A scratch directory for baselines and reports, unique to this test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = workspace_root()
-        .join("target/test-scratch")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
 
 #[derive(Debug)]
 struct TestRun {

@@ -18,6 +18,7 @@ use crate::{
     allocator,
     error::{Error, Result},
     events::{self, Space},
+    fsutil,
     outcome::Outcome,
     report,
     session::{self, TraceOptions},
@@ -45,6 +46,9 @@ pub fn attach(options: &Options) -> Result<Outcome> {
         flamegraph,
     } = options;
     let pid = *pid;
+    if let Some(path) = flamegraph {
+        fsutil::check_writable(path, "--flamegraph")?;
+    }
     let interrupts = Interrupts::block()?;
     let child_signals = ChildSignals::block()?;
     check_process(pid)?;

@@ -60,6 +60,20 @@ pub struct ReportOptions {
     pub flamegraph: Option<PathBuf>,
 }
 
+impl ReportOptions {
+    /// Checks every path the report is written to, before anything is built or traced: a
+    /// mistake there must not cost the run.
+    pub fn check_outputs(&self) -> Result<()> {
+        if let Some(path) = &self.output {
+            fsutil::check_writable(path, "--output")?;
+        }
+        if let Some(path) = &self.flamegraph {
+            fsutil::check_writable(path, "--flamegraph")?;
+        }
+        Ok(())
+    }
+}
+
 /// A traced run and the report written of it.
 pub struct Traced {
     pub run: TracedRun,
@@ -88,6 +102,7 @@ impl Traced {
 }
 
 pub fn exec(options: &Options) -> Result<Outcome> {
+    options.report.check_outputs()?;
     let traced = trace_and_report(&options.command, &options.report, &options.trace)?;
     Ok(traced.failure(false).unwrap_or(Outcome::Ok))
 }

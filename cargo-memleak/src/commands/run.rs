@@ -32,6 +32,7 @@ pub struct Options {
 }
 
 pub fn run(options: &Options) -> Result<Outcome> {
+    options.report.check_outputs()?;
     let built = options.build.build_binary(&options.selection)?;
     let gate = options.gate.load(&built.workspace_root)?;
     let Some(executable) = built.executables.into_iter().next() else {
