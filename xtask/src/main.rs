@@ -219,7 +219,9 @@ fn run(command: &mut Command, what: &str) -> Result<()> {
 }
 
 /// Runs `cargo test`, passing its output through, and closes with the totals over every test
-/// binary (cargo's own last line is often an empty doc-test run).
+/// binary (cargo's own last line is often an empty doc-test run). A failed test's captured
+/// output may hold a whole test run of its own (`running N tests` … `test result:`): runs are
+/// counted by nesting, so only each binary's own result line adds up.
 fn run_tests(command: &mut Command) -> Result<()> {
     use std::io::{BufRead as _, BufReader, Write as _};
     let mut child = command
@@ -227,12 +229,20 @@ fn run_tests(command: &mut Command) -> Result<()> {
         .spawn()
         .context("cargo test: could not start")?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut depth = 0usize;
     let stdout = child.stdout.take().context("cargo test's stdout")?;
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
         let _ = std::io::stdout().flush();
+        if line.starts_with("running ") && line.ends_with(" tests") || line == "running 1 test" {
+            depth += 1;
+        }
         if let Some(result) = line.strip_prefix("test result: ") {
+            depth = depth.saturating_sub(1);
+            if depth > 0 {
+                continue;
+            }
             let count = |label: &str| -> u64 {
                 result
                     .split(['.', ';'])

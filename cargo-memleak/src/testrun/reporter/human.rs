@@ -35,8 +35,9 @@ struct State {
     /// Widths of `[binary id]` and of test names, for aligned lines (libtest-mimic's layout).
     id_width: usize,
     name_width: usize,
-    /// Each failed test's heading and text, in the order they finished.
-    failures: Vec<(String, String)>,
+    /// Each failed test's `(binary id, test)`, heading and text, in the order they finished
+    /// (printed sorted, so that a log does not depend on which test finished first).
+    failures: Vec<((String, String), String, String)>,
 }
 
 impl Human {
@@ -152,9 +153,11 @@ impl Reporter for Human {
                 if let Some(message) =
                     failure_message(result, self.top, &self.style, &self.rerun_args)
                 {
-                    state
-                        .failures
-                        .push((format!("[{}] {}", result.binary_id, result.test), message));
+                    state.failures.push((
+                        (result.binary_id.clone(), result.test.clone()),
+                        format!("[{}] {}", result.binary_id, result.test),
+                        message,
+                    ));
                 }
             }
             TestEvent::Interrupted { signal, running } => {
@@ -170,15 +173,16 @@ impl Reporter for Human {
                 unused,
             } => {
                 let mut out = String::new();
+                state.failures.sort_by(|a, b| a.0.cmp(&b.0));
                 if !state.failures.is_empty() {
                     out.push_str("\nfailures:\n\n");
-                    for (heading, message) in &state.failures {
+                    for (_, heading, message) in &state.failures {
                         let _ = writeln!(out, "---- {heading} ----");
                         out.push_str(message);
                         out.push('\n');
                     }
                     out.push_str("\nfailures:\n");
-                    for (heading, _) in &state.failures {
+                    for (_, heading, _) in &state.failures {
                         let _ = writeln!(out, "    {heading}");
                     }
                 }
