@@ -62,7 +62,6 @@ fn no_budgets(dir: &Path) -> PathBuf {
     path
 }
 
-
 #[derive(Debug)]
 struct TestRun {
     code: i32,
