@@ -170,15 +170,14 @@ pub fn run(
 ) -> Result<Ran> {
     let start = Instant::now();
     let to_run = &selection.run;
-    let ignored: Vec<(String, String)> = selection
-        .ignored
-        .iter()
-        .map(|case| (case.binary.id.clone(), case.name.clone()))
-        .collect();
-    let names: Vec<(String, String)> = to_run
-        .iter()
-        .map(|case| (case.binary.id.clone(), case.name.clone()))
-        .collect();
+    let named = |cases: &[&TestCase]| -> Vec<(String, String)> {
+        cases
+            .iter()
+            .map(|case| (case.binary.id.clone(), case.name.clone()))
+            .collect()
+    };
+    let ignored = named(&selection.ignored);
+    let names = named(to_run);
     reporters.report(&TestEvent::RunStarted {
         tests: &names,
         ignored: &ignored,
