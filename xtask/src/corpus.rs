@@ -251,7 +251,9 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
         CORPUS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
     );
     let corpus_dir = root.join("target/corpus");
-    let toolchain = active_toolchain(root)?;
+    // The workspace's toolchain, named, so that a crate's own `rust-toolchain` file does not
+    // send rustup off to install another.
+    let toolchain = crate::toolchain::WORKSPACE_CHANNEL.to_owned();
     let mut outcomes = Vec::new();
     for krate in &selected {
         eprintln!(
@@ -355,22 +357,6 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
         totals.caught
     );
     Ok(())
-}
-
-/// The toolchain this workspace builds with, so that a crate's own `rust-toolchain` file does
-/// not send rustup off to install another.
-fn active_toolchain(root: &Path) -> Result<String> {
-    let out = Command::new("rustup")
-        .args(["show", "active-toolchain"])
-        .current_dir(root)
-        .output()
-        .context("rustup show active-toolchain")?;
-    ensure!(out.status.success(), "rustup show active-toolchain failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .next()
-        .map(str::to_owned)
-        .context("rustup names no active toolchain")
 }
 
 fn run_crate(

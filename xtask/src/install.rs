@@ -1,6 +1,6 @@
 //! `cargo install` with stable Rust alone, as a new user would: from a clean clone, in an
-//! environment whose rustup knows only the stable toolchain the workspace pins and whose PATH
-//! has no bpf-linker. The build script then takes the shipped eBPF object, and the installed
+//! environment whose rustup knows only the stable toolchain the workspace pins (as its default)
+//! and whose PATH has no bpf-linker. The build script then takes the shipped eBPF object, and the installed
 //! binary must trace a real program. `cargo package` for the two registry crates must carry the
 //! object.
 //!
@@ -14,37 +14,38 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::{output, pinned_channel, run, workspace_root};
+use crate::{output, run, workspace_root};
 
-/// The directories of the stable-only environment.
-struct Environment {
-    cargo_home: PathBuf,
-    rustup_home: PathBuf,
+/// A machine of its own for cargo and rustup: a `RUSTUP_HOME` and a `CARGO_HOME` under one
+/// directory (cargo's registry cache linked in from this machine's, so nothing is downloaded
+/// twice), rustup's proxies on a PATH of system directories, and nothing else of ours in the
+/// environment. Shared with the fresh-machine check ([`crate::fresh`]).
+pub struct Environment {
+    pub cargo_home: PathBuf,
+    pub rustup_home: PathBuf,
     path: String,
+    vars: Vec<(&'static str, std::ffi::OsString)>,
 }
 
 impl Environment {
-    fn create(dir: &Path) -> Result<Self> {
-        let channel = pinned_channel(&workspace_root().join("rust-toolchain.toml"))?;
-        let sysroot = output(
-            Command::new("rustc").args([format!("+{channel}").as_str(), "--print", "sysroot"]),
-            "rustc --print sysroot (the pinned stable)",
-        )?;
-        let sysroot = PathBuf::from(sysroot.trim());
+    /// `rustup_home` is kept as it is; `cargo_home` is made anew.
+    pub fn new(cargo_home: PathBuf, rustup_home: PathBuf) -> Result<Self> {
         let rustup = which("rustup")?;
-        let cargo_home = dir.join("cargo");
-        let rustup_home = dir.join("rustup");
         let _ = std::fs::remove_dir_all(&cargo_home);
-        let _ = std::fs::remove_dir_all(&rustup_home);
-        let toolchains = rustup_home.join("toolchains");
         let bin = cargo_home.join("bin");
-        std::fs::create_dir_all(&toolchains)?;
         std::fs::create_dir_all(&bin)?;
-        std::os::unix::fs::symlink(
-            &sysroot,
-            toolchains.join(sysroot.file_name().context("name")?),
-        )?;
-        for proxy in ["rustup", "cargo", "rustc"] {
+        std::fs::create_dir_all(rustup_home.join("toolchains"))?;
+        let proxies = [
+            "rustup",
+            "cargo",
+            "rustc",
+            "rustdoc",
+            "rustfmt",
+            "cargo-fmt",
+            "cargo-clippy",
+            "clippy-driver",
+        ];
+        for proxy in proxies {
             std::os::unix::fs::symlink(&rustup, bin.join(proxy))?;
         }
         let machine_home = PathBuf::from(std::env::var_os("HOME").context("HOME is set")?);
@@ -60,11 +61,17 @@ impl Environment {
             cargo_home,
             rustup_home,
             path,
+            vars: Vec::new(),
         })
     }
 
+    /// Sets `name` for every command of this environment.
+    pub fn var(&mut self, name: &'static str, value: impl Into<std::ffi::OsString>) {
+        self.vars.push((name, value.into()));
+    }
+
     /// `program` run in this environment and nothing of ours.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         command
             .env_clear()
@@ -72,12 +79,51 @@ impl Environment {
             .env("HOME", std::env::var_os("HOME").unwrap_or_default())
             .env("CARGO_HOME", &self.cargo_home)
             .env("RUSTUP_HOME", &self.rustup_home)
+            .envs(self.vars.iter().map(|(name, value)| (name, value)))
             .stdin(std::process::Stdio::null());
         command
     }
+
+    /// The toolchains its rustup has, one name per line as `rustup toolchain list` prints them.
+    pub fn toolchains(&self) -> Result<Vec<String>> {
+        let listed = output(
+            self.command("rustup").args(["toolchain", "list"]),
+            "rustup toolchain list",
+        )?;
+        Ok(listed
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| !name.is_empty() && *name != "no")
+            .map(str::to_owned)
+            .collect())
+    }
 }
 
-fn which(program: &str) -> Result<PathBuf> {
+/// The stable-only environment: the workspace's pinned stable linked in as rustup's default
+/// toolchain, and no bpf-linker.
+fn stable_only(dir: &Path) -> Result<Environment> {
+    let channel = crate::toolchain::WORKSPACE_CHANNEL;
+    let sysroot = output(
+        Command::new("rustc").args([format!("+{channel}").as_str(), "--print", "sysroot"]),
+        "rustc --print sysroot (the pinned stable)",
+    )?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let rustup_home = dir.join("rustup");
+    let _ = std::fs::remove_dir_all(&rustup_home);
+    let env = Environment::new(dir.join("cargo"), rustup_home)?;
+    let name = sysroot.file_name().context("the sysroot has a name")?;
+    std::os::unix::fs::symlink(&sysroot, env.rustup_home.join("toolchains").join(name))?;
+    std::fs::write(
+        env.rustup_home.join("settings.toml"),
+        format!(
+            "version = \"12\"\ndefault_toolchain = \"{}\"\nprofile = \"minimal\"\n",
+            name.to_string_lossy()
+        ),
+    )?;
+    Ok(env)
+}
+
+pub fn which(program: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
@@ -91,15 +137,12 @@ pub fn check() -> Result<()> {
     let root = workspace_root();
     let dir = root.join("target/stable-only");
     std::fs::create_dir_all(&dir)?;
-    let env = Environment::create(&dir)?;
+    let env = stable_only(&dir)?;
 
-    let toolchains = output(
-        env.command("rustup").args(["toolchain", "list"]),
-        "rustup toolchain list",
-    )?;
+    let toolchains = env.toolchains()?;
     ensure!(
-        toolchains.lines().count() == 1 && !toolchains.contains("nightly"),
-        "the stable-only environment has other toolchains: {toolchains}"
+        toolchains.len() == 1 && !toolchains[0].contains("nightly"),
+        "the stable-only environment has other toolchains: {toolchains:?}"
     );
     let linker = env
         .command("sh")

@@ -1,17 +1,19 @@
-//! Developer tasks for cargo-memleak, run as `cargo xtask <task>`:
+//! Developer tasks for cargo-memleak, run as `cargo xtask <task>`. Every task first gets onto
+//! the workspace's pinned toolchain, installing it when missing ([`toolchain`]).
 //!
 //! - `bootstrap`: make this machine able to build the eBPF programs (the pinned nightly +
 //!   rust-src, a bpf-linker built against its LLVM) and run the tests (a C compiler, valgrind).
 //!   Idempotent and fast when everything is there; each failure names its step.
-//! - `test`: bootstrap, the shipped eBPF object's check, the stable-only install, the second
-//!   glibc, then every test of the workspace (root needed for the tracing tests), then the
-//!   corpus.
+//! - `test`: bootstrap, the shipped eBPF object's check, the stable-only install, the
+//!   fresh-machine check, the second glibc, then every test of the workspace (root needed for
+//!   the tracing tests), then the corpus.
 //! - `corpus`: bootstrap, then `cargo memleak test` on published crates' test suites, each
 //!   test compared with a plain `cargo test` (see [`corpus`]).
 //! - `ebpf [--check]`: write (or check) the shipped eBPF object, see [`ebpf`].
 //! - `install-check`: `cargo install` from a clean clone with stable Rust alone, see [`install`].
+//! - `fresh-check`: the README's commands with only rustup and an older stable, see [`fresh`].
 //! - `glibc`: the fixtures on this glibc and on Debian 13's 2.41, see [`glibc`].
-//! - `demo`: bootstrap, then `cargo memleak run` on the bundled `leaky` fixture.
+//! - `demo`: bootstrap, then `cargo memleak test` on the bundled fixture workspace.
 //! - `bench`: bootstrap, then probe costs, traced and untraced side by side.
 
 use std::{
@@ -25,8 +27,10 @@ use clap::{Parser, Subcommand};
 
 mod corpus;
 mod ebpf;
+mod fresh;
 mod glibc;
 mod install;
+mod toolchain;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -44,6 +48,10 @@ enum Task {
         /// Leave out the corpus (`cargo xtask corpus`).
         #[arg(long)]
         no_corpus: bool,
+        /// Only bootstrap and the workspace's own tests (`cargo test`): what to run between
+        /// commits. CI runs everything.
+        #[arg(long)]
+        quick: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -67,6 +75,9 @@ enum Task {
     /// Install cargo-memleak from a clean clone with stable Rust alone (no nightly, no
     /// bpf-linker) and trace a program with it.
     InstallCheck,
+    /// Bootstrap, then run the README's two commands from a clean clone on a machine that has
+    /// only rustup and an older stable, with auto-install off.
+    FreshCheck,
     /// Bootstrap, then run the fixtures under `cargo memleak exec` on this glibc and in a
     /// Debian 13 root (glibc 2.41, made once with debootstrap): the verdicts must match.
     Glibc,
@@ -95,23 +106,44 @@ enum BenchPart {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    toolchain::enter()?;
     match cli.task {
         Task::Bootstrap => bootstrap(),
-        Task::Test { no_corpus, args } => {
-            bootstrap()?;
-            ebpf::run(true)?;
-            install::check()?;
-            glibc::check(&workspace_root().join("target/debug/cargo-memleak"))?;
-            let mut test = cargo();
-            test.arg("test").args(args).current_dir(workspace_root());
-            run_tests(&mut test)?;
-            if no_corpus {
+        Task::Test {
+            no_corpus,
+            quick,
+            args,
+        } => {
+            let mut steps = Steps::default();
+            steps.time("bootstrap", bootstrap)?;
+            if std::env::var_os(fresh::STOP_AFTER_BOOTSTRAP).is_some() {
+                println!(
+                    "xtask test: bootstrapped; stopping here ({} is set)",
+                    fresh::STOP_AFTER_BOOTSTRAP
+                );
                 return Ok(());
             }
-            run_corpus(corpus::Options {
-                crates: Vec::new(),
-                jobs: default_jobs(),
-            })
+            if !quick {
+                steps.time("the shipped eBPF object", || ebpf::run(true))?;
+                steps.time("install-check", install::check)?;
+                steps.time("fresh-check", fresh::check)?;
+                steps.time("glibc", || {
+                    glibc::check(&workspace_root().join("target/debug/cargo-memleak"))
+                })?;
+            }
+            steps.time("cargo test", || {
+                run_tests(cargo().arg("test").args(&args).current_dir(workspace_root()))
+            })?;
+            if !no_corpus && !quick {
+                steps.time("corpus", || {
+                    run_corpus(corpus::Options {
+                        crates: Vec::new(),
+                        jobs: default_jobs(),
+                    })
+                })?;
+            }
+            steps.print();
+            Ok(())
         }
         Task::Corpus { crates, jobs } => {
             bootstrap()?;
@@ -125,6 +157,10 @@ fn main() -> Result<()> {
             ebpf::run(check)
         }
         Task::InstallCheck => install::check(),
+        Task::FreshCheck => {
+            bootstrap()?;
+            fresh::check()
+        }
         Task::Glibc => {
             bootstrap()?;
             run(
@@ -171,6 +207,37 @@ fn main() -> Result<()> {
     }
 }
 
+/// The steps of `cargo xtask test` and how long each took, printed at the end so that a log
+/// says where the time went.
+#[derive(Default)]
+struct Steps(Vec<(&'static str, Duration)>);
+
+impl Steps {
+    fn time(&mut self, name: &'static str, step: impl FnOnce() -> Result<()>) -> Result<()> {
+        let start = Instant::now();
+        let result = step();
+        self.0.push((name, start.elapsed()));
+        if result.is_err() {
+            self.print();
+        }
+        result
+    }
+
+    fn print(&self) {
+        let total: Duration = self.0.iter().map(|(_, took)| *took).sum();
+        let steps: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, took)| format!("{name} {:.0} s", took.as_secs_f64()))
+            .collect();
+        println!(
+            "xtask test: {:.0} s in all: {}",
+            total.as_secs_f64(),
+            steps.join(", ")
+        );
+    }
+}
+
 fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -198,11 +265,12 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// Cargo, with /dev/null for stdin: nothing here is interactive, and CI runs without one.
-/// sudo's variables are dropped: under them cargo-memleak would run the tests' crates as the
-/// invoking user (tests/tests/privileges.rs sets them where that is the point).
+/// Cargo (rustup's proxy: `RUSTUP_TOOLCHAIN` names the workspace's toolchain, see
+/// [`toolchain::enter`]), with /dev/null for stdin: nothing here is interactive, and CI runs
+/// without one. sudo's variables are dropped: under them cargo-memleak would run the tests'
+/// crates as the invoking user (tests/tests/privileges.rs sets them where that is the point).
 fn cargo() -> Command {
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cargo = Command::new("cargo");
     cargo.stdin(std::process::Stdio::null());
     for var in ["SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND"] {
         cargo.env_remove(var);
@@ -275,8 +343,10 @@ fn output(command: &mut Command, what: &str) -> Result<String> {
 }
 
 fn bootstrap() -> Result<()> {
-    step("the workspace's toolchain", ensure_workspace_toolchain)?;
-    step("the eBPF nightly with rust-src", ensure_ebpf_toolchain)?;
+    // The workspace's own toolchain was installed by `toolchain::enter`, before any task.
+    step("the eBPF nightly with rust-src", || {
+        toolchain::install(&toolchain::ebpf(&workspace_root())?)
+    })?;
     step("bpf-linker", ensure_bpf_linker)?;
     step("Debian packages", || {
         // valgrind: the classification tests compare with memcheck; libcap2-bin (setcap): the
@@ -290,68 +360,13 @@ fn step(name: &str, action: impl FnOnce() -> Result<()>) -> Result<()> {
     action().with_context(|| format!("bootstrap step `{name}` failed"))
 }
 
-fn rustup() -> Command {
-    Command::new("rustup")
-}
-
-/// The `channel` a rust-toolchain.toml file pins.
-fn pinned_channel(file: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    text.lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_owned())
-        })
-        .with_context(|| format!("{} pins no channel", file.display()))
-}
-
-/// The nightly the eBPF programs build with.
-fn ebpf_toolchain() -> Result<String> {
-    pinned_channel(&workspace_root().join("memleak-ebpf/rust-toolchain.toml"))
-}
-
-/// `rustup toolchain install` for a pinned channel: quick when it is there already, and adds
-/// missing components.
-fn install_toolchain(channel: &str, components: &[&str]) -> Result<()> {
-    let mut install = rustup();
-    install.args(["toolchain", "install", channel, "--profile", "minimal"]);
-    for component in components {
-        install.args(["--component", component]);
-    }
-    let out = install
-        .output()
-        .with_context(|| format!("rustup toolchain install {channel}"))?;
-    ensure!(
-        out.status.success(),
-        "rustup toolchain install {channel} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// The toolchain rust-toolchain.toml pins (rustup installs it when cargo first runs; this
-/// makes sure, components included).
-fn ensure_workspace_toolchain() -> Result<()> {
-    let channel = pinned_channel(&workspace_root().join("rust-toolchain.toml"))?;
-    install_toolchain(&channel, &["rustfmt", "clippy"])
-}
-
-fn ensure_ebpf_toolchain() -> Result<()> {
-    install_toolchain(&ebpf_toolchain()?, &["rust-src"])
-}
-
 /// bpf-linker must be built against the LLVM the eBPF nightly uses. Its build finds LLVM
 /// through LLVM_PREFIX; nightly ships only `lib/libLLVM.so.<ver>-rust-<ver>-nightly`, so a
 /// prefix with symlinks (under both names: the linker needs `libLLVM.so`, the binary's RUNPATH
 /// the full name) stands in for an LLVM install. A bpf-linker linked against another nightly's
 /// LLVM is rebuilt.
 fn ensure_bpf_linker() -> Result<()> {
-    let nightly = ebpf_toolchain()?;
+    let nightly = toolchain::ebpf(&workspace_root())?.channel;
     let plus = format!("+{nightly}");
     let version = output(
         Command::new("rustc").args([plus.as_str(), "-vV"]),
