@@ -219,7 +219,7 @@ pub enum Outcome {
     /// `test`: a test failed; `run`: the program lost more than its budget.
     Failed,
     /// `test`: SIGINT or SIGTERM stopped the run (the results so far were reported).
-    Interrupted(crate::testrun::interrupt::Signal),
+    Interrupted(Signal),
 }
 
 impl Outcome {
@@ -230,9 +230,39 @@ impl Outcome {
             Outcome::Incomplete => &INCOMPLETE,
             Outcome::NoTests => &NO_TESTS,
             Outcome::Failed => &FAILED,
-            Outcome::Interrupted(crate::testrun::interrupt::Signal::Int) => &INTERRUPTED,
-            Outcome::Interrupted(crate::testrun::interrupt::Signal::Term) => &TERMINATED,
+            Outcome::Interrupted(Signal::Int) => &INTERRUPTED,
+            Outcome::Interrupted(Signal::Term) => &TERMINATED,
         }
+    }
+}
+
+/// The signal that interrupted a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Signal {
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGTERM")]
+    Term,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+        }
+    }
+
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Int => nix::libc::SIGINT,
+            Signal::Term => nix::libc::SIGTERM,
+        }
+    }
+
+    /// The shell's convention, 128 + the signal's number (130, 143): what the run exits with.
+    pub fn exit_code(self) -> u8 {
+        128 + self.number() as u8
     }
 }
 

@@ -23,36 +23,44 @@
 
 use caps::{CapSet, Capability};
 
-use crate::commands::Command;
 use crate::error::{Error, Result};
 use crate::kernel::Tracefs;
 use crate::tracer::LinkMode;
 
-/// The capabilities `command` needs on this kernel.
-pub fn required(command: &Command) -> Result<Vec<Capability>> {
+/// What a command does that takes privileges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing traced (`test --list`, `test --no-run`).
+    Nothing,
+    /// Uprobes on processes held with ptrace (`test`, `run`, `exec`, `attach`).
+    Uprobes,
+    /// The kernel's tracepoints (`kernel`).
+    Tracepoints,
+}
+
+/// The capabilities a command that `needs` that takes on this kernel.
+pub fn required(needs: Needs) -> Result<Vec<Capability>> {
     use Capability::*;
-    Ok(match command {
-        Command::Kernel(_) => {
+    Ok(match needs {
+        Needs::Nothing => Vec::new(),
+        Needs::Tracepoints => {
             let mut set = vec![CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH];
             if !Tracefs::is_mounted() {
                 set.push(CAP_SYS_ADMIN);
             }
             set
         }
-        // `--list` and `--no-run` only build and list: nothing is traced.
-        Command::Test(options) if options.mode != crate::commands::test::Mode::Run => Vec::new(),
-        Command::Exec(_) | Command::Run(_) | Command::Test(_) | Command::Attach(_) => {
-            match LinkMode::chosen()? {
-                LinkMode::Multi => vec![CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE],
-                LinkMode::PerfEvent => vec![CAP_SYS_ADMIN, CAP_SYS_PTRACE],
-            }
-        }
+        Needs::Uprobes => match LinkMode::chosen()? {
+            LinkMode::Multi => vec![CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE],
+            LinkMode::PerfEvent => vec![CAP_SYS_ADMIN, CAP_SYS_PTRACE],
+        },
     })
 }
 
-/// Fails with [`Error::Privileges`] unless this process has every capability `command` needs.
-pub fn check(command: &Command) -> Result<()> {
-    let required = required(command)?;
+/// Fails with [`Error::Privileges`] unless this process has every capability a command that
+/// `needs` that takes.
+pub fn check(needs: Needs) -> Result<()> {
+    let required = required(needs)?;
     let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
     let missing: Vec<_> = required
         .iter()

@@ -48,8 +48,21 @@ pub fn check() -> Result<()> {
     env.var("RUSTUP_AUTO_INSTALL", "0");
     env.var("RUSTUP_DIST_SERVER", format!("file://{}", dist.display()));
     std::os::unix::fs::symlink(which("bpf-linker")?, env.cargo_home.join("bin/bpf-linker"))?;
-    if !env.toolchains()?.iter().any(|name| name.starts_with(&older.channel)) {
-        rustup(&env, &["toolchain", "install", &older.channel, "--profile", "minimal"])?;
+    if !env
+        .toolchains()?
+        .iter()
+        .any(|name| name.starts_with(&older.channel))
+    {
+        rustup(
+            &env,
+            &[
+                "toolchain",
+                "install",
+                &older.channel,
+                "--profile",
+                "minimal",
+            ],
+        )?;
     }
     rustup(&env, &["default", &older.channel])?;
     let clone = clean_clone(&root, &dir.join("clone"))?;
@@ -59,12 +72,24 @@ pub fn check() -> Result<()> {
     );
 
     let commands: [(&str, &[(&str, &str)], &str); 2] = [
-        ("test", &[(STOP_AFTER_BOOTSTRAP, "1")], "xtask test: bootstrapped"),
-        ("demo", &[], "xtask demo: the three leaking tests failed the leak gate"),
+        (
+            "test",
+            &[(STOP_AFTER_BOOTSTRAP, "1")],
+            "xtask test: bootstrapped",
+        ),
+        (
+            "demo",
+            &[],
+            "xtask demo: the three leaking tests failed the leak gate",
+        ),
     ];
     for (task, vars, done) in commands {
         for pin in &pins {
-            if env.toolchains()?.iter().any(|name| name.starts_with(&pin.channel)) {
+            if env
+                .toolchains()?
+                .iter()
+                .any(|name| name.starts_with(&pin.channel))
+            {
                 rustup(&env, &["toolchain", "uninstall", &pin.channel])?;
             }
         }
@@ -75,7 +100,10 @@ pub fn check() -> Result<()> {
             older.channel
         );
         let start = Instant::now();
-        eprintln!("xtask fresh-check: cargo xtask {task}, with only {} installed", older.channel);
+        eprintln!(
+            "xtask fresh-check: cargo xtask {task}, with only {} installed",
+            older.channel
+        );
         let out = env
             .command("cargo")
             .args(["xtask", task])
@@ -123,8 +151,14 @@ fn clean_clone(root: &Path, clone: &Path) -> Result<PathBuf> {
         command
     };
     if clone.join(".git").exists() {
-        run(git(&["fetch", "--quiet"]).arg(root).arg("HEAD"), "git fetch")?;
-        run(&mut git(&["reset", "--quiet", "--hard", "FETCH_HEAD"]), "git reset")?;
+        run(
+            git(&["fetch", "--quiet"]).arg(root).arg("HEAD"),
+            "git fetch",
+        )?;
+        run(
+            &mut git(&["reset", "--quiet", "--hard", "FETCH_HEAD"]),
+            "git reset",
+        )?;
         run(&mut git(&["clean", "-ffdxq", "-e", "target"]), "git clean")?;
     } else {
         run(
@@ -204,7 +238,14 @@ fn download(dist: &Path, path: &str) -> Result<()> {
     std::fs::create_dir_all(file.parent().context("a file has a directory")?)?;
     run(
         Command::new("curl")
-            .args(["--silent", "--show-error", "--fail", "--location", "--retry", "3"])
+            .args([
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--location",
+                "--retry",
+                "3",
+            ])
             .arg("--output")
             .arg(&partial)
             .arg(format!("{UPSTREAM}/{path}")),

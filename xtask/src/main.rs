@@ -132,7 +132,12 @@ fn main() -> Result<()> {
                 })?;
             }
             steps.time("cargo test", || {
-                run_tests(cargo().arg("test").args(&args).current_dir(workspace_root()))
+                run_tests(
+                    cargo()
+                        .arg("test")
+                        .args(&args)
+                        .current_dir(workspace_root()),
+                )
             })?;
             if !no_corpus && !quick {
                 steps.time("corpus", || {

@@ -11,7 +11,7 @@ pub mod kernel;
 pub mod run;
 pub mod test;
 
-use crate::{error::Result, outcome::Outcome};
+use crate::{error::Result, outcome::Outcome, privileges::Needs};
 
 /// A subcommand with its validated options.
 #[derive(Debug)]
@@ -23,9 +23,23 @@ pub enum Command {
     Kernel(kernel::Options),
 }
 
+impl Command {
+    /// What it does that takes privileges.
+    pub fn needs(&self) -> Needs {
+        match self {
+            Command::Kernel(_) => Needs::Tracepoints,
+            // `--list` and `--no-run` only build and list: nothing is traced.
+            Command::Test(options) if options.mode != test::Mode::Run => Needs::Nothing,
+            Command::Exec(_) | Command::Run(_) | Command::Test(_) | Command::Attach(_) => {
+                Needs::Uprobes
+            }
+        }
+    }
+}
+
 /// Runs `command` to its end.
 pub fn run(command: Command) -> Result<Outcome> {
-    crate::privileges::check(&command)?;
+    crate::privileges::check(command.needs())?;
     match command {
         Command::Exec(options) => exec::exec(&options),
         Command::Run(options) => run::run(&options),

@@ -76,7 +76,7 @@ pub fn test(options: &Options) -> Result<Outcome> {
     let (Some(mut tracer), Mode::Run) = (tracer, options.mode) else {
         if options.mode == Mode::List {
             let listed = list::list_all(built.executables)?;
-            let selection = run::select(&listed.cases, &run_options.filters);
+            let selection = list::select(&listed.cases, &run_options.filters);
             list::print(&selection, run_options.message_format);
         }
         return Ok(Outcome::Ok);
@@ -99,7 +99,7 @@ pub fn test(options: &Options) -> Result<Outcome> {
             .collect()
     });
     let listed = list::list_all(built.executables)?;
-    let selection = run::select(&listed.cases, &run_options.filters);
+    let selection = list::select(&listed.cases, &run_options.filters);
     let note = tracer.prepare_for_many()?;
     if let Some(note) = &note {
         eprintln!("memleak: {note}");

@@ -14,37 +14,10 @@ use std::sync::{
 
 use signal_hook::{SigId, consts::signal};
 
-use crate::error::{Error, Result};
-
-/// The signal that interrupted a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Signal {
-    #[serde(rename = "SIGINT")]
-    Int,
-    #[serde(rename = "SIGTERM")]
-    Term,
-}
-
-impl Signal {
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::Int => "SIGINT",
-            Signal::Term => "SIGTERM",
-        }
-    }
-
-    fn number(self) -> i32 {
-        match self {
-            Signal::Int => signal::SIGINT,
-            Signal::Term => signal::SIGTERM,
-        }
-    }
-
-    /// The shell's convention, 128 + the signal's number (130, 143): what the run exits with.
-    pub fn exit_code(self) -> u8 {
-        128 + self.number() as u8
-    }
-}
+use crate::{
+    error::{Error, Result},
+    outcome::Signal,
+};
 
 /// SIGINT and SIGTERM caught for the length of a test run.
 pub struct Interrupt {

@@ -9,6 +9,7 @@ use std::{
     sync::Arc,
 };
 
+use super::TestFilters;
 use crate::{
     build::Executable,
     error::{Error, Result},
@@ -99,7 +100,7 @@ fn list(binary: &Executable) -> Result<Vec<(String, bool)>> {
 
 /// `--list`: the selected tests, `[binary id] name: test` per line (libtest's terse format
 /// with the binary id), ignored ones marked; or one JSON object per test.
-pub fn print(selection: &super::run::Selection, format: super::MessageFormat) {
+pub fn print(selection: &Selection, format: super::MessageFormat) {
     use std::io::Write as _;
     let mut out = String::new();
     let all = selection
@@ -131,4 +132,59 @@ pub fn print(selection: &super::run::Selection, format: super::MessageFormat) {
         }
     }
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+/// The tests a run selects, in list order.
+pub struct Selection<'a> {
+    /// Those that will run.
+    pub run: Vec<&'a TestCase>,
+    /// Those selected but ignored.
+    pub ignored: Vec<&'a TestCase>,
+    /// How many the filters left out.
+    pub filtered_out: usize,
+}
+
+/// libtest's filters: `filter` matches `[binary id] name` as a substring, or with `--exact`
+/// the name or `[binary id] name` whole; each `--skip` likewise; `--ignored` keeps only the
+/// ignored tests, which then run; `--include-ignored` runs the ignored ones too. Then
+/// `--partition` keeps its shard of the tests that would run (the others count as filtered
+/// out).
+pub fn select<'a>(cases: &'a [TestCase], filters: &TestFilters) -> Selection<'a> {
+    let matches = |pattern: &str, case: &TestCase| {
+        let with_id = format!("[{}] {}", case.binary.id, case.name);
+        if filters.exact {
+            case.name == pattern || with_id == pattern
+        } else {
+            with_id.contains(pattern)
+        }
+    };
+    let mut selection = Selection {
+        run: Vec::new(),
+        ignored: Vec::new(),
+        filtered_out: 0,
+    };
+    for case in cases {
+        let kept = filters
+            .filter
+            .as_deref()
+            .is_none_or(|filter| matches(filter, case))
+            && !filters.skip.iter().any(|skip| matches(skip, case))
+            && (!filters.ignored || case.ignored);
+        if !kept {
+            selection.filtered_out += 1;
+        } else if case.ignored && !filters.ignored && !filters.include_ignored {
+            selection.ignored.push(case);
+        } else {
+            selection.run.push(case);
+        }
+    }
+    if let Some(partition) = filters.partition {
+        let before = selection.run.len();
+        let mut index = 0;
+        selection.run.retain(|case| {
+            index += 1;
+            partition.contains(index - 1, &case.binary.id, &case.name)
+        });
+        selection.filtered_out += before - selection.run.len();
+    }
+    selection
 }

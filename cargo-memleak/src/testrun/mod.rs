@@ -20,7 +20,7 @@ pub mod run;
 
 use std::{path::PathBuf, time::Duration};
 
-pub use result::{Failure, Failures, TestResult};
+pub use result::{Failure, Failures, Stats, TestResult};
 
 use crate::{gate::Gate, session::TraceOptions, spawn::FollowChildren};
 

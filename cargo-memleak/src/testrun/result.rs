@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::{
     gate::{self, Budget, ChildVerdict, Judgement, OverBudget},
     incomplete::{self, Incomplete, Reasons},
+    outcome::Signal,
     report::{Amount, LeakSummary, Stack},
     scan::Gap,
     spawn::ExitStatus,
@@ -40,7 +41,7 @@ pub enum Failure {
         over: OverBudget,
     },
     /// The run was interrupted while it ran; it was killed with its process group.
-    Interrupted { signal: super::interrupt::Signal },
+    Interrupted { signal: Signal },
     /// It lost more than its budget.
     #[serde(untagged)]
     OverBudget(OverBudget),
@@ -158,4 +159,22 @@ pub struct TestResult {
     pub output: Option<String>,
     /// The processes it started that were followed, judged by executable.
     pub children: Vec<ChildVerdict>,
+}
+
+/// A run's counts, for the summary line and the JSON `run-finished`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Stats {
+    pub passed: u64,
+    pub failed: u64,
+    /// Selected but ignored: not run.
+    pub ignored: u64,
+    pub filtered_out: u64,
+    /// Selected to run but never started: the run was interrupted or `--fail-fast` stopped it.
+    pub not_run: u64,
+    #[serde(rename = "elapsed_secs", serialize_with = "seconds")]
+    pub elapsed: Duration,
+    /// The signal that interrupted the run.
+    pub interrupted: Option<Signal>,
+    /// `--fail-fast` stopped the run after a failure.
+    pub cancelled: bool,
 }

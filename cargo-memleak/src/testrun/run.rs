@@ -21,12 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
-
 use super::{
-    Failure, Failures, TestFilters, TestOptions, TestResult,
-    interrupt::{Interrupt, Signal},
-    list::TestCase,
+    Failure, Failures, Stats, TestOptions, TestResult,
+    interrupt::Interrupt,
+    list::{Selection, TestCase},
     reporter::{Reporters, TestEvent},
 };
 use crate::{
@@ -49,28 +47,6 @@ struct Shared<'a> {
     groups: &'a Arc<Groups>,
 }
 
-/// A run's counts, for the summary line and the JSON `run-finished`.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Stats {
-    pub passed: u64,
-    pub failed: u64,
-    /// Selected but ignored: not run.
-    pub ignored: u64,
-    pub filtered_out: u64,
-    /// Selected to run but never started: the run was interrupted or `--fail-fast` stopped it.
-    pub not_run: u64,
-    #[serde(rename = "elapsed_secs", serialize_with = "seconds")]
-    pub elapsed: Duration,
-    /// The signal that interrupted the run.
-    pub interrupted: Option<Signal>,
-    /// `--fail-fast` stopped the run after a failure.
-    pub cancelled: bool,
-}
-
-fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_f64(duration.as_secs_f64())
-}
-
 /// A finished run, with what it borrowed handed back.
 pub struct Ran {
     pub stats: Stats,
@@ -86,62 +62,6 @@ pub struct Ran {
 thread_local! {
     /// One symbolizer per worker thread: it caches each binary's symbols and line tables.
     static SYMBOLIZER: Symbolizer = Symbolizer::new();
-}
-
-/// The tests a run selects, in list order.
-pub struct Selection<'a> {
-    /// Those that will run.
-    pub run: Vec<&'a TestCase>,
-    /// Those selected but ignored.
-    pub ignored: Vec<&'a TestCase>,
-    /// How many the filters left out.
-    pub filtered_out: usize,
-}
-
-/// libtest's filters: `filter` matches `[binary id] name` as a substring, or with `--exact`
-/// the name or `[binary id] name` whole; each `--skip` likewise; `--ignored` keeps only the
-/// ignored tests, which then run; `--include-ignored` runs the ignored ones too. Then
-/// `--partition` keeps its shard of the tests that would run (the others count as filtered
-/// out).
-pub fn select<'a>(cases: &'a [TestCase], filters: &TestFilters) -> Selection<'a> {
-    let matches = |pattern: &str, case: &TestCase| {
-        let with_id = format!("[{}] {}", case.binary.id, case.name);
-        if filters.exact {
-            case.name == pattern || with_id == pattern
-        } else {
-            with_id.contains(pattern)
-        }
-    };
-    let mut selection = Selection {
-        run: Vec::new(),
-        ignored: Vec::new(),
-        filtered_out: 0,
-    };
-    for case in cases {
-        let kept = filters
-            .filter
-            .as_deref()
-            .is_none_or(|filter| matches(filter, case))
-            && !filters.skip.iter().any(|skip| matches(skip, case))
-            && (!filters.ignored || case.ignored);
-        if !kept {
-            selection.filtered_out += 1;
-        } else if case.ignored && !filters.ignored && !filters.include_ignored {
-            selection.ignored.push(case);
-        } else {
-            selection.run.push(case);
-        }
-    }
-    if let Some(partition) = filters.partition {
-        let before = selection.run.len();
-        let mut index = 0;
-        selection.run.retain(|case| {
-            index += 1;
-            partition.contains(index - 1, &case.binary.id, &case.name)
-        });
-        selection.filtered_out += before - selection.run.len();
-    }
-    selection
 }
 
 /// What a worker tells the runner's thread.

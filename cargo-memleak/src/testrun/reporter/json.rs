@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::{Reporter, TestEvent};
 use crate::{
     error::Result,
-    testrun::{TestResult, interrupt::Signal, run::Stats},
+    outcome::Signal,
+    testrun::{Stats, TestResult},
 };
 
 /// The JSON reporter.

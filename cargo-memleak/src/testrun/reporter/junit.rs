@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Mutex, time::Duration};
 
-use super::{Reporter, TestEvent, human::failure_message};
+use super::{Reporter, TestEvent, failure::failure_message};
 use crate::{
     error::{Error, Result},
     fsutil,

@@ -1,7 +1,8 @@
 //! The reporters of a test run and the one stream of events they consume (nextest's
 //! `reporter/`): the scheduler ([`super::run`]) and the driver ([`crate::commands::test`]) emit
 //! [`TestEvent`]s; [`human`], [`json`], [`junit`], [`pictures`] (folded stacks, flame graph),
-//! [`progress`] and [`github`] render them.
+//! [`progress`] and [`github`] render them ([`failure`]: a failed test's text, which human and
+//! JUnit both show).
 //!
 //! Invariants: events arrive in run order, all from the runner's thread: `RunStarted`, then
 //! per test `TestStarted`, any `TestSlow`, `TestFinished` (and `Interrupted` at most once in
@@ -10,6 +11,7 @@
 //! the order they were listed: the progress line is erased before anything else prints, and
 //! the JUnit file is written after the lines of the same event. Reporters only format.
 
+pub mod failure;
 pub mod github;
 pub mod human;
 pub mod json;
@@ -19,8 +21,12 @@ pub mod progress;
 
 use std::time::Duration;
 
-use super::{MessageFormat, TestOptions, TestResult, interrupt::Signal, run::Stats};
-use crate::{error::Result, gate::StaleEntry, outcome::Outcome};
+use super::{MessageFormat, Stats, TestOptions, TestResult};
+use crate::{
+    error::Result,
+    gate::StaleEntry,
+    outcome::{Outcome, Signal},
+};
 
 /// What happened in a test run.
 #[derive(Clone, Copy, Debug)]
