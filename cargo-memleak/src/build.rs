@@ -14,7 +14,10 @@ use std::{
 
 use cargo_metadata::{Message, Metadata, MetadataCommand, TargetKind};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    user::{self, RunAs},
+};
 
 /// How to build, shared by `run` and `test`: manifest, features, profile, target dir, lock
 /// flags, as cargo takes them.
@@ -123,16 +126,17 @@ impl BuildOptions {
         .collect()
     }
 
-    pub fn metadata(&self) -> Result<Metadata> {
+    /// `cargo metadata`, run as `run_as` (see [`crate::user`]).
+    pub fn metadata(&self, run_as: Option<&RunAs>) -> Result<Metadata> {
         let mut command = MetadataCommand::new();
         command.no_deps();
         if let Some(path) = &self.manifest_path {
             command.manifest_path(path);
         }
         command.other_options(self.lock_flags());
-        command.cargo_path(crate::user::cargo());
+        command.cargo_path(user::cargo(run_as));
         let mut cargo = command.cargo_command();
-        crate::user::apply(&mut cargo);
+        user::apply(&mut cargo, run_as);
         let output = cargo.output().map_err(|err| Error::Metadata {
             stderr: format!("running cargo metadata: {err}"),
         })?;
@@ -158,6 +162,7 @@ impl BuildOptions {
         metadata: &Metadata,
         subcommand: &[&str],
         selection: &[String],
+        run_as: Option<&RunAs>,
     ) -> Result<Vec<Artifact>> {
         let target_dir = self.target_dir.clone().unwrap_or_else(|| {
             metadata
@@ -165,8 +170,8 @@ impl BuildOptions {
                 .join("memleak")
                 .into_std_path_buf()
         });
-        let mut command = Command::new(crate::user::cargo());
-        crate::user::apply(&mut command);
+        let mut command = Command::new(user::cargo(run_as));
+        user::apply(&mut command, run_as);
         command.args(subcommand);
         command.arg("--message-format=json-render-diagnostics");
         if let Some(path) = &self.manifest_path {
@@ -228,9 +233,9 @@ impl BuildOptions {
         Ok(artifacts)
     }
 
-    /// Builds the binary `cargo run` would run, with frame pointers.
-    pub fn build_binary(&self, selection: &RunSelection) -> Result<Built> {
-        let metadata = self.metadata()?;
+    /// Builds the binary `cargo run` would run, with frame pointers, as `run_as`.
+    pub fn build_binary(&self, selection: &RunSelection, run_as: Option<&RunAs>) -> Result<Built> {
+        let metadata = self.metadata(run_as)?;
         let mut args = Vec::new();
         if let Some(package) = &selection.package {
             args.extend(["--package".to_owned(), package.clone()]);
@@ -242,7 +247,7 @@ impl BuildOptions {
             args.extend(["--example".to_owned(), example.clone()]);
         }
         let mut executables: Vec<Artifact> = self
-            .cargo(&metadata, &["build"], &args)?
+            .cargo(&metadata, &["build"], &args, run_as)?
             .into_iter()
             .filter(|artifact| {
                 artifact
@@ -290,9 +295,14 @@ impl BuildOptions {
         })
     }
 
-    /// Builds test targets like `cargo test --no-run`, with frame pointers.
-    pub fn build_tests(&self, selection: &TestSelection) -> Result<Built> {
-        let metadata = self.metadata()?;
+    /// Builds test targets like `cargo test --no-run`, with frame pointers, as `run_as`, in the
+    /// workspace `metadata` describes.
+    pub fn build_tests(
+        &self,
+        metadata: &Metadata,
+        selection: &TestSelection,
+        run_as: Option<&RunAs>,
+    ) -> Result<Built> {
         let mut args = Vec::new();
         let mut flag = |name: &str, on: bool| {
             if on {
@@ -316,7 +326,7 @@ impl BuildOptions {
                 args.extend([name.to_owned(), value.clone()]);
             }
         }
-        let artifacts = self.cargo(&metadata, &["test", "--no-run"], &args)?;
+        let artifacts = self.cargo(metadata, &["test", "--no-run"], &args, run_as)?;
         // Integration tests find their package's binaries through CARGO_BIN_EXE_<name>.
         let bins: Vec<(cargo_metadata::PackageId, String, PathBuf)> = artifacts
             .iter()
@@ -343,7 +353,7 @@ impl BuildOptions {
                         )
                     })
                     .collect();
-                executable(&metadata, artifact, &package_bins)
+                executable(metadata, artifact, &package_bins)
             })
             .collect();
         executables.sort_by(|a, b| a.id.cmp(&b.id));

@@ -602,6 +602,7 @@ impl TestArgs {
                     full_stacks: self.full_stacks,
                 },
                 rerun_args: self.rerun_args(),
+                run_as: crate::user::select(self.user.user.as_deref())?,
             },
         })
     }
@@ -1167,18 +1168,9 @@ impl Cli {
     /// Checks every argument and builds the command's options.
     pub fn validate(self) -> Result<commands::Command> {
         Ok(match self.command {
-            Commands::Exec(args) => {
-                crate::user::select(args.user.user.as_deref())?;
-                commands::Command::Exec(Box::new(args.options()?))
-            }
-            Commands::Run(args) => {
-                crate::user::select(args.user.user.as_deref())?;
-                commands::Command::Run(Box::new(args.options()?))
-            }
-            Commands::Test(args) => {
-                crate::user::select(args.user.user.as_deref())?;
-                commands::Command::Test(Box::new(args.options()?))
-            }
+            Commands::Exec(args) => commands::Command::Exec(Box::new(args.options()?)),
+            Commands::Run(args) => commands::Command::Run(Box::new(args.options()?)),
+            Commands::Test(args) => commands::Command::Test(Box::new(args.options()?)),
             Commands::Attach(args) => commands::Command::Attach(attach::Options {
                 pid: args.pid,
                 periodic: args.periodic.options(&args.trace.record)?,
@@ -1236,6 +1228,7 @@ impl ExecArgs {
             )
         })?;
         let mut command = Command::new(program.clone(), rest.to_vec());
+        command.run_as = crate::user::select(self.user.user.as_deref())?;
         // Outside a workspace, its targets are the program itself.
         command.follow = self.follow.or(FollowChildren::None).follow(|| {
             crate::spawn::resolve_program(program)
@@ -1273,6 +1266,7 @@ impl RunArgs {
             trace: self.trace.options(Limits::default()),
             follow_children: self.follow.or(FollowChildren::Workspace),
             args: self.args.clone(),
+            run_as: crate::user::select(self.user.user.as_deref())?,
         })
     }
 }

@@ -4,17 +4,25 @@
 //! Invariants: a regular file is replaced whole, through a temporary file in its own directory,
 //! or left as it was, and keeps its permissions; a symlink stays a symlink (its target is
 //! replaced); anything else that exists (a device such as /dev/null, a FIFO) is written in
-//! place, never renamed over. Under sudo a new file belongs to the invoking user
-//! ([`crate::user`]), not root.
+//! place, never renamed over. Under sudo a new file belongs to the invoking user (the `owner`
+//! the command's options carry, see [`crate::user`]), not root.
 
 use std::{io::Write as _, path::PathBuf};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    user::{self, RunAs},
+};
 
 /// Writes a regular file through a temporary file in the same directory, so a reader never
 /// sees half a file and a failed write leaves the old one. Anything else that exists (a
 /// device such as /dev/null, a FIFO) is written in place: renaming over it would replace it.
-pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> Result<()> {
+/// A new file is given to `owner`.
+pub fn write_atomically(
+    path: &std::path::Path,
+    contents: &[u8],
+    owner: Option<&RunAs>,
+) -> Result<()> {
     let write_error = |source| Error::Write {
         path: path.to_owned(),
         source,
@@ -48,7 +56,7 @@ pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> Result<()> {
     file_name.push(format!(".tmp{}", std::process::id()));
     let temporary = dir.join(file_name);
     std::fs::write(&temporary, contents)
-        .and_then(|()| crate::user::give(&temporary))
+        .and_then(|()| user::give(&temporary, owner))
         .map_err(write_error)?;
     if let Some(meta) = &existing {
         std::fs::set_permissions(&temporary, meta.permissions()).map_err(write_error)?;
@@ -113,7 +121,7 @@ mod tests {
         let dir = scratch("regular");
         let path = dir.join("report.json");
         std::fs::write(&path, "old and longer").unwrap();
-        write_atomically(&path, b"new").unwrap();
+        write_atomically(&path, b"new", None).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
@@ -134,7 +142,7 @@ mod tests {
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
         let link = dir.join("memleak-baseline.json");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        write_atomically(&link, b"new").unwrap();
+        write_atomically(&link, b"new", None).unwrap();
         assert!(
             std::fs::symlink_metadata(&link)
                 .unwrap()
@@ -157,7 +165,7 @@ mod tests {
             let path = path.clone();
             std::thread::spawn(move || std::fs::read_to_string(path).unwrap())
         };
-        write_atomically(&path, b"report").unwrap();
+        write_atomically(&path, b"report", None).unwrap();
         assert_eq!(reader.join().unwrap(), "report");
         let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
         assert!(kind.is_fifo(), "still a FIFO: {kind:?}");

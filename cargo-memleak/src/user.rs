@@ -4,16 +4,17 @@
 //! HOME, CARGO_HOME and RUSTUP_HOME. Only the tracer itself keeps root's privileges, and the
 //! files it writes (baselines, reports, JUnit) are handed to that user.
 //!
-//! Invariants: chosen once, before any work ([`select`]), and read everywhere through
-//! [`current`]; `None` means "as we are" (not root, not under sudo, or `--user root`). The
-//! switch happens in the child between `fork` and `execve`, supplementary groups first, then
-//! the group, then the user, so nothing of the crate ever runs with root's ids.
+//! Invariants: chosen once, before any work ([`select`], from `Cli::validate`), and carried in
+//! the options of the command (`run_as`), which its driver passes to everything that starts
+//! the crate's code or writes a file for the user; `None` means "as we are" (not root, not
+//! under sudo, or `--user root`). The switch happens in the child between `fork` and `execve`,
+//! supplementary groups first, then the group, then the user, so nothing of the crate ever runs
+//! with root's ids.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use nix::libc;
 use nix::unistd::{Gid, Uid, User};
@@ -33,31 +34,22 @@ pub struct RunAs {
     pub rustup_home: PathBuf,
 }
 
-static CURRENT: OnceLock<Option<RunAs>> = OnceLock::new();
-
 /// Chooses the user for this run: `--user USER` when given, else the one `sudo` names in
-/// SUDO_UID / SUDO_GID when we are root. Called once, before any work; later calls are ignored.
-pub fn select(flag: Option<&str>) -> Result<()> {
-    let run_as = RunAs::resolve(flag)?;
-    let _ = CURRENT.set(run_as);
-    Ok(())
+/// SUDO_UID / SUDO_GID when we are root; `None` to run everything as we are.
+pub fn select(flag: Option<&str>) -> Result<Option<RunAs>> {
+    RunAs::resolve(flag)
 }
 
-/// The user chosen by [`select`], if it is not the one we run as.
-pub fn current() -> Option<&'static RunAs> {
-    CURRENT.get().and_then(Option::as_ref)
-}
-
-/// Applies [`current`] to a command that runs the crate's code (see [`RunAs::apply`]).
-pub fn apply(command: &mut std::process::Command) {
-    if let Some(run_as) = current() {
+/// Applies `run_as` to a command that runs the crate's code (see [`RunAs::apply`]).
+pub fn apply(command: &mut std::process::Command, run_as: Option<&RunAs>) {
+    if let Some(run_as) = run_as {
         run_as.apply(command);
     }
 }
 
-/// Hands a file cargo-memleak created to the [`current`] user.
-pub fn give(path: &Path) -> std::io::Result<()> {
-    match current() {
+/// Hands a file cargo-memleak created to `owner`.
+pub fn give(path: &Path, owner: Option<&RunAs>) -> std::io::Result<()> {
+    match owner {
         Some(run_as) => std::os::unix::fs::chown(path, Some(run_as.uid), Some(run_as.gid)),
         None => Ok(()),
     }
@@ -65,8 +57,8 @@ pub fn give(path: &Path) -> std::io::Result<()> {
 
 /// The cargo to run: the user's own (CARGO_HOME/bin/cargo) when running as another user, else
 /// the one that started us (`CARGO`), else `cargo` from PATH.
-pub fn cargo() -> OsString {
-    if let Some(run_as) = current() {
+pub fn cargo(run_as: Option<&RunAs>) -> OsString {
+    if let Some(run_as) = run_as {
         let own = run_as.cargo_home.join("bin/cargo");
         if own.exists() {
             return own.into_os_string();

@@ -198,6 +198,7 @@ fn draw(path: Option<&std::path::Path>, snapshot: &report::Snapshot, pid: u32) -
             path,
             &report::folded::fold_stacks(&snapshot.stacks),
             &format!("pid {pid}"),
+            None,
         ),
         None => Ok(()),
     }

@@ -147,7 +147,8 @@ pub fn trace_and_report(
         None => report::render(&report, options.format),
     };
     match &options.output {
-        Some(path) => fsutil::write_atomically(path, rendered.as_bytes())?,
+        // Under sudo the files written for the user are the user's, as the program is.
+        Some(path) => fsutil::write_atomically(path, rendered.as_bytes(), command.run_as.as_ref())?,
         None => {
             let _ = std::io::stderr().write_all(rendered.as_bytes());
         }
@@ -155,7 +156,7 @@ pub fn trace_and_report(
     if let Some(path) = &options.flamegraph {
         let every = report::build(&run, &report::folded::all_stacks(&options.report));
         let lines = report::folded::fold_stacks(&every.stacks);
-        report::folded::write_flamegraph(path, &lines, &report.program)?;
+        report::folded::write_flamegraph(path, &lines, &report.program, command.run_as.as_ref())?;
     }
     // Waits for the probes' removal (see Tracer::detach).
     let start = Instant::now();

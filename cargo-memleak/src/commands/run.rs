@@ -15,6 +15,7 @@ use crate::{
     outcome::Outcome,
     session::{TraceOptions, TracedRun},
     spawn::{Command, FollowChildren},
+    user::RunAs,
 };
 
 /// `cargo memleak run`'s options.
@@ -29,11 +30,15 @@ pub struct Options {
     pub follow_children: FollowChildren,
     /// Arguments for the binary.
     pub args: Vec<OsString>,
+    /// Under sudo (or `--user`): who the build and the binary run as, and who the files
+    /// written for the user (baseline, report, picture) belong to.
+    pub run_as: Option<RunAs>,
 }
 
 pub fn run(options: &Options) -> Result<Outcome> {
     options.report.check_outputs()?;
-    let built = options.build.build_binary(&options.selection)?;
+    let run_as = options.run_as.as_ref();
+    let built = options.build.build_binary(&options.selection, run_as)?;
     let gate = options.gate.load(&built.workspace_root)?;
     let Some(executable) = built.executables.into_iter().next() else {
         return Err(Error::Selection("cargo built no binary to run".into()));
@@ -41,6 +46,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
     let path = std::fs::canonicalize(&executable.path).unwrap_or(executable.path.clone());
     let mut command = Command::new(executable.path.into_os_string(), options.args.clone());
     command.env = executable.env;
+    command.run_as = options.run_as.clone();
     command.follow = options
         .follow_children
         .follow(|| std::iter::once(path).collect());
@@ -48,16 +54,21 @@ pub fn run(options: &Options) -> Result<Outcome> {
     if let Some(outcome) = traced.failure(gate.options.allow_incomplete) {
         return Ok(outcome);
     }
-    judge(&traced.run, &gate, &executable.id)
+    judge(&traced.run, &gate, &executable.id, run_as)
 }
 
 /// The run's lost memory against `runs[binary_id]`.
-fn judge(run: &TracedRun, gate: &LoadedGate, binary_id: &str) -> Result<Outcome> {
+fn judge(
+    run: &TracedRun,
+    gate: &LoadedGate,
+    binary_id: &str,
+    owner: Option<&RunAs>,
+) -> Result<Outcome> {
     let budget = gate.baseline.runs.get(binary_id);
-    let (_, judgement) = gate.judge(run, budget);
-    let children = gate.judge_children(run, budget);
+    let (report, judgement) = gate.judge(run, budget);
+    let children = gate.judge_children(run, &report, budget);
     if gate.options.bless {
-        gate.bless_run(binary_id, &judgement, &children)?;
+        gate.bless_run(binary_id, &judgement, &children, owner)?;
         eprintln!(
             "memleak: blessed {}: {binary_id} may lose {} bytes in {} blocks",
             gate.path.display(),

@@ -24,6 +24,7 @@ use crate::{
         reporter::{Reporters, TestEvent},
         run,
     },
+    user::RunAs,
 };
 
 /// What `cargo memleak test` does once the tests are built.
@@ -64,7 +65,8 @@ pub fn test(options: &Options) -> Result<Outcome> {
     } else {
         None
     };
-    let metadata = options.build.metadata()?;
+    let run_as = run_options.run_as.as_ref();
+    let metadata = options.build.metadata(run_as)?;
     let workspace_root = metadata.workspace_root.clone().into_std_path_buf();
     let gate = run_options.gate.load(&workspace_root)?;
     let workspace_members: BTreeSet<String> = metadata
@@ -72,10 +74,12 @@ pub fn test(options: &Options) -> Result<Outcome> {
         .iter()
         .map(|package| package.name.to_string())
         .collect();
-    let built = options.build.build_tests(&options.selection)?;
+    let built = options
+        .build
+        .build_tests(&metadata, &options.selection, run_as)?;
     let (Some(mut tracer), Mode::Run) = (tracer, options.mode) else {
         if options.mode == Mode::List {
-            let listed = list::list_all(built.executables)?;
+            let listed = list::list_all(built.executables, run_as)?;
             let selection = list::select(&listed.cases, &run_options.filters);
             list::print(&selection, run_options.message_format);
         }
@@ -98,7 +102,7 @@ pub fn test(options: &Options) -> Result<Outcome> {
             .map(|path| std::fs::canonicalize(&path).unwrap_or(path))
             .collect()
     });
-    let listed = list::list_all(built.executables)?;
+    let listed = list::list_all(built.executables, run_as)?;
     let selection = list::select(&listed.cases, &run_options.filters);
     let note = tracer.prepare_for_many()?;
     if let Some(note) = &note {
@@ -158,7 +162,7 @@ pub fn test(options: &Options) -> Result<Outcome> {
         Outcome::Ok
     };
     if gate.options.bless && stats.interrupted.is_none() {
-        outcome = bless(&gate, &results, &stale, outcome)?;
+        outcome = bless(&gate, &results, &stale, outcome, run_as)?;
     }
     reporters.report(&TestEvent::RunFinished {
         stats: &stats,
@@ -186,6 +190,7 @@ fn bless(
     results: &[TestResult],
     stale: &[StaleEntry],
     outcome: Outcome,
+    owner: Option<&RunAs>,
 ) -> Result<Outcome> {
     let blessing = gate.bless_tests(
         results.iter().map(|result| Measured {
@@ -196,6 +201,7 @@ fn bless(
             measured: !result.failures.unmeasured(),
         }),
         stale,
+        owner,
     )?;
     match blessing {
         Blessing::Refused { unmeasured } => {

@@ -132,11 +132,12 @@ impl Baseline {
         })
     }
 
-    /// Writes the baseline atomically: sorted keys, two-space indent, trailing newline.
-    pub fn write(&self, path: &Path) -> Result<()> {
+    /// Writes the baseline atomically: sorted keys, two-space indent, trailing newline; a new
+    /// file is `owner`'s.
+    pub fn write(&self, path: &Path, owner: Option<&crate::user::RunAs>) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
         text.push('\n');
-        crate::fsutil::write_atomically(path, text.as_bytes())
+        crate::fsutil::write_atomically(path, text.as_bytes(), owner)
     }
 }
 
@@ -300,7 +301,7 @@ pub(super) mod tests {
                 ..Budget::default()
             },
         );
-        baseline.write(&path).unwrap();
+        baseline.write(&path, None).unwrap();
         assert_eq!(Baseline::read(&path).unwrap(), baseline);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("{\n  \"version\": 1,\n"), "{text}");

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::{Budget, ChildVerdict, FailOn, Judgement, LoadedGate, StaleEntry};
-use crate::error::Result;
+use crate::{error::Result, user::RunAs};
 
 /// What `cargo memleak test --bless` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +61,7 @@ impl LoadedGate {
         binary_id: &str,
         judgement: &Judgement,
         children: &[ChildVerdict],
+        owner: Option<&RunAs>,
     ) -> Result<()> {
         let mut blessed = self.baseline.clone();
         set_budget(
@@ -70,7 +71,7 @@ impl LoadedGate {
             children,
             self.options.fail_on,
         );
-        blessed.write(&self.path)
+        blessed.write(&self.path, owner)
     }
 
     /// `cargo memleak test --bless`: every test's budget becomes what it lost, and stale
@@ -79,6 +80,7 @@ impl LoadedGate {
         &self,
         results: impl IntoIterator<Item = Measured<'a>>,
         stale: &[StaleEntry],
+        owner: Option<&RunAs>,
     ) -> Result<Blessing> {
         let results: Vec<Measured> = results.into_iter().collect();
         let unmeasured: Vec<String> = results
@@ -117,7 +119,7 @@ impl LoadedGate {
             }
         }
         baseline.tests.retain(|_, tests| !tests.is_empty());
-        baseline.write(&self.path)?;
+        baseline.write(&self.path, owner)?;
         Ok(Blessing::Written {
             budgets: baseline.tests.values().map(BTreeMap::len).sum(),
         })

@@ -14,8 +14,8 @@ use serde::Serialize;
 use super::{Budget, Judgement, LoadedGate, judge, lost_stacks};
 use crate::{
     incomplete::Incomplete,
-    report::{self, Amount, LeakSummary, Stack},
-    session::{ChildFate, TracedRun},
+    report::{Amount, LeakSummary, Report, Stack},
+    session::{ChildFate, ChildRun, TracedRun},
     spawn::ExitStatus,
 };
 
@@ -81,22 +81,29 @@ pub struct ChildVerdict {
 }
 
 impl LoadedGate {
-    /// Judges the children of `run`, by executable, against `budget`'s children.
-    pub fn judge_children(&self, run: &TracedRun, budget: Option<&Budget>) -> Vec<ChildVerdict> {
-        let mut by_executable: BTreeMap<String, Vec<&crate::session::ChildRun>> = BTreeMap::new();
-        for child in &run.children {
+    /// Judges the children of `run`, by executable, against `budget`'s children, from their
+    /// reports in `report` ([`LoadedGate::judge`]'s, which lists every stack).
+    pub fn judge_children(
+        &self,
+        run: &TracedRun,
+        report: &Report,
+        budget: Option<&Budget>,
+    ) -> Vec<ChildVerdict> {
+        type Child<'a> = (&'a ChildRun, Option<&'a Report>);
+        let mut by_executable: BTreeMap<String, Vec<Child>> = BTreeMap::new();
+        // `report::build` made one child report per child of the run, in its order.
+        debug_assert!(
+            run.children
+                .iter()
+                .zip(&report.children)
+                .all(|(child, its)| child.pid == its.pid)
+        );
+        for (child, its) in run.children.iter().zip(&report.children) {
             by_executable
                 .entry(executable_name(child))
                 .or_default()
-                .push(child);
+                .push((child, its.report.as_ref()));
         }
-        let every_stack = report::Options {
-            stacks: report::StackOptions {
-                top: usize::MAX,
-                ..report::StackOptions::default()
-            },
-            show_reachable: true,
-        };
         by_executable
             .into_iter()
             .map(|(executable, children)| {
@@ -104,7 +111,7 @@ impl LoadedGate {
                 let mut leak_summary = LeakSummary::default();
                 let mut incomplete = Vec::new();
                 let mut processes = Vec::new();
-                for child in children {
+                for (child, child_report) in children {
                     let fate = match (&child.fate, &child.run) {
                         (ChildFate::Untraced(error), _) => {
                             incomplete.push(Incomplete::ChildUntraced {
@@ -123,8 +130,7 @@ impl LoadedGate {
                         },
                         (ChildFate::Scanned, None) => Fate::StillRunning,
                     };
-                    if let Some(child_run) = &child.run {
-                        let report = report::build(child_run, &every_stack);
+                    if let Some(report) = child_report {
                         leak_summary.merge(&report.leak_summary);
                         incomplete.extend(report.incomplete.0.iter().map(|reason| {
                             Incomplete::Child {
@@ -133,7 +139,7 @@ impl LoadedGate {
                                 reason: Box::new(reason.clone()),
                             }
                         }));
-                        stacks.extend(report.stacks);
+                        stacks.extend(report.stacks.iter().cloned());
                     }
                     processes.push(ChildProcess {
                         pid: child.pid,
@@ -171,7 +177,7 @@ impl LoadedGate {
 
 /// The file name a child's budget is keyed by, without the hash cargo appends to a test
 /// binary's (`children-565f254d053194d5` is `children`), which changes from build to build.
-fn executable_name(child: &crate::session::ChildRun) -> String {
+fn executable_name(child: &ChildRun) -> String {
     let name = child
         .executable
         .as_deref()

@@ -95,8 +95,13 @@ pub fn all_stacks(options: &super::Options) -> super::Options {
 }
 
 /// Draws `lines` (folded) as an SVG flame graph of bytes with inferno and writes it to `path`
-/// atomically. With no stack at all, the picture says so.
-pub fn write_flamegraph(path: &Path, lines: &[String], title: &str) -> Result<()> {
+/// atomically (a new file is `owner`'s). With no stack at all, the picture says so.
+pub fn write_flamegraph(
+    path: &Path,
+    lines: &[String],
+    title: &str,
+    owner: Option<&crate::user::RunAs>,
+) -> Result<()> {
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_owned();
     options.count_name = "bytes".to_owned();
@@ -114,7 +119,7 @@ pub fn write_flamegraph(path: &Path, lines: &[String], title: &str) -> Result<()
             });
         }
     }
-    fsutil::write_atomically(path, &svg)
+    fsutil::write_atomically(path, &svg, owner)
 }
 
 #[cfg(test)]

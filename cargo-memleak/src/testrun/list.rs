@@ -13,6 +13,7 @@ use super::TestFilters;
 use crate::{
     build::Executable,
     error::{Error, Result},
+    user::{self, RunAs},
 };
 
 /// One test to run.
@@ -32,12 +33,12 @@ pub struct Listed {
 }
 
 /// Lists the tests of every one of `executables`.
-pub fn list_all(executables: Vec<Executable>) -> Result<Listed> {
+pub fn list_all(executables: Vec<Executable>, run_as: Option<&RunAs>) -> Result<Listed> {
     let mut cases = Vec::new();
     let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for executable in executables {
         let binary = Arc::new(executable);
-        let tests = list(&binary)?;
+        let tests = list(&binary, run_as)?;
         let names = listed.entry(binary.id.clone()).or_default();
         for (name, ignored) in tests {
             names.insert(name.clone());
@@ -55,7 +56,7 @@ pub fn list_all(executables: Vec<Executable>) -> Result<Listed> {
 }
 
 /// `BIN --list --format terse` (and `--ignored`): every test, and whether it is ignored.
-fn list(binary: &Executable) -> Result<Vec<(String, bool)>> {
+fn list(binary: &Executable, run_as: Option<&RunAs>) -> Result<Vec<(String, bool)>> {
     let run = |extra: &[&str]| -> Result<Vec<String>> {
         let mut command = std::process::Command::new(&binary.path);
         command
@@ -64,7 +65,7 @@ fn list(binary: &Executable) -> Result<Vec<(String, bool)>> {
             .current_dir(&binary.package_dir)
             .envs(binary.env.iter().map(|(name, value)| (name, value)))
             .stdin(std::process::Stdio::null());
-        crate::user::apply(&mut command);
+        user::apply(&mut command, run_as);
         let output = command.output().map_err(|err| Error::Listing {
             binary: binary.path.clone(),
             detail: err.to_string(),

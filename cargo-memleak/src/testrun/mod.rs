@@ -22,7 +22,7 @@ use std::{path::PathBuf, time::Duration};
 
 pub use result::{Failure, Failures, Stats, TestResult};
 
-use crate::{gate::Gate, session::TraceOptions, spawn::FollowChildren};
+use crate::{gate::Gate, session::TraceOptions, spawn::FollowChildren, user::RunAs};
 
 /// Which tests run, as `cargo test` takes it after the options.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +79,9 @@ pub struct TestOptions {
     /// The options a failed test's rerun command repeats (`--manifest-path`, `--baseline`,
     /// ...), as given.
     pub rerun_args: Vec<String>,
+    /// Under sudo (or `--user`): who the build, the listing and the tests run as, and who the
+    /// files written for the user (baseline, JUnit, pictures) belong to.
+    pub run_as: Option<RunAs>,
 }
 
 /// The human output's choices.

@@ -97,9 +97,8 @@ pub fn run(
             .collect()
     };
     let ignored = named(&selection.ignored);
-    let names = named(to_run);
     reporters.report(&TestEvent::RunStarted {
-        tests: &names,
+        tests: &named(to_run),
         ignored: &ignored,
         jobs: options.jobs,
     })?;
@@ -114,126 +113,49 @@ pub fn run(
     };
     let stop = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
-    let mut stats = Stats {
-        ignored: ignored.len() as u64,
-        filtered_out: selection.filtered_out as u64,
-        ..Stats::default()
+    let mut runner = Runner {
+        to_run,
+        options,
+        reporters: &reporters,
+        stop: &stop,
+        groups: &groups,
+        stats: Stats {
+            ignored: ignored.len() as u64,
+            filtered_out: selection.filtered_out as u64,
+            ..Stats::default()
+        },
+        results: Vec::new(),
+        started: 0,
+        running: BTreeMap::new(),
+        killed: Vec::new(),
+        failure: None,
     };
-    let mut results = Vec::new();
-    let mut started = 0usize;
-    let mut failure: Option<crate::error::Error> = None;
     std::thread::scope(|scope| {
         let (sender, receiver) = mpsc::channel::<Message>();
         for _ in 0..options.jobs.clamp(1, to_run.len().max(1)) {
             let sender = sender.clone();
             let (shared, stop, next) = (&shared, &stop, &next);
-            scope.spawn(move || {
-                loop {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let index = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(case) = to_run.get(index) else {
-                        break;
-                    };
-                    if sender.send(Message::Started(index)).is_err() {
-                        break;
-                    }
-                    let result = run_one(shared, case);
-                    // Decided here, before this worker loops for its next test: the receiving
-                    // loop may see this result only after that.
-                    if shared.options.fail_fast && !result.failures.is_empty() {
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                    if sender
-                        .send(Message::Finished(index, Box::new(result)))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
+            scope.spawn(move || work(shared, to_run, stop, next, &sender));
         }
         drop(sender);
-        let mut running: BTreeMap<usize, Running> = BTreeMap::new();
-        // The tests that were running when the run was interrupted.
-        let mut killed: Vec<usize> = Vec::new();
-        let mut report = |event: &TestEvent| {
-            if let Err(err) = reporters.report(event)
-                && failure.is_none()
-            {
-                failure = Some(err);
-            }
-        };
         loop {
             match receiver.recv_timeout(Duration::from_millis(50)) {
-                Ok(Message::Started(index)) => {
-                    started += 1;
-                    running.insert(
-                        index,
-                        Running {
-                            since: Instant::now(),
-                            slow_periods: 0,
-                        },
-                    );
-                    let case = to_run[index];
-                    report(&TestEvent::TestStarted {
-                        binary_id: &case.binary.id,
-                        test: &case.name,
-                    });
-                }
-                Ok(Message::Finished(index, result)) => {
-                    running.remove(&index);
-                    let mut result = *result;
-                    if let Some(signal) = stats.interrupted
-                        && killed.contains(&index)
-                        && !result.failures.is_empty()
-                    {
-                        result.failures = Failures(vec![Failure::Interrupted { signal }]);
-                    }
-                    if result.failures.is_empty() {
-                        stats.passed += 1;
-                    } else {
-                        stats.failed += 1;
-                        if options.fail_fast && !stats.cancelled && stats.interrupted.is_none() {
-                            stats.cancelled = true;
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    report(&TestEvent::TestFinished { result: &result });
-                    results.push(result);
-                }
+                Ok(Message::Started(index)) => runner.started(index),
+                Ok(Message::Finished(index, result)) => runner.finished(index, *result),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if stats.interrupted.is_none()
-                && let Some(signal) = interrupt.signal()
-            {
-                stats.interrupted = Some(signal);
-                stop.store(true, Ordering::SeqCst);
-                groups.kill_all();
-                killed = running.keys().copied().collect();
-                report(&TestEvent::Interrupted {
-                    signal,
-                    running: running.len(),
-                });
-            }
-            if let Some(slow) = options.slow_timeout {
-                for (&index, test) in &mut running {
-                    let elapsed = test.since.elapsed();
-                    if elapsed >= slow * (test.slow_periods + 1) {
-                        test.slow_periods += 1;
-                        let case = to_run[index];
-                        report(&TestEvent::TestSlow {
-                            binary_id: &case.binary.id,
-                            test: &case.name,
-                            elapsed: slow * test.slow_periods,
-                        });
-                    }
-                }
-            }
+            runner.check_interrupt(interrupt);
+            runner.check_slow();
         }
     });
+    let Runner {
+        mut stats,
+        results,
+        started,
+        failure,
+        ..
+    } = runner;
     if let Some(err) = failure {
         return Err(err);
     }
@@ -248,6 +170,144 @@ pub fn run(
         gate,
         reporters,
     })
+}
+
+/// A worker: takes the next test until there is none or the run stops, runs it, and tells the
+/// runner's thread.
+fn work(
+    shared: &Shared,
+    to_run: &[&TestCase],
+    stop: &AtomicBool,
+    next: &AtomicUsize,
+    sender: &mpsc::Sender<Message>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let index = next.fetch_add(1, Ordering::SeqCst);
+        let Some(case) = to_run.get(index) else {
+            break;
+        };
+        if sender.send(Message::Started(index)).is_err() {
+            break;
+        }
+        let result = run_one(shared, case);
+        // Decided here, before this worker loops for its next test: the receiving loop may
+        // see this result only after that.
+        if shared.options.fail_fast && !result.failures.is_empty() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        if sender
+            .send(Message::Finished(index, Box::new(result)))
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// The runner's thread: turns what the workers say into events, counts, and stops the run on
+/// an interrupt or `--fail-fast`.
+struct Runner<'a> {
+    to_run: &'a [&'a TestCase],
+    options: &'a TestOptions,
+    reporters: &'a Reporters,
+    stop: &'a AtomicBool,
+    groups: &'a Groups,
+    stats: Stats,
+    /// Every test that ran, in the order they finished.
+    results: Vec<TestResult>,
+    started: usize,
+    running: BTreeMap<usize, Running>,
+    /// The tests that were running when the run was interrupted.
+    killed: Vec<usize>,
+    /// The first error a reporter returned: the run's error.
+    failure: Option<crate::error::Error>,
+}
+
+impl Runner<'_> {
+    fn report(&mut self, event: &TestEvent) {
+        if let Err(err) = self.reporters.report(event)
+            && self.failure.is_none()
+        {
+            self.failure = Some(err);
+        }
+    }
+
+    fn started(&mut self, index: usize) {
+        self.started += 1;
+        self.running.insert(
+            index,
+            Running {
+                since: Instant::now(),
+                slow_periods: 0,
+            },
+        );
+        let case = self.to_run[index];
+        self.report(&TestEvent::TestStarted {
+            binary_id: &case.binary.id,
+            test: &case.name,
+        });
+    }
+
+    fn finished(&mut self, index: usize, mut result: TestResult) {
+        self.running.remove(&index);
+        if let Some(signal) = self.stats.interrupted
+            && self.killed.contains(&index)
+            && !result.failures.is_empty()
+        {
+            result.failures = Failures(vec![Failure::Interrupted { signal }]);
+        }
+        if result.failures.is_empty() {
+            self.stats.passed += 1;
+        } else {
+            self.stats.failed += 1;
+            if self.options.fail_fast && !self.stats.cancelled && self.stats.interrupted.is_none()
+            {
+                self.stats.cancelled = true;
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        self.report(&TestEvent::TestFinished { result: &result });
+        self.results.push(result);
+    }
+
+    /// The first SIGINT or SIGTERM stops the run: no test starts any more, the running ones
+    /// are killed with their process groups.
+    fn check_interrupt(&mut self, interrupt: &Interrupt) {
+        if self.stats.interrupted.is_some() {
+            return;
+        }
+        let Some(signal) = interrupt.signal() else {
+            return;
+        };
+        self.stats.interrupted = Some(signal);
+        self.stop.store(true, Ordering::SeqCst);
+        self.groups.kill_all();
+        self.killed = self.running.keys().copied().collect();
+        let running = self.running.len();
+        self.report(&TestEvent::Interrupted { signal, running });
+    }
+
+    /// Reports each test running past another `--slow-timeout` period.
+    fn check_slow(&mut self) {
+        let Some(slow) = self.options.slow_timeout else {
+            return;
+        };
+        let mut slow_now = Vec::new();
+        for (&index, test) in &mut self.running {
+            if test.since.elapsed() >= slow * (test.slow_periods + 1) {
+                test.slow_periods += 1;
+                slow_now.push((index, slow * test.slow_periods));
+            }
+        }
+        for (index, elapsed) in slow_now {
+            let case = self.to_run[index];
+            self.report(&TestEvent::TestSlow {
+                binary_id: &case.binary.id,
+                test: &case.name,
+                elapsed,
+            });
+        }
+    }
 }
 
 /// Runs one test traced and judges it.
@@ -269,6 +329,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     command.timeout = options.timeout;
     command.follow = shared.follow.clone();
     command.groups = Some(Arc::clone(shared.groups));
+    command.run_as = options.run_as.clone();
     let budget = gate
         .baseline
         .tests
@@ -317,7 +378,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     result.reachable = judgement.reachable;
     result.suppressed = judgement.suppressed;
     result.leak_summary = report.leak_summary;
-    result.children = gate.judge_children(&run, result.budget.as_ref());
+    result.children = gate.judge_children(&run, &report, result.budget.as_ref());
     let mut incomplete = report.incomplete.clone();
     for child in &result.children {
         incomplete.0.extend(child.incomplete.iter().cloned());

@@ -12,11 +12,14 @@ use crate::{
     fsutil,
     report::text::Short,
     testrun::{TestOptions, TestResult},
+    user::RunAs,
 };
 
 /// The JUnit reporter: collects the results, writes the file at `TestsFinished`.
 pub struct Junit {
     path: PathBuf,
+    /// Who the file belongs to (under sudo, the invoking user).
+    owner: Option<RunAs>,
     style: Short,
     rerun_args: Vec<String>,
     results: Mutex<Vec<TestResult>>,
@@ -28,6 +31,7 @@ impl Junit {
     pub fn new(path: PathBuf, options: &TestOptions, style: Short) -> Self {
         Self {
             path,
+            owner: options.run_as.clone(),
             style,
             rerun_args: options.rerun_args.clone(),
             results: Mutex::new(Vec::new()),
@@ -48,7 +52,7 @@ impl Reporter for Junit {
                     &self.style,
                     &self.rerun_args,
                 )?;
-                fsutil::write_atomically(&self.path, xml.as_bytes())?;
+                fsutil::write_atomically(&self.path, xml.as_bytes(), self.owner.as_ref())?;
             }
             TestEvent::TestStarted { .. }
             | TestEvent::TestSlow { .. }

@@ -95,6 +95,7 @@ impl Reporters {
             reporters.push(Box::new(pictures::Pictures::new(
                 options.message_format == MessageFormat::Folded,
                 options.flamegraph.clone(),
+                options.run_as.clone(),
             )));
         }
         if let Some(path) = &options.junit {

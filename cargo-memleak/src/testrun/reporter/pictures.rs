@@ -8,21 +8,24 @@
 use std::{path::PathBuf, sync::Mutex};
 
 use super::{Reporter, TestEvent};
-use crate::{error::Result, report::folded};
+use crate::{error::Result, report::folded, user::RunAs};
 
 /// Collects the folded lines of each finished test; prints and draws them at the end.
 pub struct Pictures {
     /// Print the folded lines on stdout.
     print: bool,
     flamegraph: Option<PathBuf>,
+    /// Who the SVG belongs to (under sudo, the invoking user).
+    owner: Option<RunAs>,
     lines: Mutex<Vec<String>>,
 }
 
 impl Pictures {
-    pub fn new(print: bool, flamegraph: Option<PathBuf>) -> Self {
+    pub fn new(print: bool, flamegraph: Option<PathBuf>, owner: Option<RunAs>) -> Self {
         Self {
             print,
             flamegraph,
+            owner,
             lines: Mutex::new(Vec::new()),
         }
     }
@@ -50,7 +53,12 @@ impl Reporter for Pictures {
                     let _ = std::io::stdout().lock().write_all(text.as_bytes());
                 }
                 if let Some(path) = &self.flamegraph {
-                    folded::write_flamegraph(path, &lines, "cargo memleak test: lost bytes")?;
+                    folded::write_flamegraph(
+                        path,
+                        &lines,
+                        "cargo memleak test: lost bytes",
+                        self.owner.as_ref(),
+                    )?;
                 }
             }
             _ => {}

@@ -1,36 +1,10 @@
-//! Starts a program as a traced child: forked, held at a pipe gate before `execve` until the
-//! probes are attached, then followed with ptrace until it exits.
-//!
-//! Invariants:
-//! - The child does nothing between `fork` and `execve` but async-signal-safe system calls on
-//!   data prepared before the fork; in particular it never allocates, so nothing is recorded
-//!   for it before the program starts.
-//! - The program runs without address-space randomization (as under gdb and valgrind), so
-//!   the pointer scan at exit, and with it the report, is the same from run to run.
-//! - The child is seized with `PTRACE_O_EXITKILL` (it dies with us), `PTRACE_O_TRACECLONE`
-//!   (all its threads are followed) and `PTRACE_O_TRACEEXIT`: when the process exits, one of
-//!   its threads stops at `PTRACE_EVENT_EXIT` with the address space still intact. That stop is
-//!   reported once, as [`Event::ExitStop`]; everything else is resumed transparently, signals
-//!   re-injected. The exit has killed the other threads, and each of them stops at its own
-//!   `PTRACE_EVENT_EXIT` on the way out: [`Running::live_threads`] holds them there too, so
-//!   the scan sees every thread's registers, as LeakSanitizer's stop-the-world does.
-//! - A process that is already running (`attach`) can be seized too ([`Running::seize`]):
-//!   each of its threads with `PTRACE_O_TRACEEXIT | PTRACE_O_TRACECLONE` (threads it creates
-//!   later are seized by the kernel), without `PTRACE_O_EXITKILL`: if we die it runs on.
-//!   [`Running::let_go`] detaches every thread, and it runs on unharmed.
-//! - Every wait is `__WNOTHREAD`: a thread waits only for the children it forked and the
-//!   tracees it seized. ptrace ties a tracee to the thread that seized it anyway, so one child
-//!   lives on one thread from `spawn` to reap, and several threads can each run their own
-//!   child at once (`cargo memleak test -j N`).
+//! Following the traced processes with ptrace once they run: their events (fork, vfork, exec,
+//! clone, signals, the exit stop), the threads held at the exit, the timeout's watchdog and
+//! the release or reaping of each. See the module above for the invariants.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::{CString, OsString},
-    os::{
-        fd::{AsRawFd as _, OwnedFd, RawFd},
-        unix::ffi::OsStrExt as _,
-    },
-    path::{Path, PathBuf},
+    os::fd::OwnedFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -41,509 +15,18 @@ use std::{
 
 use nix::{
     errno::Errno,
-    fcntl::OFlag,
     libc,
     sys::{
         ptrace::{self, Event as PtraceEvent, Options},
         signal::{self, SigHandler, Signal},
         wait::{WaitPidFlag, WaitStatus, waitpid},
     },
-    unistd::{ForkResult, Pid, fork, pipe2},
+    unistd::Pid,
 };
-
-/// Waits for any of this thread's children or tracees (see the module's invariants).
-const WAIT_ALL: WaitPidFlag = WaitPidFlag::__WALL.union(WaitPidFlag::__WNOTHREAD);
-use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// What to start.
-#[derive(Clone, Debug)]
-pub struct Command {
-    /// The program, as the user named it.
-    pub program: OsString,
-    pub args: Vec<OsString>,
-    /// Working directory; the current one when `None`.
-    pub cwd: Option<PathBuf>,
-    /// Variables set on top of the inherited environment.
-    pub env: Vec<(OsString, OsString)>,
-    /// Run it as a test: in a process group of its own (killed whole on timeout), stdin from
-    /// /dev/null, stdout and stderr captured together (see [`Running::take_output`]).
-    /// Otherwise it shares our terminal, and Ctrl-C reaches it rather than us.
-    pub isolated: bool,
-    /// Kill its process group after this long (isolated commands only).
-    pub timeout: Option<Duration>,
-    /// Which of the processes it starts to follow (fork, vfork, and what they exec): they are
-    /// reported as [`Event::Forked`] and [`Event::Exec`], and stop at their own exit like it
-    /// does.
-    pub follow: Follow,
-    /// Where an isolated command's process group is registered while it runs, so that an
-    /// interrupted test run can kill every running test at once ([`Groups::kill_all`]).
-    pub groups: Option<Arc<Groups>>,
-}
-
-/// The process groups of the isolated commands running now (each test leads its own).
-#[derive(Debug, Default)]
-pub struct Groups {
-    state: std::sync::Mutex<GroupsState>,
-}
-
-#[derive(Debug, Default)]
-struct GroupsState {
-    live: BTreeSet<i32>,
-    /// `kill_all` was called: a group registered from now on is killed at once.
-    killed: bool,
-}
-
-impl Groups {
-    fn state(&self) -> std::sync::MutexGuard<'_, GroupsState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Kills every registered group with SIGKILL, and every group registered after.
-    pub fn kill_all(&self) {
-        let mut state = self.state();
-        state.killed = true;
-        for &group in &state.live {
-            let _ = signal::kill(Pid::from_raw(-group), Signal::SIGKILL);
-        }
-    }
-
-    fn add(&self, group: Pid) {
-        let mut state = self.state();
-        if state.killed {
-            let _ = signal::kill(Pid::from_raw(-group.as_raw()), Signal::SIGKILL);
-        }
-        state.live.insert(group.as_raw());
-    }
-
-    fn remove(&self, group: Pid) {
-        self.state().live.remove(&group.as_raw());
-    }
-}
-
-/// Which of the processes a traced program starts are followed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Follow {
-    /// None: only the program and its threads are traced.
-    #[default]
-    Nothing,
-    /// Children that run one of these executables (canonical paths), and children that do not
-    /// exec (they run the program they were forked from).
-    Executables(std::collections::BTreeSet<PathBuf>),
-    /// Every child.
-    All,
-}
-
-/// Which children to follow, before the workspace's executables are known.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FollowChildren {
-    /// Every child.
-    All,
-    /// Children that run one of the workspace's built targets, and children that do not exec.
-    #[default]
-    Workspace,
-    /// None: only the program itself.
-    None,
-}
-
-impl FollowChildren {
-    /// The policy, given the workspace's built executables (asked for only when needed).
-    pub fn follow(self, workspace: impl FnOnce() -> std::collections::BTreeSet<PathBuf>) -> Follow {
-        match self {
-            FollowChildren::All => Follow::All,
-            FollowChildren::None => Follow::Nothing,
-            FollowChildren::Workspace => Follow::Executables(workspace()),
-        }
-    }
-}
-
-impl Follow {
-    /// Whether a child that exec'd `executable` is followed.
-    pub fn follows(&self, executable: &Path) -> bool {
-        match self {
-            Follow::Nothing => false,
-            Follow::All => true,
-            Follow::Executables(set) => {
-                set.contains(executable)
-                    || std::fs::canonicalize(executable).is_ok_and(|path| set.contains(&path))
-            }
-        }
-    }
-}
-
-impl Command {
-    /// A command with the inherited environment and working directory, sharing our terminal.
-    pub fn new(program: impl Into<OsString>, args: Vec<OsString>) -> Self {
-        Self {
-            program: program.into(),
-            args,
-            cwd: None,
-            env: Vec::new(),
-            isolated: false,
-            timeout: None,
-            follow: Follow::Nothing,
-            groups: None,
-        }
-    }
-}
-
-/// How the traced program ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum ExitStatus {
-    Exited { code: i32 },
-    Signaled { signal: String, core_dumped: bool },
-}
-
-impl ExitStatus {
-    pub fn success(&self) -> bool {
-        matches!(self, ExitStatus::Exited { code: 0 })
-    }
-}
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitStatus::Exited { code } => write!(f, "exit code {code}"),
-            ExitStatus::Signaled {
-                signal,
-                core_dumped,
-            } => {
-                write!(f, "killed by {signal}")?;
-                if *core_dumped {
-                    write!(f, " (core dumped)")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Resolves `program` like the shell does: a name without `/` is looked up in PATH.
-pub fn resolve_program(program: &std::ffi::OsStr) -> Result<PathBuf> {
-    let not_found = || Error::ProgramNotFound {
-        program: program.to_string_lossy().into_owned(),
-    };
-    if program.as_bytes().contains(&b'/') {
-        let path = PathBuf::from(program);
-        if !path.exists() {
-            return Err(not_found());
-        }
-        return Ok(path);
-    }
-    which::which(program).map_err(|_| not_found())
-}
-
-/// A forked child waiting at the gate; nothing of the program has run yet.
-pub struct Gated {
-    pid: Pid,
-    program: PathBuf,
-    gate: OwnedFd,
-    exec_errors: OwnedFd,
-    output: Option<OwnedFd>,
-    isolated: bool,
-    timeout: Option<Duration>,
-    groups: Option<Arc<Groups>>,
-}
-
-/// Everything the child needs after `fork`, prepared before it.
-struct Prepared {
-    program: CString,
-    cwd: Option<CString>,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
-    /// For isolated commands: /dev/null (stdin) and the memfd that takes stdout and stderr.
-    stdio: Option<(OwnedFd, OwnedFd)>,
-    /// Under sudo: the invoking user's ids, switched to before the program runs.
-    credentials: Option<crate::user::Credentials>,
-}
-
-fn c_string(bytes: &[u8], what: &str) -> Result<CString> {
-    CString::new(bytes).map_err(|_| Error::Selection(format!("{what} contains a NUL byte")))
-}
-
-impl Prepared {
-    fn new(program: &Path, command: &Command) -> Result<Self> {
-        let mut argv = vec![c_string(command.program.as_bytes(), "the program name")?];
-        for arg in &command.args {
-            argv.push(c_string(arg.as_bytes(), "an argument")?);
-        }
-        let run_as = crate::user::current();
-        let user_env = run_as.map(crate::user::RunAs::env).unwrap_or_default();
-        let overridden = |name: &OsString| {
-            command
-                .env
-                .iter()
-                .chain(&user_env)
-                .any(|(set, _)| set == name)
-        };
-        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(name, _)| !overridden(name))
-            .collect();
-        vars.extend(
-            user_env
-                .iter()
-                .filter(|(name, _)| !command.env.iter().any(|(set, _)| set == name))
-                .cloned(),
-        );
-        vars.extend(command.env.iter().cloned());
-        let envp = vars
-            .iter()
-            .map(|(name, value)| {
-                let mut entry = name.as_bytes().to_vec();
-                entry.push(b'=');
-                entry.extend_from_slice(value.as_bytes());
-                c_string(&entry, "an environment variable")
-            })
-            .collect::<Result<_>>()?;
-        let cwd = match &command.cwd {
-            Some(dir) => Some(c_string(
-                dir.as_os_str().as_bytes(),
-                "the working directory",
-            )?),
-            None => None,
-        };
-        let stdio = if command.isolated {
-            let null = std::fs::File::open("/dev/null")
-                .map_err(Error::io("opening /dev/null for the test's stdin"))?;
-            // SAFETY: a NUL-terminated name and valid flags; the fd is owned from here on.
-            let fd = unsafe { libc::memfd_create(c"memleak-output".as_ptr(), libc::MFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(Error::io("creating a memfd for the test's output")(
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            // SAFETY: `fd` was just created and nothing else owns it.
-            let output = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            Some((OwnedFd::from(null), output))
-        } else {
-            None
-        };
-        Ok(Self {
-            program: c_string(program.as_os_str().as_bytes(), "the program path")?,
-            cwd,
-            argv,
-            envp,
-            stdio,
-            credentials: run_as.map(crate::user::RunAs::credentials),
-        })
-    }
-}
-
-/// Forks the child and seizes it; it waits at the gate until [`Gated::release`].
-pub fn spawn(command: &Command) -> Result<Gated> {
-    let program = resolve_program(&command.program)?;
-    let mut prepared = Prepared::new(&program, command)?;
-    let argv: Vec<*const libc::c_char> = prepared
-        .argv
-        .iter()
-        .map(|arg| arg.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = prepared
-        .envp
-        .iter()
-        .map(|var| var.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let spawn_error = |source| Error::Spawn {
-        program: program.clone(),
-        source,
-    };
-    let (gate_read, gate_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_error)?;
-    let (errors_read, errors_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_error)?;
-
-    // SAFETY: the child only makes async-signal-safe calls on memory prepared above, then
-    // execs or exits (see `exec_child`).
-    match unsafe { fork() }.map_err(spawn_error)? {
-        ForkResult::Child => unsafe {
-            exec_child(
-                &prepared,
-                &argv,
-                &envp,
-                [gate_read.as_raw_fd(), gate_write.as_raw_fd()],
-                [errors_read.as_raw_fd(), errors_write.as_raw_fd()],
-            )
-        },
-        ForkResult::Parent { child } => {
-            drop(gate_read);
-            drop(errors_write);
-            let output = prepared.stdio.take().map(|(_, output)| output);
-            let mut options = Options::PTRACE_O_TRACEEXIT
-                | Options::PTRACE_O_EXITKILL
-                | Options::PTRACE_O_TRACECLONE;
-            if command.follow != Follow::Nothing {
-                options |= Options::PTRACE_O_TRACEFORK
-                    | Options::PTRACE_O_TRACEVFORK
-                    | Options::PTRACE_O_TRACEEXEC;
-            }
-            if let Err(source) = ptrace::seize(child, options) {
-                let _ = signal::kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, Some(WAIT_ALL));
-                return Err(Error::Ptrace {
-                    operation: "PTRACE_SEIZE",
-                    pid: child.as_raw(),
-                    source,
-                });
-            }
-            Ok(Gated {
-                pid: child,
-                program,
-                gate: gate_write,
-                exec_errors: errors_read,
-                output,
-                isolated: command.isolated,
-                timeout: command.timeout,
-                groups: command.groups.clone().filter(|_| command.isolated),
-            })
-        }
-    }
-}
-
-/// The forked child: wait at the gate, then exec. Never returns.
-///
-/// # Safety
-/// Must only be called in the child right after `fork`.
-unsafe fn exec_child(
-    prepared: &Prepared,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    [gate_read, gate_write]: [RawFd; 2],
-    [errors_read, errors_write]: [RawFd; 2],
-) -> ! {
-    // SAFETY: plain system calls on valid fds and NUL-terminated strings and arrays.
-    unsafe {
-        libc::close(gate_write);
-        libc::close(errors_read);
-        // The parent ignores interrupts while it waits; the program must not inherit that.
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-        libc::signal(libc::SIGQUIT, libc::SIG_DFL);
-        if let Some((null, output)) = &prepared.stdio {
-            // A group of its own, so a timeout kills whatever it started too.
-            libc::setpgid(0, 0);
-            libc::dup2(null.as_raw_fd(), 0);
-            libc::dup2(output.as_raw_fd(), 1);
-            libc::dup2(output.as_raw_fd(), 2);
-        }
-        // A fixed address-space layout (as under gdb and valgrind): the same program gives the
-        // same pointer scan, so a report does not change from run to run by chance.
-        let persona = libc::personality(0xffff_ffff);
-        if persona != -1 {
-            libc::personality((persona | libc::ADDR_NO_RANDOMIZE) as libc::c_ulong);
-        }
-        let fail = |errno: i32| -> ! {
-            libc::write(errors_write, (&raw const errno).cast(), 4);
-            libc::_exit(127)
-        };
-        if let Some(credentials) = &prepared.credentials
-            && credentials.switch().is_err()
-        {
-            fail(*libc::__errno_location());
-        }
-        if let Some(cwd) = &prepared.cwd
-            && libc::chdir(cwd.as_ptr()) != 0
-        {
-            fail(*libc::__errno_location());
-        }
-        let mut byte = 0u8;
-        loop {
-            match libc::read(gate_read, (&raw mut byte).cast(), 1) {
-                1 => break,
-                // The parent went away without opening the gate.
-                0 => libc::_exit(127),
-                _ if *libc::__errno_location() == libc::EINTR => continue,
-                _ => libc::_exit(127),
-            }
-        }
-        libc::execve(prepared.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(*libc::__errno_location())
-    }
-}
-
-impl Gated {
-    pub fn pid(&self) -> u32 {
-        self.pid.as_raw() as u32
-    }
-
-    /// The program it is about to exec, as found in PATH.
-    pub fn program(&self) -> &Path {
-        &self.program
-    }
-
-    /// Opens the gate: the child execs the program. Fails if the exec failed.
-    pub fn release(self) -> Result<Running> {
-        let Gated {
-            pid,
-            program,
-            gate,
-            exec_errors,
-            output,
-            isolated,
-            timeout,
-            groups,
-        } = self;
-        // The child called setpgid before it waited at the gate: its group exists.
-        if let Some(groups) = &groups {
-            groups.add(pid);
-        }
-        let mut running = Running {
-            root: pid,
-            processes: BTreeMap::from([(pid, Traced::default())]),
-            announced: BTreeMap::new(),
-            newborn: BTreeSet::new(),
-            reaped: false,
-            output,
-            watchdog: None,
-            _interrupts: (!isolated).then(IgnoreInterrupts::install),
-            group: groups.map(|groups| (groups, pid)),
-        };
-        nix::unistd::write(&gate, &[1]).map_err(|source| Error::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        drop(gate);
-        // The pipe is close-on-exec: EOF means the exec succeeded, 4 bytes are its errno.
-        let mut errno = [0u8; 4];
-        let read = loop {
-            match nix::unistd::read(&exec_errors, &mut errno) {
-                Err(Errno::EINTR) => continue,
-                other => break other,
-            }
-        };
-        if let Ok(4) = read {
-            let errno = Errno::from_raw(i32::from_ne_bytes(errno));
-            running.finish()?;
-            return Err(match errno {
-                Errno::ENOENT => Error::ProgramNotFound {
-                    program: program.display().to_string(),
-                },
-                _ => Error::NotExecutable {
-                    program,
-                    reason: errno.desc().to_string(),
-                },
-            });
-        }
-        if let Some(timeout) = timeout {
-            // Isolated children lead their own process group: kill it all.
-            let target = if isolated {
-                Pid::from_raw(-pid.as_raw())
-            } else {
-                pid
-            };
-            running.watchdog = Some(Watchdog::start(target, timeout));
-        }
-        Ok(running)
-    }
-
-    /// Kills the child before it ran anything (probes could not be attached).
-    pub fn abort(self) {
-        let _ = signal::kill(self.pid, Signal::SIGKILL);
-        let _ = waitpid(self.pid, Some(WAIT_ALL));
-    }
-}
+use super::{ExitStatus, Groups, WAIT_ALL};
 
 /// What the traced processes did next.
 #[derive(Debug)]
@@ -664,6 +147,33 @@ impl Drop for Running {
 }
 
 impl Running {
+    /// The program `root`, seized at its gate and about to exec (see [`super::Gated::release`]):
+    /// an isolated one has its output in `output` and its process group registered in `group`;
+    /// one that shares our terminal has Ctrl-C and Ctrl-\ ignored by us while it runs.
+    pub(super) fn new(
+        root: Pid,
+        output: Option<OwnedFd>,
+        isolated: bool,
+        group: Option<(Arc<Groups>, Pid)>,
+    ) -> Self {
+        Self {
+            root,
+            processes: BTreeMap::from([(root, Traced::default())]),
+            announced: BTreeMap::new(),
+            newborn: BTreeSet::new(),
+            reaped: false,
+            output,
+            watchdog: None,
+            _interrupts: (!isolated).then(IgnoreInterrupts::install),
+            group,
+        }
+    }
+
+    /// Kills `target` (a process, or a negative pid's process group) after `timeout`.
+    pub(super) fn start_watchdog(&mut self, target: Pid, timeout: Duration) {
+        self.watchdog = Some(Watchdog::start(target, timeout));
+    }
+
     /// The program's pid.
     pub fn pid(&self) -> u32 {
         self.root.as_raw() as u32
