@@ -378,6 +378,10 @@ pub struct TestArgs {
     /// stack starts past the allocator, paths are short, offsets and hashes hidden).
     #[arg(long, help_heading = "Test run")]
     pub full_stacks: bool,
+    /// Where the tests' time went: each test's phases in its JSON `test-finished` (`timings`),
+    /// and the run's totals after the results.
+    #[arg(long, help_heading = "Test run")]
+    pub timings: bool,
     /// No line for passing tests.
     #[arg(short, long, help_heading = "Test run", conflicts_with = "verbose")]
     pub quiet: bool,
@@ -603,6 +607,7 @@ impl TestArgs {
                 },
                 rerun_args: self.rerun_args(),
                 run_as: crate::user::select(self.user.user.as_deref())?,
+                timings: self.timings,
             },
         })
     }

@@ -94,19 +94,53 @@ pub enum ChildFate {
     Untraced(String),
 }
 
-/// Where the time of a traced run went.
-#[derive(Clone, Copy, Debug, Default)]
+/// Where the time of a traced run went (serialized in milliseconds).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Timings {
-    /// Fork and attach every probe.
+    /// Fork the child and seize it, up to its gate.
+    #[serde(rename = "spawn_ms", serialize_with = "milliseconds")]
+    pub spawn: Duration,
+    /// Register it and attach every probe (its allocator shim's too), while it waits.
+    #[serde(rename = "attach_ms", serialize_with = "milliseconds")]
     pub attach: Duration,
     /// From the exec to the exit stop.
+    #[serde(rename = "program_ms", serialize_with = "milliseconds")]
     pub program: Duration,
     /// Reading the maps at the exit stop.
+    #[serde(rename = "read_ms", serialize_with = "milliseconds")]
     pub read: Duration,
     /// Symbolizing the stacks at the exit stop.
+    #[serde(rename = "symbolize_ms", serialize_with = "milliseconds")]
     pub symbolize: Duration,
     /// Scanning memory for pointers at the exit stop.
+    #[serde(rename = "scan_ms", serialize_with = "milliseconds")]
     pub scan: Duration,
+    /// After the scan: its links handed to the background, the process let go and reaped,
+    /// its map entries removed.
+    #[serde(rename = "finish_ms", serialize_with = "milliseconds")]
+    pub finish: Duration,
+}
+
+fn milliseconds<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((duration.as_secs_f64() * 1e6).round() / 1e3)
+}
+
+impl Timings {
+    /// The phases, named as `--timings` prints them.
+    pub fn phases(&self) -> [(&'static str, Duration); 7] {
+        [
+            ("spawn", self.spawn),
+            ("attach", self.attach),
+            ("program", self.program),
+            ("read", self.read),
+            ("symbolize", self.symbolize),
+            ("scan", self.scan),
+            ("finish", self.finish),
+        ]
+    }
 }
 
 /// Loads the tracer for the configured allocator.
@@ -147,6 +181,8 @@ pub fn trace_observed(
     let mut timings = Timings::default();
     let start = Instant::now();
     let gated = spawn::spawn(command)?;
+    timings.spawn = start.elapsed();
+    let start = Instant::now();
     let attachment = match lock(tracer).attach(gated.pid()) {
         Ok(attachment) => attachment,
         Err(err) => {
@@ -212,6 +248,9 @@ pub fn trace_observed(
     run.output = output;
     run.timed_out = timed_out;
     run.left_processes = left_processes;
+    timings.finish = start
+        .elapsed()
+        .saturating_sub(timings.program + timings.read + timings.symbolize + timings.scan);
     run.timings = timings;
     run.children = ended;
     Ok(run)

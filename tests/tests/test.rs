@@ -1405,3 +1405,90 @@ fn a_shard_neither_reports_nor_drops_the_other_shards_entries() {
         "shard 1's entry kept, shard 2's written: {file:#}"
     );
 }
+
+/// `--timings`: each test's phases in its JSON `test-finished`, adding up to no more than its
+/// duration, and the human output's totals line.
+#[test]
+fn timings_say_where_each_tests_time_went() {
+    if !privileged("timings_say_where_each_tests_time_went") {
+        return;
+    }
+    let dir = scratch("timings");
+    let baseline = no_budgets(&dir);
+    let base = [
+        "-p",
+        "alpha",
+        "--baseline",
+        path_str(&baseline),
+        "--timings",
+    ];
+    let json = memleak_test(
+        &[
+            &base[..],
+            &["--message-format", "json", "--", "--exact", "adds_numbers"],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let finished = json.finished();
+    let event = &finished[&("alpha::gate".to_owned(), "adds_numbers".to_owned())];
+    let timings = &event["timings"];
+    let phases = [
+        "spawn_ms",
+        "attach_ms",
+        "program_ms",
+        "read_ms",
+        "symbolize_ms",
+        "scan_ms",
+        "finish_ms",
+        "judge_ms",
+    ];
+    let sum: f64 = phases
+        .iter()
+        .map(|phase| {
+            timings[phase]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{phase} in {timings}"))
+        })
+        .sum();
+    let duration = event["duration_ms"].as_f64().expect("duration_ms");
+    assert!(
+        timings["program_ms"].as_f64().unwrap_or_default() > 0.0 && sum <= duration + 0.01,
+        "phases {sum} ms within the duration {duration} ms: {timings}"
+    );
+    let human = memleak_test(
+        &[&base[..], &["--", "--exact", "adds_numbers"]].concat(),
+        &[],
+    );
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    let line = human
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("memleak: timings: 1 tests, ms per test: spawn "))
+        .unwrap_or_else(|| panic!("no timings line:\n{}", human.stdout));
+    assert!(
+        line.contains(", judge ")
+            && line.contains(", other ")
+            && line.contains(" of worker time in "),
+        "{line}"
+    );
+    // Without the flag, no timings.
+    let plain = memleak_test(
+        &[
+            "-p",
+            "alpha",
+            "--baseline",
+            path_str(&baseline),
+            "--message-format",
+            "json",
+            "--",
+            "--exact",
+            "adds_numbers",
+        ],
+        &[],
+    );
+    let finished = plain.finished();
+    let event = &finished[&("alpha::gate".to_owned(), "adds_numbers".to_owned())];
+    assert!(event.get("timings").is_none(), "{event}");
+}

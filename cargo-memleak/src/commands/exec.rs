@@ -162,19 +162,13 @@ pub fn trace_and_report(
     let start = Instant::now();
     drop(tracer);
     if options.timings {
-        let t = run.timings;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        eprintln!(
-            "memleak: timings: load {:.1} ms, attach {:.1} ms, program {:.1} ms, read {:.1} ms, \
-             symbolize {:.1} ms, scan {:.1} ms, detach {:.1} ms",
-            ms(load),
-            ms(t.attach),
-            ms(t.program),
-            ms(t.read),
-            ms(t.symbolize),
-            ms(t.scan),
-            ms(start.elapsed())
-        );
+        let phases: Vec<String> = std::iter::once(("load", load))
+            .chain(run.timings.phases())
+            .chain([("detach", start.elapsed())])
+            .map(|(name, took)| format!("{name} {:.1} ms", ms(took)))
+            .collect();
+        eprintln!("memleak: timings: {}", phases.join(", "));
     }
     Ok(Traced {
         run,

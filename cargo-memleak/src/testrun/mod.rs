@@ -82,6 +82,9 @@ pub struct TestOptions {
     /// Under sudo (or `--user`): who the build, the listing and the tests run as, and who the
     /// files written for the user (baseline, JUnit, pictures) belong to.
     pub run_as: Option<RunAs>,
+    /// `--timings`: where each test's time went, in its JSON `test-finished` and as totals in
+    /// the human output.
+    pub timings: bool,
 }
 
 /// The human output's choices.

@@ -15,6 +15,7 @@ use crate::{
     outcome::Signal,
     report::{Amount, LeakSummary, Stack},
     scan::Gap,
+    session::Timings,
     spawn::ExitStatus,
 };
 
@@ -159,6 +160,42 @@ pub struct TestResult {
     pub output: Option<String>,
     /// The processes it started that were followed, judged by executable.
     pub children: Vec<ChildVerdict>,
+    /// `--timings`: where its time went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<TestTimings>,
+}
+
+/// Where one test's time went, as a worker spent it: the traced run's phases, then judging it
+/// against its budget; `duration_ms` is their sum and what lies between them.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct TestTimings {
+    #[serde(flatten)]
+    pub trace: Timings,
+    /// Building the report and judging it (children included).
+    #[serde(rename = "judge_ms", serialize_with = "milliseconds")]
+    pub judge: Duration,
+}
+
+impl TestTimings {
+    /// Adds `other`'s phases to these.
+    pub fn add(&mut self, other: &TestTimings) {
+        let (ours, theirs) = (&mut self.trace, &other.trace);
+        ours.spawn += theirs.spawn;
+        ours.attach += theirs.attach;
+        ours.program += theirs.program;
+        ours.read += theirs.read;
+        ours.symbolize += theirs.symbolize;
+        ours.scan += theirs.scan;
+        ours.finish += theirs.finish;
+        self.judge += other.judge;
+    }
+}
+
+fn milliseconds<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((duration.as_secs_f64() * 1e6).round() / 1e3)
 }
 
 /// A run's counts, for the summary line and the JSON `run-finished`.

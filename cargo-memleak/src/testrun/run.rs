@@ -26,6 +26,7 @@ use super::{
     interrupt::Interrupt,
     list::{Selection, TestCase},
     reporter::{Reporters, TestEvent},
+    result::TestTimings,
 };
 use crate::{
     error::Result,
@@ -260,8 +261,7 @@ impl Runner<'_> {
             self.stats.passed += 1;
         } else {
             self.stats.failed += 1;
-            if self.options.fail_fast && !self.stats.cancelled && self.stats.interrupted.is_none()
-            {
+            if self.options.fail_fast && !self.stats.cancelled && self.stats.interrupted.is_none() {
                 self.stats.cancelled = true;
                 self.stop.store(true, Ordering::SeqCst);
             }
@@ -356,6 +356,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         judgement: Judgement::default(),
         output: None,
         children: Vec::new(),
+        timings: None,
     };
     let start = Instant::now();
     let traced = SYMBOLIZER.with(|symbolizer| session::trace(shared.tracer, symbolizer, &command));
@@ -369,6 +370,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
             return result;
         }
     };
+    let judging = Instant::now();
     let (report, judgement) = gate.judge(&run, result.budget.as_ref());
     result.exit = Some(run.status.clone());
     result.timed_out = run.timed_out;
@@ -426,5 +428,12 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         }
     }
     result.judgement = judgement;
+    if options.timings {
+        result.timings = Some(TestTimings {
+            trace: run.timings,
+            judge: judging.elapsed(),
+        });
+    }
+    result.duration_ms = start.elapsed().as_secs_f64() * 1e3;
     result
 }

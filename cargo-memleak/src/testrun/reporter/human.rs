@@ -8,14 +8,14 @@
 //! carry the binary id; below a test's own frames libtest's harness is left out, and by
 //! default the allocator's frames above them (the baseline's stack-key cut).
 
-use std::{fmt::Write as _, io::Write as _, sync::Mutex};
+use std::{fmt::Write as _, io::Write as _, sync::Mutex, time::Duration};
 
 use super::{Reporter, TestEvent, failure::failure_message};
 use crate::{
     error::Result,
     gate::StaleEntry,
     report::text::Short,
-    testrun::{Display, Stats, TestOptions},
+    testrun::{Display, Stats, TestOptions, result::TestTimings},
 };
 
 /// The human reporter.
@@ -35,6 +35,8 @@ struct State {
     /// Each failed test's `(binary id, test)`, heading and text, in the order they finished
     /// (printed sorted, so that a log does not depend on which test finished first).
     failures: Vec<((String, String), String, String)>,
+    /// `--timings`: the tests' phases summed, and how many tests they are of.
+    timings: Option<(TestTimings, Duration, u64)>,
 }
 
 impl Human {
@@ -147,6 +149,12 @@ impl Reporter for Human {
                     }
                 }
                 print(&out);
+                if let Some(timings) = &result.timings {
+                    let (sum, total, tests) = state.timings.get_or_insert_default();
+                    sum.add(timings);
+                    *total += Duration::from_secs_f64(result.duration_ms / 1e3);
+                    *tests += 1;
+                }
                 if let Some(message) =
                     failure_message(result, self.top, &self.style, &self.rerun_args)
                 {
@@ -186,6 +194,9 @@ impl Reporter for Human {
                 out.push('\n');
                 out.push_str(&self.summary(stats));
                 out.push_str("\n\n");
+                if let Some((sum, total, tests)) = &state.timings {
+                    out.push_str(&timings_summary(sum, *total, *tests, stats.elapsed));
+                }
                 print(&out);
                 for StaleEntry { binary_id, test } in stale {
                     eprintln!(
@@ -207,6 +218,29 @@ impl Reporter for Human {
         }
         Ok(())
     }
+}
+
+/// `--timings`' totals: each phase's mean per test, and the worker time against the wall.
+fn timings_summary(sum: &TestTimings, total: Duration, tests: u64, wall: Duration) -> String {
+    let mean = |duration: Duration| duration.as_secs_f64() * 1e3 / tests.max(1) as f64;
+    let mut phases: Vec<String> = sum
+        .trace
+        .phases()
+        .into_iter()
+        .chain([("judge", sum.judge)])
+        .map(|(name, duration)| format!("{name} {:.1}", mean(duration)))
+        .collect();
+    let counted: Duration =
+        sum.trace.phases().iter().map(|(_, d)| *d).sum::<Duration>() + sum.judge;
+    phases.push(format!("other {:.1}", mean(total.saturating_sub(counted))));
+    format!(
+        "memleak: timings: {tests} tests, ms per test: {}; {:.1} ms per test in all, {:.2} s of \
+         worker time in {:.2} s\n\n",
+        phases.join(", "),
+        mean(total),
+        total.as_secs_f64(),
+        wall.as_secs_f64()
+    )
 }
 
 impl Human {
