@@ -229,6 +229,7 @@ impl RecordArgs {
             sample_rate: self.sample_rate.unwrap_or(1),
             combined: self.combined_only,
             trace: self.trace,
+            no_ages: false,
         }
     }
 
@@ -590,7 +591,10 @@ impl TestArgs {
                 top: self.top,
                 trace: {
                     self.trace.record.refuse_for_gate("test", true)?;
-                    self.trace.options(Limits::test_run())
+                    let mut trace = self.trace.options(Limits::test_run());
+                    // Nothing in a test run reads ages.
+                    trace.recording.no_ages = true;
+                    trace
                 },
                 follow_children: self.follow.or(FollowChildren::Workspace),
                 github_annotations: match self.annotations {

@@ -36,6 +36,14 @@ use std::{ffi::OsString, process::ExitCode};
 /// Parses `args` (argv, with or without cargo's `memleak` word), runs the command, and returns
 /// its exit code (see [`outcome`]); an error is printed on stderr first.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args: Vec<OsString> = args.into_iter().collect();
+    // A test run's spawner (see spawn::spawner): this binary again, started by the run.
+    if args
+        .get(1)
+        .is_some_and(|arg| arg == spawn::spawner::ARGUMENT)
+    {
+        return spawn::spawner::serve();
+    }
     let cli = match cli::parse(args) {
         Ok(cli) => cli,
         Err(err) => {

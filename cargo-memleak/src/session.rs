@@ -275,6 +275,7 @@ fn follow(
     start: Instant,
 ) -> Result<ExitStatus> {
     let pid = root.pid;
+    let mut root_execed = false;
     loop {
         match running.wait_event()? {
             Event::ExitStop { pid: stopped, tid } if stopped == pid => {
@@ -325,8 +326,12 @@ fn follow(
             }
             Event::Exec { pid: execed } => {
                 if execed == pid {
-                    // The program exec'd another: tracing starts over with it.
-                    let _ = lock(tracer).restart(pid);
+                    // Its first exec is the gate's, into the program: nothing ran before it
+                    // (the child allocates nothing between fork and exec). After that, the
+                    // program exec'd another: tracing starts over with it.
+                    if std::mem::replace(&mut root_execed, true) {
+                        let _ = lock(tracer).restart(pid);
+                    }
                     running.resume(pid);
                     continue;
                 }

@@ -12,17 +12,25 @@
 //! ([`Recording`]): one allocation in N (`--sample-rate`), per-stack totals (`--combined-only`,
 //! read instead of every allocation), a ring buffer of every allocation and free (`--trace`).
 //!
+//! Each traced process records into maps of its own, in a slot of the eBPF object's arrays of
+//! maps, so that reading and forgetting it never walks another process's entries (the shared
+//! maps, sized for the largest test, take only what a process's own cannot hold). Slots keep
+//! their maps for the tracer's life and are emptied for the next process by a thread of their
+//! own: placing a map in an array of maps waits for a grace period, emptying one is a batch
+//! walk of its buckets.
+//!
 //! Invariants: a process is traced exactly while its [`ProcessStats`] entry exists; the entry is
-//! created before its probes are attached (or, attached everywhere, before it execs), and
-//! [`Tracer::forget`] removes every map entry keyed by it. Each tracer loads maps of its own
-//! (nothing is pinned), so two tracers of one process never see or remove each other's
-//! entries.
+//! created before its probes are attached (or, attached everywhere, before it execs), names
+//! its slot, and [`Tracer::forget`] removes it and every entry of the process in the shared
+//! maps, and hands its slot to be emptied before it is given out again. Each tracer loads maps
+//! of its own (nothing is pinned), so two tracers of one process never see or remove each
+//! other's entries.
 
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
         TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -30,8 +38,9 @@ use aya::{
     util::nr_cpus,
 };
 use memleak_common::{
-    AllocInfo, AllocKey, Counter, KERNEL_TGID, KernelFields, PendingCall, ProcessStats,
-    STACK_DEPTH, StackFrames, StackKey, StackTotal, TraceConfig, names,
+    AllocInfo, AllocKey, Counter, KERNEL_TGID, KernelFields, NO_SLOT, OWN_ALLOCS_FLAGS,
+    OWN_STACKS_FLAGS, PendingCall, ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey,
+    StackTotal, TraceConfig, names,
 };
 
 use crate::{
@@ -45,13 +54,23 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Map sizes.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Outstanding allocations, across all traced processes. The kernel reserves 16 bytes of
-    /// hash buckets per entry when the map is created (about 30 ms per million to clear), the
-    /// entries themselves only as they are used.
+    /// Outstanding allocations in the shared map, which takes what a process's own map has no
+    /// room for, across all traced processes. The kernel reserves 16 bytes of hash buckets per
+    /// entry when the map is created (about 30 ms per million to clear), the entries themselves
+    /// only as they are used.
     pub max_allocs: u32,
-    /// Distinct stacks, across all traced processes.
+    /// Distinct stacks in the shared map, across all traced processes.
     pub max_stacks: u32,
 }
+
+/// The size of each traced process's own maps: reading one walks every bucket (16 bytes an
+/// entry), so they stay small; a process that needs more spills into the shared maps
+/// ([`Limits`]), which are then read for it too.
+const OWN_ALLOCS: u32 = 1 << 16;
+const OWN_STACKS: u32 = 1 << 12;
+const OWN_ALLOCATOR_MAPS: u32 = 1 << 12;
+/// Rust gives every thread an alternate signal stack (its stack-overflow handler).
+const OWN_ALTSTACKS: u32 = 1 << 13;
 
 impl Limits {
     /// For a test run, which loads the maps once and shares them among the tests it runs at
@@ -86,6 +105,9 @@ pub struct Recording {
     /// `--trace`: send every recorded allocation and free to the ring buffer
     /// ([`Tracer::take_events`]).
     pub trace: bool,
+    /// Record no allocation times (`test`: nothing there reads ages), one clock read less
+    /// per allocation.
+    pub no_ages: bool,
 }
 
 impl Recording {
@@ -101,6 +123,9 @@ impl Recording {
         }
         if self.combined {
             flags |= TraceConfig::COMBINED;
+        }
+        if !self.no_ages {
+            flags |= TraceConfig::AGES;
         }
         TraceConfig {
             sample_rate: self.sample_rate,
@@ -261,12 +286,189 @@ pub struct Tracer {
     everywhere: Option<Attachment>,
     /// Threads dropping detached links (see [`Tracer::detach`]).
     retiring: Vec<std::thread::JoinHandle<()>>,
+    /// The own maps of each traced process.
+    own: HashMap<u32, OwnMaps>,
+    /// Own maps ready for the next process, emptied by the recycler.
+    ready: std::sync::Arc<std::sync::Mutex<Vec<OwnMaps>>>,
+    /// Empties a forgotten process's own maps off the critical path and puts them back in
+    /// `ready`.
+    recycler: Option<(
+        std::sync::mpsc::Sender<OwnMaps>,
+        std::thread::JoinHandle<()>,
+    )>,
+    /// Slots given own maps so far (each keeps them for the tracer's life).
+    slots: u32,
+}
+
+/// A slot of the OWN_* arrays and the maps placed there. A slot keeps its maps for the
+/// tracer's life: placing a map in an array of maps makes the kernel wait for a grace period
+/// (10-20 ms here), emptying one costs a batch walk of its buckets. So a forgotten process's
+/// maps are emptied and given to the next process, never replaced.
+struct OwnMaps {
+    slot: u32,
+    allocs: Own<u64, AllocInfo>,
+    stacks: Own<u64, StackFrames>,
+    allocator_maps: Own<u64, u64>,
+    altstacks: Own<u32, u64>,
+}
+
+impl OwnMaps {
+    fn create(slot: u32, pid: u32) -> Result<Self> {
+        Ok(Self {
+            slot,
+            allocs: Own::create(OWN_ALLOCS, OWN_ALLOCS_FLAGS, pid)?,
+            stacks: Own::create(OWN_STACKS, OWN_STACKS_FLAGS, pid)?,
+            allocator_maps: Own::create(OWN_ALLOCATOR_MAPS, OWN_ALLOCS_FLAGS, pid)?,
+            altstacks: Own::create(OWN_ALTSTACKS, OWN_ALLOCS_FLAGS, pid)?,
+        })
+    }
+
+    /// Puts each map in its array at the slot.
+    fn place(&self, ebpf: &mut Ebpf, tgid: u32) -> Result<()> {
+        place(ebpf, names::OWN_ALLOCS, self.slot, &self.allocs.map, tgid)?;
+        place(ebpf, names::OWN_STACKS, self.slot, &self.stacks.map, tgid)?;
+        place(
+            ebpf,
+            names::OWN_ALLOCATOR_MAPS,
+            self.slot,
+            &self.allocator_maps.map,
+            tgid,
+        )?;
+        place(
+            ebpf,
+            names::OWN_ALTSTACKS,
+            self.slot,
+            &self.altstacks.map,
+            tgid,
+        )
+    }
+
+    /// Removes every entry (its process is gone: nothing adds any while this runs).
+    fn empty(&mut self) {
+        let _ = self.allocs.batch(true);
+        let _ = self.stacks.batch(true);
+        let _ = self.allocator_maps.batch(true);
+        let _ = self.altstacks.batch(true);
+    }
+}
+
+/// One of a process's own maps: typed for single lookups, and its descriptor for batch ones.
+struct Own<K, V> {
+    map: BpfHashMap<MapData, K, V>,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl<K: aya::Pod, V: aya::Pod> Own<K, V> {
+    fn create(max_entries: u32, flags: u32, pid: u32) -> Result<Self> {
+        let error = |err| map_error(pid, err);
+        let definition = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
+            std::mem::size_of::<K>() as u32,
+            std::mem::size_of::<V>() as u32,
+            max_entries,
+            flags,
+        );
+        let data = MapData::create(definition, "memleak_own", None).map_err(error)?;
+        let fd = std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(|err| map_error(pid, err))?;
+        let map = BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(error)?;
+        Ok(Self { map, fd })
+    }
+
+    /// Every entry, read (or, with `delete`, taken out) in batches of a few thousand per
+    /// system call rather than two calls an entry.
+    fn batch(&self, delete: bool) -> std::io::Result<Vec<(K, V)>> {
+        batch(std::os::fd::AsRawFd::as_raw_fd(&self.fd), delete)
+    }
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` (or `BPF_MAP_LOOKUP_AND_DELETE_BATCH`) over a hash map, to its end.
+fn batch<K: aya::Pod, V: aya::Pod>(fd: i32, delete: bool) -> std::io::Result<Vec<(K, V)>> {
+    /// `union bpf_attr`'s batch part.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const LOOKUP_BATCH: i32 = 24;
+    const LOOKUP_AND_DELETE_BATCH: i32 = 25;
+    // About 64 KiB of values per call (a stack is a kilobyte); more when a bucket holds more
+    // entries than that (ENOSPC).
+    let mut chunk = (65536 / std::mem::size_of::<V>()).clamp(64, 4096);
+    // SAFETY: Pod types are plain integers: any bit pattern, zeros included, is one of them.
+    let zeroed = |n: usize| -> (Vec<K>, Vec<V>) {
+        unsafe { (vec![std::mem::zeroed(); n], vec![std::mem::zeroed(); n]) }
+    };
+    let (mut keys, mut values) = zeroed(chunk);
+    let mut entries = Vec::new();
+    // A hash map's batch token is a bucket index.
+    let (mut next, mut token) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { (&raw const next) as u64 },
+            out_batch: (&raw mut token) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let command = if delete {
+            LOOKUP_AND_DELETE_BATCH
+        } else {
+            LOOKUP_BATCH
+        };
+        // SAFETY: the kernel reads `attr` and writes at most `count` keys and values into
+        // buffers of that many, and the token into `token`; all outlive the call.
+        let result = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_bpf,
+                command,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let filled = (attr.count as usize).min(chunk);
+        entries.extend(
+            keys[..filled]
+                .iter()
+                .copied()
+                .zip(values[..filled].iter().copied()),
+        );
+        if result < 0 {
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(nix::libc::ENOENT) => return Ok(entries),
+                Some(nix::libc::ENOSPC) if filled == 0 && chunk < 1 << 20 => {
+                    chunk *= 4;
+                    (keys, values) = zeroed(chunk);
+                    continue;
+                }
+                _ => return Err(err),
+            }
+        }
+        next = token;
+        first = false;
+    }
 }
 
 impl Drop for Tracer {
     fn drop(&mut self) {
         if let Some(attachment) = self.everywhere.take() {
             self.detach(attachment);
+        }
+        if let Some((sender, thread)) = self.recycler.take() {
+            drop(sender);
+            let _ = thread.join();
         }
         for thread in self.retiring.drain(..) {
             let _ = thread.join();
@@ -300,6 +502,10 @@ impl Tracer {
             symbols_prefix: None,
             everywhere: None,
             retiring: Vec::new(),
+            own: HashMap::new(),
+            ready: Default::default(),
+            recycler: None,
+            slots: 0,
         })
     }
 
@@ -324,7 +530,13 @@ impl Tracer {
     /// run). With multi links each process gets its own, and nothing needs doing. Without
     /// them, removing a process's perf-event probes would cost 2.3 s per process: they are
     /// attached to every process once instead, and the returned note says what that costs.
-    pub fn prepare_for_many(&mut self) -> Result<Option<&'static str>> {
+    pub fn prepare_for_many(&mut self, at_once: usize) -> Result<Option<&'static str>> {
+        // Own maps for the tests that run at once, and two followed children, made before the
+        // first test (each slot costs a grace period once).
+        for _ in 0..at_once + 2 {
+            let own = self.new_slot(0)?;
+            self.lock_ready().push(own);
+        }
         match self.mode {
             LinkMode::Multi => Ok(None),
             LinkMode::PerfEvent => {
@@ -351,7 +563,7 @@ impl Tracer {
     /// Starts tracing `pid` (and its threads, and whatever it execs): registers it, and
     /// attaches the probes to it unless they are attached everywhere already.
     pub fn attach(&mut self, pid: u32) -> Result<Attachment> {
-        register(&mut self.ebpf, pid)?;
+        self.register(pid)?;
         if self.everywhere.is_some() {
             return Ok(Attachment {
                 pid,
@@ -364,10 +576,71 @@ impl Tracer {
                 reason: "pid 0 cannot be traced".into(),
             })?);
         self.attach_links(pid, scope).inspect_err(|_| {
-            if let Ok(mut stats) = stats_map(&mut self.ebpf) {
-                let _ = stats.remove(&pid);
-            }
+            let _ = self.forget(pid);
         })
+    }
+
+    /// Starts recording for `tgid`: empty maps of its own, and zeroed counters that name
+    /// their slot.
+    fn register(&mut self, tgid: u32) -> Result<()> {
+        let recycled = self.lock_ready().pop();
+        let own = match recycled {
+            Some(own) => own,
+            None => self.new_slot(tgid)?,
+        };
+        match register(&mut self.ebpf, tgid, own.slot) {
+            Ok(()) => {
+                self.own.insert(tgid, own);
+                Ok(())
+            }
+            Err(err) => {
+                self.lock_ready().push(own);
+                Err(err)
+            }
+        }
+    }
+
+    /// Own maps in a slot not used yet.
+    fn new_slot(&mut self, tgid: u32) -> Result<OwnMaps> {
+        if self.slots == SLOTS {
+            return Err(Error::MapRead {
+                pid: tgid,
+                reason: format!("{SLOTS} processes are traced at once already"),
+            });
+        }
+        let own = OwnMaps::create(self.slots, tgid)?;
+        own.place(&mut self.ebpf, tgid)?;
+        self.slots += 1;
+        Ok(own)
+    }
+
+    fn lock_ready(&self) -> std::sync::MutexGuard<'_, Vec<OwnMaps>> {
+        self.ready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands `own` to the recycler thread (started on first use), which empties it and puts
+    /// it back among the ready ones.
+    fn recycle(&mut self, own: OwnMaps) {
+        let (sender, _) = self.recycler.get_or_insert_with(|| {
+            let (sender, receiver) = std::sync::mpsc::channel::<OwnMaps>();
+            let ready = std::sync::Arc::clone(&self.ready);
+            let thread = std::thread::spawn(move || {
+                for mut own in receiver {
+                    own.empty();
+                    ready
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .push(own);
+                }
+            });
+            (sender, thread)
+        });
+        if let Err(std::sync::mpsc::SendError(mut own)) = sender.send(own) {
+            own.empty();
+            self.lock_ready().push(own);
+        }
     }
 
     /// What `executable` allocates through (cached by path: a test run traces the same
@@ -485,42 +758,102 @@ impl Tracer {
 
     /// Reads what the probes recorded for `tgid`.
     pub fn read(&self, tgid: u32) -> Result<ProcessTrace> {
-        read_trace(&self.ebpf, tgid, self.recording)
+        read_trace(&self.ebpf, tgid, self.recording, self.own.get(&tgid))
     }
 
     /// A forked child starts as a copy of its parent: every block the parent had outstanding
     /// at the fork is the child's too, with its stack (the child may free them, or lose them).
+    /// Both are stopped (the parent at its fork event, the child before its first instruction).
     pub fn inherit(&mut self, parent: u32, child: u32) -> Result<()> {
+        let from = read_trace(
+            &self.ebpf,
+            parent,
+            Recording::default(),
+            self.own.get(&parent),
+        )?;
+        let Some(own) = self.own.get_mut(&child) else {
+            return Err(Error::MapRead {
+                pid: child,
+                reason: "the child is not registered".into(),
+            });
+        };
+        // What does not fit in the child's own maps goes to the shared ones, and its counters
+        // say so (they are read from then on).
+        let mut spilled = [0u64; Counter::COUNT];
+        let mut shared_stacks = Vec::new();
+        for (&stack_id, frames) in &from.stacks {
+            let mut full: StackFrames = [0; STACK_DEPTH];
+            full[..frames.len()].copy_from_slice(frames);
+            if own.stacks.map.insert(&stack_id, &full, 0).is_err() {
+                spilled[Counter::SharedStacks as usize] += 1;
+                shared_stacks.push((stack_id, full));
+            }
+        }
+        let mut shared_allocs = Vec::new();
+        for block in &from.outstanding {
+            let info = AllocInfo {
+                size: block.size,
+                timestamp_ns: block.timestamp_ns,
+                stack_id: block.stack_id,
+            };
+            if own.allocs.map.insert(&block.addr, &info, 0).is_err() {
+                spilled[Counter::SharedAllocs as usize] += 1;
+                shared_allocs.push((block.addr, info));
+            }
+        }
         let ebpf = &mut self.ebpf;
-        let allocs: Vec<(AllocKey, AllocInfo)> = {
-            let map: BpfHashMap<&MapData, AllocKey, AllocInfo> = map(ebpf, names::ALLOCS, child)?;
-            map.iter()
-                .filter_map(|entry| entry.ok())
-                .filter(|(key, _)| key.tgid == parent)
-                .collect()
-        };
-        let stacks: Vec<(StackKey, StackFrames)> = {
-            let map: BpfHashMap<&MapData, StackKey, StackFrames> = map(ebpf, names::STACKS, child)?;
-            let wanted: std::collections::BTreeSet<u64> =
-                allocs.iter().map(|(_, info)| info.stack_id).collect();
-            map.iter()
-                .filter_map(|entry| entry.ok())
-                .filter(|(key, _)| key.tgid == parent && wanted.contains(&key.stack_id))
-                .collect()
-        };
-        let mut stack_map: BpfHashMap<&mut MapData, StackKey, StackFrames> =
-            map_mut(ebpf, names::STACKS, child)?;
-        for (key, frames) in stacks {
-            let key = StackKey { tgid: child, ..key };
-            stack_map
-                .insert(&key, &frames, 0)
+        if !shared_stacks.is_empty() {
+            let mut stacks: BpfHashMap<&mut MapData, StackKey, StackFrames> =
+                map_mut(ebpf, names::STACKS, child)?;
+            for (stack_id, frames) in shared_stacks {
+                let key = StackKey {
+                    stack_id,
+                    tgid: child,
+                    _pad: 0,
+                };
+                stacks
+                    .insert(&key, &frames, 0)
+                    .map_err(|err| map_error(child, err))?;
+            }
+        }
+        if !shared_allocs.is_empty() {
+            let mut allocs: BpfHashMap<&mut MapData, AllocKey, AllocInfo> =
+                map_mut(ebpf, names::ALLOCS, child)?;
+            for (addr, info) in shared_allocs {
+                let key = AllocKey {
+                    addr,
+                    tgid: child,
+                    _pad: 0,
+                };
+                allocs
+                    .insert(&key, &info, 0)
+                    .map_err(|err| map_error(child, err))?;
+            }
+        }
+        if spilled.iter().any(|&n| n > 0) {
+            let mut stats = stats_map(ebpf)?;
+            let mut values: Vec<ProcessStats> = stats
+                .get(&child, 0)
+                .map_err(|err| map_error(child, err))?
+                .iter()
+                .copied()
+                .collect();
+            for (counter, n) in values[0].counters.iter_mut().zip(spilled) {
+                *counter += n;
+            }
+            let values = PerCpuValues::try_from(values).map_err(|source| Error::Io {
+                context: "per-CPU counters".into(),
+                source,
+            })?;
+            stats
+                .insert(&child, values, 0)
                 .map_err(|err| map_error(child, err))?;
         }
         if self.recording.combined {
             let mut totals: std::collections::BTreeMap<u64, StackTotal> = Default::default();
-            for (_, info) in &allocs {
-                let total = totals.entry(info.stack_id).or_default();
-                total.bytes += info.size;
+            for block in &from.outstanding {
+                let total = totals.entry(block.stack_id).or_default();
+                total.bytes += block.size;
                 total.allocations += 1;
             }
             let mut combined: BpfHashMap<&mut MapData, StackKey, StackTotal> =
@@ -536,55 +869,64 @@ impl Tracer {
                     .map_err(|err| map_error(child, err))?;
             }
         }
-        let mut alloc_map: BpfHashMap<&mut MapData, AllocKey, AllocInfo> =
-            map_mut(ebpf, names::ALLOCS, child)?;
-        for (key, info) in allocs {
-            let key = AllocKey { tgid: child, ..key };
-            alloc_map
-                .insert(&key, &info, 0)
-                .map_err(|err| map_error(child, err))?;
-        }
         Ok(())
     }
 
     /// After an exec: what the process recorded belongs to the program it was, so it is
-    /// forgotten, and tracing starts over with zeroed counters (its links stay).
+    /// forgotten, and tracing starts over with zeroed counters and new maps of its own (its
+    /// links stay).
     pub fn restart(&mut self, tgid: u32) -> Result<()> {
         self.forget(tgid)?;
-        register(&mut self.ebpf, tgid)
+        self.register(tgid)
     }
 
-    /// Removes every map entry of `tgid`: its counters (which stops its tracing), allocations,
-    /// pending calls and stacks. The maps then hold only the processes traced at the moment,
-    /// however many came before.
+    /// Removes every map entry of `tgid`: its counters (which stops its tracing), its own maps
+    /// (emptied in the background, for the next process), and its entries in the shared maps:
+    /// pending calls and the blocks and stacks it spilled there.
+    /// The maps then hold only the processes traced at the moment, however many came before.
     pub fn forget(&mut self, tgid: u32) -> Result<()> {
         let ebpf = &mut self.ebpf;
-        let _ = stats_map(ebpf)?.remove(&tgid);
-        remove_where::<AllocKey, AllocInfo>(map_mut(ebpf, names::ALLOCS, tgid)?, |key| {
-            key.tgid == tgid
-        });
+        let mut stats = stats_map(ebpf)?;
+        let mut counters = Counters::default();
+        if let Ok(per_cpu) = stats.get(&tgid, 0) {
+            for cpu in per_cpu.iter() {
+                counters.add(cpu);
+            }
+        }
+        let _ = stats.remove(&tgid);
+        let own = self.own.remove(&tgid);
+        let has_own = own.is_some();
+        if let Some(own) = own {
+            self.recycle(own);
+        }
+        let ebpf = &mut self.ebpf;
+        if !has_own || counters.get(Counter::SharedAllocs) > 0 {
+            remove_where::<AllocKey, AllocInfo>(map_mut(ebpf, names::ALLOCS, tgid)?, |key| {
+                key.tgid == tgid
+            });
+        }
+        if !has_own || counters.get(Counter::SharedStacks) > 0 {
+            remove_where::<StackKey, StackFrames>(map_mut(ebpf, names::STACKS, tgid)?, |key| {
+                key.tgid == tgid
+            });
+        }
         remove_where::<u64, PendingCall>(map_mut(ebpf, names::PENDING, tgid)?, |key| {
-            (key >> 32) as u32 == tgid
-        });
-        remove_where::<StackKey, StackFrames>(map_mut(ebpf, names::STACKS, tgid)?, |key| {
-            key.tgid == tgid
-        });
-        remove_where::<u64, u64>(map_mut(ebpf, names::ALTSTACKS, tgid)?, |key| {
             (key >> 32) as u32 == tgid
         });
         remove_where::<u64, memleak_common::NestedMmap>(
             map_mut(ebpf, names::NESTED_MMAPS, tgid)?,
             |key| (key >> 32) as u32 == tgid,
         );
-        remove_where::<AllocKey, u64>(map_mut(ebpf, names::ALLOCATOR_MAPS, tgid)?, |key| {
-            key.tgid == tgid
-        });
-        remove_where::<StackKey, StackTotal>(map_mut(ebpf, names::COMBINED, tgid)?, |key| {
-            key.tgid == tgid
-        });
-        remove_where::<u64, u64>(map_mut(ebpf, names::SAMPLES, tgid)?, |key| {
-            (key >> 32) as u32 == tgid
-        });
+        if self.recording.combined {
+            remove_where::<StackKey, StackTotal>(map_mut(ebpf, names::COMBINED, tgid)?, |key| {
+                key.tgid == tgid
+            });
+        }
+        if self.recording.sampled().is_some() {
+            remove_where::<u64, u64>(map_mut(ebpf, names::SAMPLES, tgid)?, |key| {
+                (key >> 32) as u32 == tgid
+            });
+        }
         Ok(())
     }
 }
@@ -615,7 +957,8 @@ impl KernelTracer {
         recording: Recording,
     ) -> Result<Self> {
         let mut ebpf = load_object(limits, fields, recording)?;
-        register(&mut ebpf, KERNEL_TGID)?;
+        // The kernel's allocations go to the shared maps, sized by `limits`.
+        register(&mut ebpf, KERNEL_TGID, NO_SLOT)?;
         for event in events {
             let attach_error = |err: &dyn std::error::Error| Error::BpfLoad {
                 reason: format!(
@@ -644,7 +987,7 @@ impl KernelTracer {
 
     /// What the tracepoints recorded since they were attached.
     pub fn read(&self) -> Result<ProcessTrace> {
-        read_trace(&self.ebpf, KERNEL_TGID, self.recording)
+        read_trace(&self.ebpf, KERNEL_TGID, self.recording, None)
     }
 
     /// `--trace`'s ring buffer, once.
@@ -669,10 +1012,25 @@ fn load_object(limits: Limits, fields: &KernelFields, recording: Recording) -> R
         })
 }
 
-/// Starts recording for `tgid`: gives it zeroed counters.
-fn register(ebpf: &mut Ebpf, tgid: u32) -> Result<()> {
+/// Starts recording for `tgid`: gives it zeroed counters that name its `slot` (or
+/// [`NO_SLOT`]).
+fn register(ebpf: &mut Ebpf, tgid: u32, slot: u32) -> Result<()> {
     stats_map(ebpf)?
-        .insert(&tgid, zeroed_per_cpu()?, 0)
+        .insert(&tgid, zeroed_per_cpu(slot)?, 0)
+        .map_err(|err| map_error(tgid, err))
+}
+
+/// Puts `inner` at `slot` of the array of maps `name`.
+fn place<V: aya::maps::InnerMap>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    slot: u32,
+    inner: &V,
+    tgid: u32,
+) -> Result<()> {
+    let mut outer: ArrayOfMaps<&mut MapData, V> = map_mut(ebpf, name, tgid)?;
+    outer
+        .set(slot, inner, 0)
         .map_err(|err| map_error(tgid, err))
 }
 
@@ -703,44 +1061,65 @@ fn read_combined(ebpf: &Ebpf, tgid: u32) -> Result<std::collections::BTreeMap<u6
     Ok(totals)
 }
 
-/// Reads what the programs recorded for `tgid`.
-fn read_trace(ebpf: &Ebpf, tgid: u32, recording: Recording) -> Result<ProcessTrace> {
-    let allocs: BpfHashMap<&MapData, AllocKey, AllocInfo> = map(ebpf, names::ALLOCS, tgid)?;
+/// Reads what the programs recorded for `tgid`: its own maps (`own`), and the shared ones
+/// when it has none or spilled into them.
+fn read_trace(
+    ebpf: &Ebpf,
+    tgid: u32,
+    recording: Recording,
+    own: Option<&OwnMaps>,
+) -> Result<ProcessTrace> {
     let mut trace = ProcessTrace {
         sampled: recording.sampled(),
         ..ProcessTrace::default()
     };
+    let stats: PerCpuHashMap<&MapData, u32, ProcessStats> = map(ebpf, names::STATS, tgid)?;
+    let per_cpu = stats.get(&tgid, 0).map_err(|err| map_error(tgid, err))?;
+    for cpu in per_cpu.iter() {
+        trace.counters.add(cpu);
+    }
     if recording.combined {
         trace.combined = Some(read_combined(ebpf, tgid)?);
     }
-    // Other traced processes insert and delete entries while we walk the map; when the
-    // key we stand on is deleted, the kernel restarts the walk from the first bucket. So
-    // entries can come twice (never zero times: ours do not change while the process is
-    // stopped): keep each address once.
     let mut outstanding = std::collections::BTreeMap::new();
-    let every_block = if recording.combined {
-        None
-    } else {
-        Some(allocs.iter())
-    };
-    for entry in every_block.into_iter().flatten() {
-        let (key, info) = entry.map_err(|err| map_error(tgid, err))?;
-        if key.tgid != tgid {
-            continue;
-        }
+    let mut keep = |addr: u64, info: AllocInfo| {
         outstanding.insert(
-            key.addr,
+            addr,
             Outstanding {
-                addr: key.addr,
+                addr,
                 size: info.size,
                 timestamp_ns: info.timestamp_ns,
                 stack_id: info.stack_id,
             },
         );
+    };
+    if !recording.combined {
+        if let Some(own) = own {
+            for (addr, info) in own
+                .allocs
+                .batch(false)
+                .map_err(|err| map_error(tgid, err))?
+            {
+                keep(addr, info);
+            }
+        }
+        if own.is_none() || trace.counters.get(Counter::SharedAllocs) > 0 {
+            // Other traced processes insert and delete entries while we walk the shared map;
+            // when the key we stand on is deleted, the kernel restarts the walk from the first
+            // bucket. So entries can come twice (never zero times: ours do not change while
+            // the process is stopped): each address is kept once.
+            let allocs: BpfHashMap<&MapData, AllocKey, AllocInfo> = map(ebpf, names::ALLOCS, tgid)?;
+            for entry in allocs.iter() {
+                let (key, info) = entry.map_err(|err| map_error(tgid, err))?;
+                if key.tgid == tgid {
+                    keep(key.addr, info);
+                }
+            }
+        }
     }
     trace.outstanding = outstanding.into_values().collect();
 
-    let stacks: BpfHashMap<&MapData, StackKey, StackFrames> = map(ebpf, names::STACKS, tgid)?;
+    let shared: BpfHashMap<&MapData, StackKey, StackFrames> = map(ebpf, names::STACKS, tgid)?;
     let stack_ids: Vec<u64> = match &trace.combined {
         Some(totals) => totals.keys().copied().collect(),
         None => trace
@@ -749,45 +1128,50 @@ fn read_trace(ebpf: &Ebpf, tgid: u32, recording: Recording) -> Result<ProcessTra
             .map(|alloc| alloc.stack_id)
             .collect(),
     };
+    // The process's own stacks, read whole (a batch walk beats a lookup per stack).
+    let own_stacks: HashMap<u64, StackFrames> = match own {
+        Some(own) => own
+            .stacks
+            .batch(false)
+            .map_err(|err| map_error(tgid, err))?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
+    let depth = |frames: &StackFrames| frames.iter().position(|&ip| ip == 0).unwrap_or(STACK_DEPTH);
     for stack_id in stack_ids {
         if stack_id == 0 || trace.stacks.contains_key(&stack_id) {
             continue;
         }
         // A process's stacks are removed only by `forget`, so a missing one is a real map
         // error.
-        let key = StackKey {
-            stack_id,
-            tgid,
-            _pad: 0,
+        let frames = match own_stacks.get(&stack_id) {
+            Some(frames) => frames[..depth(frames)].to_vec(),
+            None => {
+                let key = StackKey {
+                    stack_id,
+                    tgid,
+                    _pad: 0,
+                };
+                let frames = shared.get(&key, 0).map_err(|err| map_error(tgid, err))?;
+                frames[..depth(&frames)].to_vec()
+            }
         };
-        let frames = stacks.get(&key, 0).map_err(|err| map_error(tgid, err))?;
-        let depth = frames.iter().position(|&ip| ip == 0).unwrap_or(STACK_DEPTH);
-        trace.stacks.insert(stack_id, frames[..depth].to_vec());
+        trace.stacks.insert(stack_id, frames);
     }
 
-    if tgid != KERNEL_TGID {
-        let maps: BpfHashMap<&MapData, AllocKey, u64> = map(ebpf, names::ALLOCATOR_MAPS, tgid)?;
-        for entry in maps.iter() {
-            let (key, len) = entry.map_err(|err| map_error(tgid, err))?;
-            if key.tgid == tgid {
-                trace.allocator_maps.push((key.addr, len));
-            }
-        }
+    if let Some(own) = own {
+        trace.allocator_maps = own
+            .allocator_maps
+            .batch(false)
+            .map_err(|err| map_error(tgid, err))?;
         trace.allocator_maps.sort_unstable();
-        trace.allocator_maps.dedup();
-        let altstacks: BpfHashMap<&MapData, u64, u64> = map(ebpf, names::ALTSTACKS, tgid)?;
-        for entry in altstacks.iter() {
-            let (pid_tgid, ss_sp) = entry.map_err(|err| map_error(tgid, err))?;
-            if (pid_tgid >> 32) as u32 == tgid {
-                trace.altstacks.insert(pid_tgid as u32, ss_sp);
-            }
-        }
-    }
-
-    let stats: PerCpuHashMap<&MapData, u32, ProcessStats> = map(ebpf, names::STATS, tgid)?;
-    let per_cpu = stats.get(&tgid, 0).map_err(|err| map_error(tgid, err))?;
-    for cpu in per_cpu.iter() {
-        trace.counters.add(cpu);
+        trace.altstacks = own
+            .altstacks
+            .batch(false)
+            .map_err(|err| map_error(tgid, err))?
+            .into_iter()
+            .collect();
     }
     Ok(trace)
 }
@@ -847,17 +1231,17 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
         })
 }
 
-fn zeroed_per_cpu() -> Result<PerCpuValues<ProcessStats>> {
+fn zeroed_per_cpu(slot: u32) -> Result<PerCpuValues<ProcessStats>> {
     let cpus = nr_cpus().map_err(|(context, source)| Error::Io {
         context: context.to_string(),
         source,
     })?;
-    PerCpuValues::try_from(vec![ProcessStats::ZERO; cpus.get() as usize]).map_err(|source| {
-        Error::Io {
+    PerCpuValues::try_from(vec![ProcessStats::in_slot(slot); cpus.get() as usize]).map_err(
+        |source| Error::Io {
             context: "sizing per-CPU counters".into(),
             source,
-        }
-    })
+        },
+    )
 }
 
 fn map_error(pid: u32, err: impl std::error::Error) -> Error {

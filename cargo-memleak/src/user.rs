@@ -182,6 +182,15 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The user, group and supplementary groups.
+    pub fn parts(&self) -> (u32, u32, &[u32]) {
+        (self.uid, self.gid, &self.groups)
+    }
+
+    pub fn from_parts(uid: u32, gid: u32, groups: Vec<u32>) -> Self {
+        Self { uid, gid, groups }
+    }
+
     /// Switches this process to them: groups, then group, then user (after setuid nothing
     /// else could be changed). Async-signal-safe: for a child between fork and exec.
     pub fn switch(&self) -> std::io::Result<()> {

@@ -8,26 +8,35 @@
 
 /// Names of the maps and programs, so both sides spell them once.
 pub mod names {
-    /// Outstanding allocations: [`AllocKey`] → [`AllocInfo`].
+    /// Each traced process's own map of outstanding allocations, by its slot
+    /// ([`ProcessStats::slot`](super::ProcessStats::slot)): an array of maps whose inner maps
+    /// (address → [`AllocInfo`](super::AllocInfo)) userspace creates per process, small enough
+    /// to read and drop at once.
+    pub const OWN_ALLOCS: &str = "OWN_ALLOCS";
+    /// Each traced process's own map of stacks, by its slot: stack id → frames.
+    pub const OWN_STACKS: &str = "OWN_STACKS";
+    /// The mappings the allocator made for itself (arenas, segments, extents), by slot: their
+    /// start → length. Neither blocks nor roots.
+    pub const OWN_ALLOCATOR_MAPS: &str = "OWN_ALLOCATOR_MAPS";
+    /// Each traced thread's alternate signal stack, as it registered it with `sigaltstack`, by
+    /// slot: thread id → `ss_sp`. The kernel holds that pointer, so it is a root.
+    pub const OWN_ALTSTACKS: &str = "OWN_ALTSTACKS";
+    /// Outstanding allocations of a process whose own map was full, shared by every traced
+    /// process: [`AllocKey`] → [`AllocInfo`].
     pub const ALLOCS: &str = "ALLOCS";
     /// Allocator calls between entry and return: pid_tgid → [`PendingCall`].
     pub const PENDING: &str = "PENDING";
-    /// User stacks captured at allocation return: [`StackKey`] → [`StackFrames`].
+    /// User stacks captured at allocation return, of a process whose own stack map was full:
+    /// [`StackKey`] → [`StackFrames`].
     pub const STACKS: &str = "STACKS";
     /// Per-CPU scratch buffer the stack is captured into before it is hashed.
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
     /// Per traced process counters: tgid → [`ProcessStats`]. A process is traced exactly
     /// while it has an entry here.
     pub const STATS: &str = "STATS";
-    /// Each traced thread's alternate signal stack, as it registered it with `sigaltstack`:
-    /// pid_tgid → `ss_sp`. The kernel holds that pointer, so it is a root.
-    pub const ALTSTACKS: &str = "ALTSTACKS";
     /// A `mmap` the allocator makes inside one of its own calls, between its entry and its
     /// return: pid_tgid → [`NestedMmap`](super::NestedMmap).
     pub const NESTED_MMAPS: &str = "NESTED_MMAPS";
-    /// The mappings the allocator made for itself (arenas, segments, extents): [`AllocKey`]
-    /// (their start) → length. Neither blocks nor roots.
-    pub const ALLOCATOR_MAPS: &str = "ALLOCATOR_MAPS";
     /// The read-only global holding [`KernelFields`](super::KernelFields).
     pub const KERNEL_FIELDS: &str = "KERNEL_FIELDS";
     /// The read-only global holding [`TraceConfig`](super::TraceConfig).
@@ -48,7 +57,7 @@ pub mod names {
 pub struct TraceConfig {
     /// Record one allocation in this many, per thread (0 and 1: every one).
     pub sample_rate: u32,
-    /// `TraceConfig::TRACE | COMBINED`.
+    /// `TraceConfig::TRACE | COMBINED | AGES`.
     pub flags: u32,
 }
 
@@ -57,6 +66,8 @@ impl TraceConfig {
     pub const TRACE: u32 = 1;
     /// `--combined-only`: totals per stack are kept in COMBINED.
     pub const COMBINED: u32 = 2;
+    /// Each allocation's time is recorded (`--older`, and ages with `-a`); without it 0.
+    pub const AGES: u32 = 4;
     pub const ZERO: Self = Self {
         sample_rate: 0,
         flags: 0,
@@ -351,17 +362,42 @@ pub struct NestedMmap {
     pub len: u64,
 }
 
-/// Per process counters, indexed by [`Counter`].
+/// Slots in OWN_ALLOCS and OWN_STACKS: processes traced at once with maps of their own.
+pub const SLOTS: u32 = 4096;
+
+/// The flags of a process's own maps, which userspace creates and the eBPF object's templates
+/// declare alike (the kernel requires them equal; their sizes may differ, as it compares the
+/// sizes of inner maps only for arrays). Blocks, the allocator's mappings and alternate stacks
+/// are preallocated (an insert takes a free entry rather than allocating one: 140 ns less per
+/// allocation, measured); stacks are allocated as they come (`BPF_F_NO_PREALLOC`), as only
+/// new stacks are inserted and each is a kilobyte.
+pub const OWN_ALLOCS_FLAGS: u32 = 0;
+pub const OWN_STACKS_FLAGS: u32 = 1;
+
+/// A process without maps of its own (the kernel's allocators): it records in the shared ones.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// Per process counters, indexed by [`Counter`], and where its own maps are.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessStats {
     pub counters: [u64; Counter::COUNT],
+    /// Its index in OWN_ALLOCS and OWN_STACKS (the same on every CPU), or [`NO_SLOT`].
+    pub slot: u32,
+    pub _pad: u32,
 }
 
 impl ProcessStats {
     pub const ZERO: Self = Self {
         counters: [0; Counter::COUNT],
+        slot: NO_SLOT,
+        _pad: 0,
     };
+
+    /// Zeroed counters for the process in `slot`.
+    pub const fn in_slot(slot: u32) -> Self {
+        Self { slot, ..Self::ZERO }
+    }
 
     pub fn get(&self, counter: Counter) -> u64 {
         self.counters[counter as usize]
@@ -407,10 +443,15 @@ pub enum Counter {
     /// (BCC's interrupt-context case). The old record is replaced; a drop, unless
     /// `--wa-missing-free` says to take it for the old block's free.
     MissingFree = 13,
+    /// Allocations recorded in the shared map because the process's own was full.
+    /// Informational: the shared map is read too.
+    SharedAllocs = 14,
+    /// Stacks stored in the shared map because the process's own was full. Informational.
+    SharedStacks = 15,
 }
 
 impl Counter {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 16;
 
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Allocs,
@@ -427,6 +468,8 @@ impl Counter {
         Counter::SampledOut,
         Counter::TraceLost,
         Counter::MissingFree,
+        Counter::SharedAllocs,
+        Counter::SharedStacks,
     ];
 
     /// Counters whose non-zero value means data was lost.
@@ -459,6 +502,8 @@ impl Counter {
             Counter::SampledOut => "sampled_out",
             Counter::TraceLost => "trace_lost",
             Counter::MissingFree => "missing_free",
+            Counter::SharedAllocs => "shared_allocs",
+            Counter::SharedStacks => "shared_stacks",
         }
     }
 
@@ -496,7 +541,7 @@ const _: () = {
     assert!(core::mem::size_of::<AllocInfo>() == 24);
     assert!(core::mem::size_of::<StackKey>() == 16);
     assert!(core::mem::size_of::<PendingCall>() == 64);
-    assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT);
+    assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT + 8);
     assert!(core::mem::size_of::<KernelFields>() == 56);
     assert!(core::mem::size_of::<NestedMmap>() == 16);
     assert!(core::mem::size_of::<TraceConfig>() == 8);

@@ -15,10 +15,14 @@
 //!   call's (see `PendingCall::entry_sp`).
 //! - The user stack is captured at the allocation's return, where the frame-pointer chain is
 //!   intact from the caller down; at entry glibc's `malloc` has already pushed a register and
-//!   the caller would be lost.
+//!   the caller would be lost. It is walked here ([`walk_user_stack`]) a page at a time, not by
+//!   `bpf_get_stack`, whose walk reads each frame alone and faults at the end of every stack.
 //! - A process is traced while it has a `STATS` entry; every program returns at once for any
-//!   other process. Every failure path bumps a counter in that entry (per CPU, so no atomics
-//!   are needed). Nothing is dropped silently.
+//!   other process. That entry names the process's slot: its own small maps (OWN_*, which
+//!   userspace reads and empties without walking anyone else's), and the shared ALLOCS and
+//!   STACKS take what its own have no room for (counted, so they are read too). Every failure
+//!   path bumps a counter in that entry (per CPU, so no atomics are needed). Nothing is
+//!   dropped silently.
 //! - With `--combined-only`, COMBINED equals ALLOCS summed by stack at every moment: each
 //!   insertion into ALLOCS adds its block to its stack's total and each removal subtracts it,
 //!   with atomic adds (several CPUs update one stack's total at once).
@@ -38,18 +42,49 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    btf_maps::{self, ArrayOfMaps},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
-    macros::{map, tracepoint, uprobe, uretprobe},
+    macros::{btf_map, map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memleak_common::{
     AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, KERNEL_TGID, KernelFields,
-    NestedMmap, PAGE_KEY_BASE, PendingCall, ProcessStats, STACK_DEPTH, StackFrames, StackKey,
-    StackTotal, TraceConfig, TraceEvent,
+    NestedMmap, OWN_ALLOCS_FLAGS, OWN_STACKS_FLAGS, PAGE_KEY_BASE, PendingCall, ProcessStats,
+    SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal, TraceConfig, TraceEvent,
 };
 
-// Sizes here are defaults; userspace resizes ALLOCS and STACKS at load time.
+// A process's own maps are created by userspace, at the sizes it chooses (the kernel does not
+// hold inner hash maps to their template's size); these are their templates.
+const PREALLOCATED: usize = OWN_ALLOCS_FLAGS as usize;
+const ALLOCATED_AS_USED: usize = OWN_STACKS_FLAGS as usize;
+const _: () = assert!(OWN_STACKS_FLAGS == BPF_F_NO_PREALLOC);
+type OwnAllocs = btf_maps::HashMap<u64, AllocInfo, 1, PREALLOCATED>;
+type OwnStacks = btf_maps::HashMap<u64, StackFrames, 1, ALLOCATED_AS_USED>;
+type OwnAllocatorMaps = btf_maps::HashMap<u64, u64, 1, PREALLOCATED>;
+type OwnAltstacks = btf_maps::HashMap<u32, u64, 1, PREALLOCATED>;
+
+/// Each traced process's outstanding allocations (address → info), by its slot: small maps
+/// that userspace reads and drops whole, without walking anyone else's.
+#[btf_map]
+static OWN_ALLOCS: ArrayOfMaps<OwnAllocs, { SLOTS as usize }> = ArrayOfMaps::new();
+
+/// Each traced process's stacks (stack id → frames), by its slot.
+#[btf_map]
+static OWN_STACKS: ArrayOfMaps<OwnStacks, { SLOTS as usize }> = ArrayOfMaps::new();
+
+/// The mappings the allocator made for itself (arenas, segments, extents), by slot: their
+/// start → length. Neither blocks nor roots.
+#[btf_map]
+static OWN_ALLOCATOR_MAPS: ArrayOfMaps<OwnAllocatorMaps, { SLOTS as usize }> = ArrayOfMaps::new();
+
+/// Each thread's alternate signal stack, as it registered it with `sigaltstack`, by slot:
+/// thread id → `ss_sp`. The kernel holds that pointer, so it is a root.
+#[btf_map]
+static OWN_ALTSTACKS: ArrayOfMaps<OwnAltstacks, { SLOTS as usize }> = ArrayOfMaps::new();
+
+// Sizes here are defaults; userspace resizes ALLOCS and STACKS at load time. They take what a
+// process's own maps have no room for (and everything of the kernel's allocators).
 #[map]
 static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
@@ -63,17 +98,19 @@ static STACKS: HashMap<StackKey, StackFrames> =
 #[map]
 static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
 
+/// Words of user stack read at once by [`walk_user_stack`]: a page (a power of two).
+const STACK_WINDOW: usize = 512;
+const PAGE: u64 = 4096;
+
+/// Per-CPU copy of a window of the user stack being walked.
+#[map]
+static STACK_WINDOW_COPY: PerCpuArray<[u64; STACK_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries(4096, 0);
 
 #[map]
-static ALTSTACKS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
-
-#[map]
 static NESTED_MMAPS: HashMap<u64, NestedMmap> = HashMap::with_max_entries(16384, 0);
-
-#[map]
-static ALLOCATOR_MAPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 #[map]
 static COMBINED: HashMap<StackKey, StackTotal> =
@@ -101,13 +138,13 @@ fn flag(flag: u32) -> bool {
 
 /// Adds a block to (or, with `remove`, takes it from) its stack's total (`--combined-only`).
 #[inline(always)]
-fn combine(tgid: u32, info: &AllocInfo, remove: bool) {
+fn combine(process: &Process, info: &AllocInfo, remove: bool) {
     if !flag(TraceConfig::COMBINED) {
         return;
     }
     let key = StackKey {
         stack_id: info.stack_id,
-        tgid,
+        tgid: process.tgid,
         _pad: 0,
     };
     let mut total = COMBINED.get_ptr_mut(&key);
@@ -121,7 +158,7 @@ fn combine(tgid: u32, info: &AllocInfo, remove: bool) {
         total = COMBINED.get_ptr_mut(&key);
     }
     let Some(total) = total else {
-        count(tgid, Counter::StackMapFull);
+        process.count(Counter::StackMapFull);
         return;
     };
     let (bytes, allocations) = match remove {
@@ -158,7 +195,7 @@ unsafe fn atomic_add(dst: *mut u64, value: u64) {
 
 /// One `--trace` line; a full ring buffer is a drop.
 #[inline(always)]
-fn trace_event(tgid: u32, kind: u32, addr: u64, size: u64, frame: u64) {
+fn trace_event(process: &Process, kind: u32, addr: u64, size: u64, frame: u64) {
     if !flag(TraceConfig::TRACE) {
         return;
     }
@@ -175,19 +212,19 @@ fn trace_event(tgid: u32, kind: u32, addr: u64, size: u64, frame: u64) {
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
     };
     if EVENTS.output(&event, 0).is_err() {
-        count(tgid, Counter::TraceLost);
+        process.count(Counter::TraceLost);
     }
 }
 
 /// Whether this allocation is recorded under `--sample-rate` (always without it).
 #[inline(always)]
-fn sampled(tgid: u32) -> bool {
+fn sampled(process: &Process) -> bool {
     // SAFETY: a read-only global, set before load.
     let rate = unsafe { core::ptr::read_volatile(&TRACE_CONFIG.sample_rate) } as u64;
     if rate <= 1 {
         return true;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid_tgid = process.pid_tgid;
     let seen = match SAMPLES.get_ptr_mut(&pid_tgid) {
         // SAFETY: a thread's counter is only updated by that thread (one CPU at a time).
         Some(seen) => unsafe {
@@ -203,7 +240,7 @@ fn sampled(tgid: u32) -> bool {
     if seen % rate == 0 {
         true
     } else {
-        count(tgid, Counter::SampledOut);
+        process.count(Counter::SampledOut);
         false
     }
 }
@@ -213,19 +250,115 @@ const MAP_FAILED: u64 = u64::MAX;
 const EEXIST: i32 = -17;
 const E2BIG: i32 = -7;
 
-#[inline(always)]
-fn count(tgid: u32, counter: Counter) {
-    if let Some(stats) = STATS.get_ptr_mut(&tgid) {
-        // SAFETY: per-CPU values: only this CPU writes them while the program runs.
-        unsafe { (*stats).counters[counter as usize] += 1 };
-    }
+/// A traced process, as one program call sees it: found once per call (its STATS entry), then
+/// counted into and recorded for without looking it up again.
+#[derive(Clone, Copy)]
+struct Process {
+    /// The calling thread (0 for the kernel's allocators).
+    pid_tgid: u64,
+    tgid: u32,
+    /// Its counters on this CPU, and its slot.
+    stats: *mut ProcessStats,
 }
 
-/// The calling thread's pid_tgid, if its process is traced (registered in STATS by userspace).
-#[inline(always)]
-fn traced() -> Option<u64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    STATS.get_ptr(&tgid_of(pid_tgid)).map(|_| pid_tgid)
+impl Process {
+    /// The calling thread's process, if it is traced (registered in STATS by userspace).
+    #[inline(always)]
+    fn current() -> Option<Self> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = tgid_of(pid_tgid);
+        STATS.get_ptr_mut(&tgid).map(|stats| Self {
+            pid_tgid,
+            tgid,
+            stats,
+        })
+    }
+
+    /// The kernel's allocators, while `kernel` traces them.
+    #[inline(always)]
+    fn kernel() -> Option<Self> {
+        STATS.get_ptr_mut(&KERNEL_TGID).map(|stats| Self {
+            pid_tgid: 0,
+            tgid: KERNEL_TGID,
+            stats,
+        })
+    }
+
+    #[inline(always)]
+    fn count(&self, counter: Counter) {
+        // SAFETY: per-CPU values: only this CPU writes them while the program runs.
+        unsafe { (*self.stats).counters[counter as usize] += 1 };
+    }
+
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        // SAFETY: as above; userspace set the slot before the process was traced.
+        unsafe { (*self.stats).slot }
+    }
+
+    fn shared_key(&self, addr: u64) -> AllocKey {
+        AllocKey {
+            addr,
+            tgid: self.tgid,
+            _pad: 0,
+        }
+    }
+
+    /// Records a block: in the process's own map, or in the shared one when its own is full
+    /// (or it has none). False when neither had room.
+    #[inline(always)]
+    fn insert_block(&self, addr: u64, info: &AllocInfo) -> bool {
+        if let Some(own) = OWN_ALLOCS.get(self.slot()) {
+            match own.insert(&addr, info, 0) {
+                Ok(()) => return true,
+                Err(E2BIG) => {}
+                Err(_) => return false,
+            }
+        }
+        self.count(Counter::SharedAllocs);
+        ALLOCS.insert(&self.shared_key(addr), info, 0).is_ok()
+    }
+
+    /// The record of an outstanding block, left in place.
+    #[inline(always)]
+    fn block(&self, addr: u64) -> Option<AllocInfo> {
+        if let Some(own) = OWN_ALLOCS.get(self.slot())
+            && let Some(info) = own.get_ptr(&addr)
+        {
+            // SAFETY: the value is copied out at once.
+            return Some(unsafe { *info });
+        }
+        // SAFETY: the value is copied out at once.
+        unsafe { ALLOCS.get(&self.shared_key(addr)) }.copied()
+    }
+
+    /// Forgets an outstanding block; false when it was not outstanding.
+    #[inline(always)]
+    fn remove_block(&self, addr: u64) -> bool {
+        if let Some(own) = OWN_ALLOCS.get(self.slot())
+            && own.remove(&addr).is_ok()
+        {
+            return true;
+        }
+        ALLOCS.remove(&self.shared_key(addr)).is_ok()
+    }
+
+    /// Takes an outstanding block's record out.
+    #[inline(always)]
+    fn take_block(&self, addr: u64) -> Option<AllocInfo> {
+        if let Some(own) = OWN_ALLOCS.get(self.slot())
+            && let Some(info) = own.get_ptr(&addr)
+        {
+            // SAFETY: the value is copied out before the entry is removed.
+            let info = unsafe { *info };
+            // Another CPU removing it first (the kernel's double free) accounts for it.
+            return own.remove(&addr).is_ok().then_some(info);
+        }
+        let key = self.shared_key(addr);
+        // SAFETY: the value is copied out before the entry is removed.
+        let info = unsafe { ALLOCS.get(&key) }.copied()?;
+        ALLOCS.remove(&key).is_ok().then_some(info)
+    }
 }
 
 #[inline(always)]
@@ -271,10 +404,10 @@ fn tgid_of(pid_tgid: u64) -> u32 {
 /// Remembers an allocator call until its return, unless it is nested in another one.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: u64) -> u32 {
-    let Some(pid_tgid) = traced() else {
+    let Some(process) = Process::current() else {
         return 0;
     };
-    let tgid = tgid_of(pid_tgid);
+    let pid_tgid = process.pid_tgid;
     let entry_sp = stack_pointer(ctx);
     // SAFETY: read-only use of a value this thread owns (keyed by pid_tgid).
     if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
@@ -288,27 +421,20 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
                     len: size,
                 };
                 if NESTED_MMAPS.insert(&pid_tgid, &nested, 0).is_err() {
-                    count(tgid, Counter::PendingMapFull);
+                    process.count(Counter::PendingMapFull);
                 }
             }
             return 0;
         }
-        count(tgid, Counter::StalePending);
+        process.count(Counter::StalePending);
     }
     // The old block leaves now, while it is still ours (see PendingCall::old).
-    let key = AllocKey {
-        addr: old_addr,
-        tgid,
-        _pad: 0,
-    };
-    // SAFETY: the value is copied out at once.
     let old = match old_addr {
         0 => None,
-        _ => unsafe { ALLOCS.get(&key) }.copied(),
+        _ => process.take_block(old_addr),
     };
     if let Some(old) = &old {
-        let _ = ALLOCS.remove(&key);
-        combine(tgid, old, true);
+        combine(&process, old, true);
     }
     let call = PendingCall {
         kind: kind as u32,
@@ -324,7 +450,7 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
         }),
     };
     if PENDING.insert(&pid_tgid, &call, 0).is_err() {
-        count(tgid, Counter::PendingMapFull);
+        process.count(Counter::PendingMapFull);
     }
     0
 }
@@ -332,9 +458,10 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
 /// Finishes the outermost pending call of this thread, if this return is its return.
 #[inline(always)]
 fn leave(ctx: &RetProbeContext) -> u32 {
-    let Some(pid_tgid) = traced() else {
+    let Some(process) = Process::current() else {
         return 0;
     };
+    let pid_tgid = process.pid_tgid;
     // SAFETY: this thread's own record, copied out before it is removed.
     let Some(call) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
         // The entry was not recorded; it was counted (PendingMapFull) at entry.
@@ -350,26 +477,22 @@ fn leave(ctx: &RetProbeContext) -> u32 {
         {
             let _ = NESTED_MMAPS.remove(&pid_tgid);
             let addr: u64 = ctx.ret();
-            if addr != MAP_FAILED {
-                let key = AllocKey {
-                    addr,
-                    tgid: tgid_of(pid_tgid),
-                    _pad: 0,
-                };
-                if ALLOCATOR_MAPS.insert(&key, &nested.len, 0).is_err() {
-                    count(tgid_of(pid_tgid), Counter::AllocMapFull);
-                }
+            if addr != MAP_FAILED
+                && !OWN_ALLOCATOR_MAPS
+                    .get(process.slot())
+                    .is_some_and(|own| own.insert(&addr, &nested.len, 0).is_ok())
+            {
+                process.count(Counter::AllocMapFull);
             }
         }
         return 0;
     }
     let _ = PENDING.remove(&pid_tgid);
-    let tgid = tgid_of(pid_tgid);
     let ret: u64 = ctx.ret();
     match call.kind {
         k if k == CallKind::Plain as u32 => {
             if ret != 0 {
-                record(ctx, tgid, ret, call.size);
+                record(ctx, &process, ret, call.size);
             }
         }
         k if k == CallKind::Realloc as u32 => {
@@ -378,36 +501,36 @@ fn leave(ctx: &RetProbeContext) -> u32 {
             // (even when it did not move: the block now has this call's size and stack).
             let succeeded = ret != 0 || call.size == 0;
             if call.old_addr != 0 {
-                settle_old(tgid, &call, succeeded, Counter::FreeUnknown);
+                settle_old(&process, &call, succeeded, Counter::FreeUnknown);
             }
             if ret != 0 {
-                record(ctx, tgid, ret, call.size);
+                record(ctx, &process, ret, call.size);
             }
         }
         k if k == CallKind::PosixMemalign as u32 => {
             if ret as u32 == 0 {
                 // SAFETY: bpf_probe_read_user validates the user address.
                 match unsafe { bpf_probe_read_user(call.out_ptr as *const u64) } {
-                    Ok(block) if block != 0 => record(ctx, tgid, block, call.size),
+                    Ok(block) if block != 0 => record(ctx, &process, block, call.size),
                     Ok(_) => {}
-                    Err(_) => count(tgid, Counter::ReadFailed),
+                    Err(_) => process.count(Counter::ReadFailed),
                 }
             }
         }
         k if k == CallKind::Dealloc as u32 => {
-            settle_old(tgid, &call, true, Counter::FreeUnknown);
+            settle_old(&process, &call, true, Counter::FreeUnknown);
         }
         k if k == CallKind::Mmap as u32 => {
             if ret != MAP_FAILED {
-                record(ctx, tgid, ret, call.size);
+                record(ctx, &process, ret, call.size);
             }
         }
         k if k == CallKind::Mremap as u32 => {
             // A mapping never traced (made by the loader, say) counts as untracked, not as an
             // unknown free: the result is traced from here on either way.
-            settle_old(tgid, &call, ret != MAP_FAILED, Counter::MunmapUntracked);
+            settle_old(&process, &call, ret != MAP_FAILED, Counter::MunmapUntracked);
             if ret != MAP_FAILED {
-                record(ctx, tgid, ret, call.size);
+                record(ctx, &process, ret, call.size);
             }
         }
         _ => {}
@@ -415,137 +538,245 @@ fn leave(ctx: &RetProbeContext) -> u32 {
     0
 }
 
-/// Hashes the captured frames; 0 is reserved for "no stack".
+/// How far above the stack pointer a frame may lie: a frame pointer beyond is not one (the
+/// registers of glibc's start code hold other values at the chain's end).
+const MAX_STACK_SPAN: u64 = 1 << 30;
+
+/// The user stack at a return probe, by its frame pointers, and its hash ([`hash_frames`]'s,
+/// computed as it goes): where the call returns to, then each caller's return address, ended
+/// by a 0 when shorter than `frames`. The walk stops where
+/// the chain leaves the stack: a frame pointer not above the last one, unaligned, or farther
+/// than [`MAX_STACK_SPAN`] from the stack pointer. The kernel's own walker (`bpf_get_stack`)
+/// reads on until a read faults, at the end of every stack, and on these machines that fault
+/// costs more than the rest of the walk.
 #[inline(always)]
-fn hash_frames(frames: &StackFrames, len: usize) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, frame) in frames.iter().enumerate() {
-        if i >= len {
+fn walk_user_stack<C: EbpfContext>(ctx: &C, frames: &mut StackFrames) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: the context of a (ret)probe program is the probed task's pt_regs.
+    let (ip, mut fp, sp) = unsafe { ((*regs).rip, (*regs).rbp, (*regs).rsp) };
+    frames[0] = ip;
+    let mut hash = hash_step(FNV_OFFSET, ip);
+    let mut len = 1;
+    // Frames are read from a copy of the stack from a frame to the end of its page,
+    // [window, window_end): one read per page rather than one per frame, and never past the
+    // page, which is mapped (the frame is in it). A frame that straddles two pages is read
+    // alone.
+    let window_copy = STACK_WINDOW_COPY.get_ptr_mut(0);
+    let mut window: u64 = 0;
+    let mut window_end: u64 = 0;
+    while len < STACK_DEPTH {
+        if fp < sp || fp - sp > MAX_STACK_SPAN || fp & 7 != 0 {
             break;
         }
-        hash = (hash ^ *frame).wrapping_mul(0x0000_0100_0000_01b3);
-        hash ^= hash >> 29;
+        let frame = match window_copy {
+            Some(copy) => {
+                let inside = |window: u64, window_end: u64| fp >= window && fp + 16 <= window_end;
+                if !inside(window, window_end) {
+                    let size = (PAGE - (fp & (PAGE - 1))) & (8 * STACK_WINDOW as u64 - 1);
+                    // SAFETY: `copy` is this CPU's buffer, at least `size` bytes long; the
+                    // helper validates the user address.
+                    let read = size >= 16
+                        && unsafe {
+                            generated::bpf_probe_read_user(
+                                copy.cast(),
+                                size as u32,
+                                fp as *const core::ffi::c_void,
+                            )
+                        } == 0;
+                    (window, window_end) = if read { (fp, fp + size) } else { (0, 0) };
+                }
+                if inside(window, window_end) {
+                    let at = (((fp - window) / 8) as usize) & (STACK_WINDOW - 1);
+                    // SAFETY: `at` and `at + 1` lie inside the buffer (checked by `inside`,
+                    // and masked for the verifier).
+                    unsafe {
+                        let words = &*copy;
+                        Some([words[at], words[(at + 1) & (STACK_WINDOW - 1)]])
+                    }
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let frame = match frame {
+            Some(frame) => Ok(frame),
+            // SAFETY: bpf_probe_read_user validates the user address.
+            None => unsafe { bpf_probe_read_user(fp as *const [u64; 2]) },
+        };
+        let Ok([next, ret]) = frame else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        frames[len] = ret;
+        hash = hash_step(hash, ret);
+        len += 1;
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    if len < STACK_DEPTH {
+        frames[len] = 0;
     }
     if hash == 0 { 1 } else { hash }
 }
 
-/// Captures the stack (`BPF_F_USER_STACK` in `flags`: the user stack, else the kernel's) into
-/// the stack map and returns its key, or 0 (counted) on failure.
+/// Hashes the captured frames; 0 is reserved for "no stack".
 #[inline(always)]
-fn capture_stack<C: EbpfContext>(ctx: &C, tgid: u32, flags: u64) -> u64 {
+fn hash_frames(frames: &StackFrames, len: usize) -> u64 {
+    let mut hash = FNV_OFFSET;
+    for (i, frame) in frames.iter().enumerate() {
+        if i >= len {
+            break;
+        }
+        hash = hash_step(hash, *frame);
+    }
+    if hash == 0 { 1 } else { hash }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One frame into the hash (FNV-1a over whole words, with a shift to mix the high bits in).
+#[inline(always)]
+fn hash_step(hash: u64, frame: u64) -> u64 {
+    let hash = (hash ^ frame).wrapping_mul(0x0000_0100_0000_01b3);
+    hash ^ (hash >> 29)
+}
+
+/// Captures the stack (`BPF_F_USER_STACK` in `flags`: the user stack, else the kernel's) into
+/// the process's stack map (or the shared one, when its own is full) and returns its key, or 0
+/// (counted) on failure.
+#[inline(always)]
+fn capture_stack<C: EbpfContext>(ctx: &C, process: &Process, flags: u64) -> u64 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
-        count(tgid, Counter::StackFailed);
+        process.count(Counter::StackFailed);
         return 0;
     };
-    let size = core::mem::size_of::<StackFrames>() as u32;
-    // SAFETY: scratch is this CPU's buffer of exactly `size` bytes.
-    let copied = unsafe { generated::bpf_get_stack(ctx.as_ptr(), scratch.cast(), size, flags) };
-    if copied <= 0 {
-        count(tgid, Counter::StackFailed);
-        return 0;
-    }
-    let frames_len = (copied as usize / 8).min(STACK_DEPTH);
-    // SAFETY: the helper filled the buffer (and zeroed its tail).
+    let stack_id = if flags & BPF_F_USER_STACK as u64 != 0 {
+        // SAFETY: this CPU's buffer, used by one program at a time.
+        walk_user_stack(ctx, unsafe { &mut *scratch })
+    } else {
+        let size = core::mem::size_of::<StackFrames>() as u32;
+        // SAFETY: scratch is this CPU's buffer of exactly `size` bytes.
+        let copied = unsafe { generated::bpf_get_stack(ctx.as_ptr(), scratch.cast(), size, flags) };
+        if copied <= 0 {
+            process.count(Counter::StackFailed);
+            return 0;
+        }
+        // SAFETY: the helper filled the buffer (and zeroed its tail).
+        hash_frames(unsafe { &*scratch }, (copied as usize / 8).min(STACK_DEPTH))
+    };
+    // SAFETY: filled, and ended by a 0 when shorter (readers stop at the first 0).
     let frames = unsafe { &*scratch };
+    if let Some(own) = OWN_STACKS.get(process.slot()) {
+        if own.get_ptr(&stack_id).is_some() {
+            return stack_id;
+        }
+        match own.insert(&stack_id, frames, BPF_NOEXIST as u64) {
+            // Another thread storing the same stack first is fine.
+            Ok(()) | Err(EEXIST) => return stack_id,
+            Err(E2BIG) => process.count(Counter::SharedStacks),
+            Err(_) => {
+                process.count(Counter::StackFailed);
+                return 0;
+            }
+        }
+    }
     let key = StackKey {
-        stack_id: hash_frames(frames, frames_len),
-        tgid,
+        stack_id,
+        tgid: process.tgid,
         _pad: 0,
     };
     if STACKS.get_ptr(&key).is_none()
         && let Err(err) = STACKS.insert(&key, frames, BPF_NOEXIST as u64)
     {
-        // Another thread storing the same stack first is fine; anything else is a lost stack.
         match err {
             EEXIST => {}
             E2BIG => {
-                count(tgid, Counter::StackMapFull);
+                process.count(Counter::StackMapFull);
                 return 0;
             }
             _ => {
-                count(tgid, Counter::StackFailed);
+                process.count(Counter::StackFailed);
                 return 0;
             }
         }
     }
-    key.stack_id
+    stack_id
 }
 
 /// Records an allocation the program made, with its user stack.
 #[inline(always)]
-fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
-    record_with_stack(ctx, tgid, addr, size, BPF_F_USER_STACK as u64);
+fn record(ctx: &RetProbeContext, process: &Process, addr: u64, size: u64) {
+    record_with_stack(ctx, process, addr, size, BPF_F_USER_STACK as u64);
 }
 
 #[inline(always)]
-fn record_with_stack<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size: u64, stack_flags: u64) {
-    if !sampled(tgid) {
+fn record_with_stack<C: EbpfContext>(
+    ctx: &C,
+    process: &Process,
+    addr: u64,
+    size: u64,
+    stack_flags: u64,
+) {
+    if !sampled(process) {
         return;
     }
-    let stack_id = capture_stack(ctx, tgid, stack_flags);
+    let stack_id = capture_stack(ctx, process, stack_flags);
     let info = AllocInfo {
         size,
-        // SAFETY: plain helper call.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        timestamp_ns: if flag(TraceConfig::AGES) {
+            // SAFETY: plain helper call.
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            0
+        },
         stack_id,
     };
-    let key = AllocKey {
-        addr,
-        tgid,
-        _pad: 0,
-    };
-    if tgid == KERNEL_TGID {
-        // SAFETY: the value is copied out at once.
-        if let Some(old) = unsafe { ALLOCS.get(&key) }.copied() {
-            // Its free was missed: the new block replaces it.
-            combine(tgid, &old, true);
-            trace_event(tgid, TraceEvent::FREE, addr, old.size, 0);
-            count(tgid, Counter::MissingFree);
-        }
+    if process.tgid == KERNEL_TGID
+        && let Some(old) = process.block(addr)
+    {
+        // Its free was missed: the new block replaces it.
+        combine(process, &old, true);
+        trace_event(process, TraceEvent::FREE, addr, old.size, 0);
+        process.count(Counter::MissingFree);
     }
-    if ALLOCS.insert(&key, &info, 0).is_err() {
-        count(tgid, Counter::AllocMapFull);
+    if !process.insert_block(addr, &info) {
+        process.count(Counter::AllocMapFull);
         return;
     }
-    count(tgid, Counter::Allocs);
-    combine(tgid, &info, false);
+    process.count(Counter::Allocs);
+    combine(process, &info, false);
     if flag(TraceConfig::TRACE) {
         let frame = match (stack_id, STACK_SCRATCH.get_ptr(0)) {
             // SAFETY: this CPU's buffer, just filled by capture_stack.
             (id, Some(frames)) if id != 0 => unsafe { (*frames)[0] },
             _ => 0,
         };
-        trace_event(tgid, TraceEvent::ALLOC, addr, size, frame);
+        trace_event(process, TraceEvent::ALLOC, addr, size, frame);
     }
 }
 
 /// Forgets an outstanding block (counted as a free). False when it was not outstanding; the
 /// caller counts that, as it alone knows what it means.
 #[inline(always)]
-fn release(tgid: u32, addr: u64) -> bool {
-    let key = AllocKey {
-        addr,
-        tgid,
-        _pad: 0,
-    };
+fn release(process: &Process, addr: u64) -> bool {
     if !flag(TraceConfig::COMBINED | TraceConfig::TRACE) {
-        let found = ALLOCS.remove(&key).is_ok();
+        let found = process.remove_block(addr);
         if found {
-            count(tgid, Counter::Frees);
+            process.count(Counter::Frees);
         }
         return found;
     }
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
+    let Some(info) = process.take_block(addr) else {
         return false;
     };
-    if ALLOCS.remove(&key).is_err() {
-        // Another CPU freed it first (the kernel's double free): that one accounts for it.
-        return false;
-    }
-    count(tgid, Counter::Frees);
-    combine(tgid, &info, true);
-    trace_event(tgid, TraceEvent::FREE, addr, info.size, 0);
+    process.count(Counter::Frees);
+    combine(process, &info, true);
+    trace_event(process, TraceEvent::FREE, addr, info.size, 0);
     true
 }
 
@@ -553,23 +784,18 @@ fn release(tgid: u32, addr: u64) -> bool {
 /// removed at entry; a call that `succeeded` freed it (counted, or `unknown` when it was never
 /// recorded), a failed one leaves it as it was.
 #[inline(always)]
-fn settle_old(tgid: u32, call: &PendingCall, succeeded: bool, unknown: Counter) {
+fn settle_old(process: &Process, call: &PendingCall, succeeded: bool, unknown: Counter) {
     match (call.old_found != 0, succeeded) {
         (true, true) => {
-            count(tgid, Counter::Frees);
-            trace_event(tgid, TraceEvent::FREE, call.old_addr, call.old.size, 0);
+            process.count(Counter::Frees);
+            trace_event(process, TraceEvent::FREE, call.old_addr, call.old.size, 0);
         }
-        (false, true) => count(tgid, unknown),
+        (false, true) => process.count(unknown),
         (true, false) => {
-            let key = AllocKey {
-                addr: call.old_addr,
-                tgid,
-                _pad: 0,
-            };
-            if ALLOCS.insert(&key, &call.old, 0).is_err() {
-                count(tgid, Counter::AllocMapFull);
+            if process.insert_block(call.old_addr, &call.old) {
+                combine(process, &call.old, false);
             } else {
-                combine(tgid, &call.old, false);
+                process.count(Counter::AllocMapFull);
             }
         }
         (false, false) => {}
@@ -579,16 +805,16 @@ fn settle_old(tgid: u32, call: &PendingCall, succeeded: bool, unknown: Counter) 
 /// True when a free-like entry runs inside a pending allocator call of its thread (and so is
 /// accounted by that call's return). A pending record the free is not nested in is stale.
 #[inline(always)]
-fn nested_in_pending<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> bool {
+fn nested_in_pending<C: EbpfContext>(ctx: &C, process: &Process) -> bool {
     // SAFETY: read-only use of this thread's own record.
-    let Some(outer) = (unsafe { PENDING.get(&pid_tgid) }) else {
+    let Some(outer) = (unsafe { PENDING.get(&process.pid_tgid) }) else {
         return false;
     };
     if stack_pointer(ctx) < outer.entry_sp {
         return true;
     }
-    let _ = PENDING.remove(&pid_tgid);
-    count(tgid_of(pid_tgid), Counter::StalePending);
+    let _ = PENDING.remove(&process.pid_tgid);
+    process.count(Counter::StalePending);
     false
 }
 
@@ -638,8 +864,8 @@ fn on_entry(ctx: &ProbeContext) -> u32 {
             addr => enter(ctx, CallKind::Dealloc, 0, addr, 0),
         },
         None => {
-            if let Some(pid_tgid) = traced() {
-                count(tgid_of(pid_tgid), Counter::ReadFailed);
+            if let Some(process) = Process::current() {
+                process.count(Counter::ReadFailed);
             }
             0
         }
@@ -685,7 +911,12 @@ const SS_DISABLE: i32 = 2;
 /// Remembers the thread's alternate signal stack (or forgets it, when disabled).
 #[inline(always)]
 fn on_sigaltstack(ctx: &ProbeContext) -> u32 {
-    let Some(pid_tgid) = traced() else {
+    let Some(process) = Process::current() else {
+        return 0;
+    };
+    let tid = process.pid_tgid as u32;
+    let Some(altstacks) = OWN_ALTSTACKS.get(process.slot()) else {
+        process.count(Counter::ReadFailed);
         return 0;
     };
     let ss = arg(ctx, 0);
@@ -695,14 +926,14 @@ fn on_sigaltstack(ctx: &ProbeContext) -> u32 {
     // SAFETY: bpf_probe_read_user validates the user address.
     match unsafe { bpf_probe_read_user(ss as *const StackT) } {
         Ok(stack) if stack.ss_flags & SS_DISABLE != 0 => {
-            let _ = ALTSTACKS.remove(&pid_tgid);
+            let _ = altstacks.remove(&tid);
         }
         Ok(stack) => {
-            if ALTSTACKS.insert(&pid_tgid, &stack.ss_sp, 0).is_err() {
-                count(tgid_of(pid_tgid), Counter::ReadFailed);
+            if altstacks.insert(&tid, &stack.ss_sp, 0).is_err() {
+                process.count(Counter::ReadFailed);
             }
         }
-        Err(_) => count(tgid_of(pid_tgid), Counter::ReadFailed),
+        Err(_) => process.count(Counter::ReadFailed),
     }
     0
 }
@@ -713,21 +944,20 @@ fn on_free(ctx: &ProbeContext) -> u32 {
     if addr == 0 {
         return 0;
     }
-    let Some(pid_tgid) = traced() else {
+    let Some(process) = Process::current() else {
         return 0;
     };
-    if nested_in_pending(ctx, pid_tgid) {
+    if nested_in_pending(ctx, &process) {
         return 0;
     }
-    let tgid = tgid_of(pid_tgid);
     // Only a miss pays for the caller check (a user-memory read).
-    if !release(tgid, addr) {
+    if !release(&process, addr) {
         let missing = if called_by_allocator(ctx) {
             Counter::AllocatorInternalFree
         } else {
             Counter::FreeUnknown
         };
-        count(tgid, missing);
+        process.count(missing);
     }
     0
 }
@@ -736,46 +966,35 @@ fn on_free(ctx: &ProbeContext) -> u32 {
 fn on_munmap(ctx: &ProbeContext) -> u32 {
     let addr = arg(ctx, 0);
     let len = arg(ctx, 1);
-    let Some(pid_tgid) = traced() else {
+    let Some(process) = Process::current() else {
         return 0;
     };
-    let tgid = tgid_of(pid_tgid);
-    let key = AllocKey {
-        addr,
-        tgid,
-        _pad: 0,
-    };
-    if nested_in_pending(ctx, pid_tgid) || called_by_allocator(ctx) {
+    if nested_in_pending(ctx, &process) || called_by_allocator(ctx) {
         // The allocator giving back a mapping of its own.
-        let _ = ALLOCATOR_MAPS.remove(&key);
+        if let Some(own) = OWN_ALLOCATOR_MAPS.get(process.slot()) {
+            let _ = own.remove(&addr);
+        }
         return 0;
     }
-    // SAFETY: the value is copied out before the entry is changed.
-    let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
-        count(tgid, Counter::MunmapUntracked);
+    let Some(info) = process.take_block(addr) else {
+        process.count(Counter::MunmapUntracked);
         return 0;
     };
-    let _ = ALLOCS.remove(&key);
-    combine(tgid, &info, true);
+    combine(&process, &info, true);
     if len < info.size {
         // Unmapping the front of a traced mapping: the rest stays outstanding.
-        let rest = AllocKey {
-            addr: addr + len,
-            tgid,
-            _pad: 0,
-        };
         let trimmed = AllocInfo {
             size: info.size - len,
             ..info
         };
-        if ALLOCS.insert(&rest, &trimmed, 0).is_err() {
-            count(tgid, Counter::AllocMapFull);
+        if process.insert_block(addr + len, &trimmed) {
+            combine(&process, &trimmed, false);
         } else {
-            combine(tgid, &trimmed, false);
+            process.count(Counter::AllocMapFull);
         }
     } else {
-        count(tgid, Counter::Frees);
-        trace_event(tgid, TraceEvent::FREE, addr, info.size, 0);
+        process.count(Counter::Frees);
+        trace_event(&process, TraceEvent::FREE, addr, info.size, 0);
     }
     0
 }
@@ -798,38 +1017,33 @@ fn field<T>(ctx: &TracePointContext, offset: &u32) -> Option<T> {
 }
 
 #[inline(always)]
-fn kernel_traced() -> bool {
-    STATS.get_ptr(&KERNEL_TGID).is_some()
-}
-
-#[inline(always)]
 fn kernel_alloc(ctx: &TracePointContext, addr: Option<u64>, size: Option<u64>) -> u32 {
-    if !kernel_traced() {
+    let Some(kernel) = Process::kernel() else {
         return 0;
-    }
+    };
     match (addr, size) {
         (Some(addr), Some(size)) if addr > ZERO_SIZE_PTR => {
-            record_with_stack(ctx, KERNEL_TGID, addr, size, 0);
+            record_with_stack(ctx, &kernel, addr, size, 0);
         }
         (Some(_), Some(_)) => {}
-        _ => count(KERNEL_TGID, Counter::ReadFailed),
+        _ => kernel.count(Counter::ReadFailed),
     }
     0
 }
 
 #[inline(always)]
 fn kernel_free(addr: Option<u64>) -> u32 {
-    if !kernel_traced() {
+    let Some(kernel) = Process::kernel() else {
         return 0;
-    }
+    };
     match addr {
         Some(addr) if addr > ZERO_SIZE_PTR => {
-            if !release(KERNEL_TGID, addr) {
-                count(KERNEL_TGID, Counter::FreeUnknown);
+            if !release(&kernel, addr) {
+                kernel.count(Counter::FreeUnknown);
             }
         }
         Some(_) => {}
-        None => count(KERNEL_TGID, Counter::ReadFailed),
+        None => kernel.count(Counter::ReadFailed),
     }
     0
 }

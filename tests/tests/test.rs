@@ -870,25 +870,30 @@ fn stacks_of_finished_tests_make_room_for_the_next() {
     );
 }
 
-/// The pid of a child of `parent` whose command line contains `needle`, waiting up to
-/// `timeout` (other tests run the same fixture at the same time).
-fn find_child(parent: u32, needle: &str, timeout: std::time::Duration) -> Option<i32> {
+/// The pid of a descendant of `ancestor` (a child, or a child's child) whose command line
+/// contains `needle`, waiting up to `timeout` (other tests run the same fixture at once).
+fn find_descendant(ancestor: u32, needle: &str, timeout: std::time::Duration) -> Option<i32> {
+    // pid (comm) state ppid ...: the parent is the fourth field, after the comm.
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+    };
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let std::result::Result::Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+            let std::result::Result::Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>()
             else {
                 continue;
             };
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            // pid (comm) state ppid ...: the parent is the fourth field, after the comm.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-            if cmdline.contains(needle) && ppid == Some(parent) {
-                return Some(pid);
+            // Tests are forked by the run's spawner, a child of the run.
+            let descends = std::iter::successors(parent_of(pid), |&pid| parent_of(pid))
+                .take(3)
+                .any(|parent| parent == ancestor);
+            if cmdline.contains(needle) && descends {
+                return Some(pid as i32);
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -928,7 +933,7 @@ fn an_interrupted_run_reports_what_ran_and_exits_130_or_143() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("cargo memleak test starts");
-        let hanging = find_child(
+        let hanging = find_descendant(
             child.id(),
             "--exact tests::hangs --nocapture",
             std::time::Duration::from_secs(120),

@@ -71,7 +71,9 @@ pub fn check() -> Result<()> {
         start.elapsed().as_secs_f64()
     );
 
-    let commands: [(&str, &[(&str, &str)], &str); 2] = [
+    // The task, the variables it runs with, and the line that says it got as far as it must.
+    type Task<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let commands: [Task; 2] = [
         (
             "test",
             &[(STOP_AFTER_BOOTSTRAP, "1")],

@@ -104,7 +104,7 @@ pub fn test(options: &Options) -> Result<Outcome> {
     });
     let listed = list::list_all(built.executables, run_as)?;
     let selection = list::select(&listed.cases, &run_options.filters);
-    let note = tracer.prepare_for_many()?;
+    let note = tracer.prepare_for_many(run_options.jobs.min(selection.run.len()))?;
     if let Some(note) = &note {
         eprintln!("memleak: {note}");
     }

@@ -6,7 +6,7 @@
 use std::{
     ffi::{CString, OsString},
     os::{
-        fd::{AsRawFd as _, OwnedFd, RawFd},
+        fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
@@ -46,15 +46,15 @@ pub struct Gated {
 }
 
 /// Everything the child needs after `fork`, prepared before it.
-struct Prepared {
-    program: CString,
-    cwd: Option<CString>,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+pub(super) struct Prepared {
+    pub(super) program: CString,
+    pub(super) cwd: Option<CString>,
+    pub(super) argv: Vec<CString>,
+    pub(super) envp: Vec<CString>,
     /// For isolated commands: /dev/null (stdin) and the memfd that takes stdout and stderr.
-    stdio: Option<(OwnedFd, OwnedFd)>,
+    pub(super) stdio: Option<(OwnedFd, OwnedFd)>,
     /// Under sudo: the invoking user's ids, switched to before the program runs.
-    credentials: Option<Credentials>,
+    pub(super) credentials: Option<Credentials>,
 }
 
 fn c_string(bytes: &[u8], what: &str) -> Result<CString> {
@@ -152,59 +152,76 @@ pub fn spawn(command: &Command) -> Result<Gated> {
     let (gate_read, gate_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_error)?;
     let (errors_read, errors_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_error)?;
 
-    // SAFETY: the child only makes async-signal-safe calls on memory prepared above, then
-    // execs or exits (see `exec_child`).
-    match unsafe { fork() }.map_err(spawn_error)? {
-        ForkResult::Child => unsafe {
-            exec_child(
-                &prepared,
-                &argv,
-                &envp,
-                [gate_read.as_raw_fd(), gate_write.as_raw_fd()],
-                [errors_read.as_raw_fd(), errors_write.as_raw_fd()],
-            )
-        },
-        ForkResult::Parent { child } => {
-            drop(gate_read);
-            drop(errors_write);
-            let output = prepared.stdio.take().map(|(_, output)| output);
-            let mut options = Options::PTRACE_O_TRACEEXIT
-                | Options::PTRACE_O_EXITKILL
-                | Options::PTRACE_O_TRACECLONE;
-            if command.follow != Follow::Nothing {
-                options |= Options::PTRACE_O_TRACEFORK
-                    | Options::PTRACE_O_TRACEVFORK
-                    | Options::PTRACE_O_TRACEEXEC;
+    let child = match (&command.spawner, &prepared.stdio) {
+        (Some(spawner), Some((null, output))) => spawner.spawn(
+            &prepared,
+            [
+                gate_read.as_fd(),
+                errors_write.as_fd(),
+                null.as_fd(),
+                output.as_fd(),
+            ],
+        )?,
+        _ => {
+            let stdio = prepared
+                .stdio
+                .as_ref()
+                .map(|(null, output)| (null.as_raw_fd(), output.as_raw_fd()));
+            // SAFETY: the child only makes async-signal-safe calls on memory prepared above,
+            // then execs or exits (see `exec_child`).
+            match unsafe { fork() }.map_err(spawn_error)? {
+                ForkResult::Child => unsafe {
+                    exec_child(
+                        &prepared,
+                        stdio,
+                        &argv,
+                        &envp,
+                        [gate_read.as_raw_fd(), gate_write.as_raw_fd()],
+                        [errors_read.as_raw_fd(), errors_write.as_raw_fd()],
+                    )
+                },
+                ForkResult::Parent { child } => child,
             }
-            if let Err(source) = ptrace::seize(child, options) {
-                let _ = signal::kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, Some(WAIT_ALL));
-                return Err(Error::Ptrace {
-                    operation: "PTRACE_SEIZE",
-                    pid: child.as_raw(),
-                    source,
-                });
-            }
-            Ok(Gated {
-                pid: child,
-                program,
-                gate: gate_write,
-                exec_errors: errors_read,
-                output,
-                isolated: command.isolated,
-                timeout: command.timeout,
-                groups: command.groups.clone().filter(|_| command.isolated),
-            })
         }
+    };
+    drop(gate_read);
+    drop(errors_write);
+    let output = prepared.stdio.take().map(|(_, output)| output);
+    let mut options =
+        Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACECLONE;
+    if command.follow != Follow::Nothing {
+        options |= Options::PTRACE_O_TRACEFORK
+            | Options::PTRACE_O_TRACEVFORK
+            | Options::PTRACE_O_TRACEEXEC;
     }
+    if let Err(source) = ptrace::seize(child, options) {
+        let _ = signal::kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, Some(WAIT_ALL));
+        return Err(Error::Ptrace {
+            operation: "PTRACE_SEIZE",
+            pid: child.as_raw(),
+            source,
+        });
+    }
+    Ok(Gated {
+        pid: child,
+        program,
+        gate: gate_write,
+        exec_errors: errors_read,
+        output,
+        isolated: command.isolated,
+        timeout: command.timeout,
+        groups: command.groups.clone().filter(|_| command.isolated),
+    })
 }
 
 /// The forked child: wait at the gate, then exec. Never returns.
 ///
 /// # Safety
 /// Must only be called in the child right after `fork`.
-unsafe fn exec_child(
+pub(super) unsafe fn exec_child(
     prepared: &Prepared,
+    stdio: Option<(RawFd, RawFd)>,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     [gate_read, gate_write]: [RawFd; 2],
@@ -214,15 +231,22 @@ unsafe fn exec_child(
     unsafe {
         libc::close(gate_write);
         libc::close(errors_read);
-        // The parent ignores interrupts while it waits; the program must not inherit that.
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-        libc::signal(libc::SIGQUIT, libc::SIG_DFL);
-        if let Some((null, output)) = &prepared.stdio {
+        // Start as `cargo test` starts a test: what we (or the spawner) ignore is not the
+        // program's to ignore (interrupts while we wait, SIGPIPE as every Rust program does,
+        // SIGCHLD in the spawner, which would make the program's children reap themselves),
+        // and no signal is blocked.
+        for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGPIPE, libc::SIGCHLD] {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const none, std::ptr::null_mut());
+        if let Some((null, output)) = stdio {
             // A group of its own, so a timeout kills whatever it started too.
             libc::setpgid(0, 0);
-            libc::dup2(null.as_raw_fd(), 0);
-            libc::dup2(output.as_raw_fd(), 1);
-            libc::dup2(output.as_raw_fd(), 2);
+            libc::dup2(null, 0);
+            libc::dup2(output, 1);
+            libc::dup2(output, 2);
         }
         // A fixed address-space layout (as under gdb and valgrind): the same program gives the
         // same pointer scan, so a report does not change from run to run by chance.

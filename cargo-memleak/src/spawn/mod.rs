@@ -27,6 +27,7 @@
 
 mod gate;
 mod running;
+pub mod spawner;
 
 pub use gate::{Gated, spawn};
 pub use running::{Event, LiveThread, Running, ThreadState};
@@ -83,6 +84,9 @@ pub struct Command {
     /// Under sudo (or `--user`): the user it runs as, with that user's environment; its ids
     /// are switched to in the child before it execs.
     pub run_as: Option<RunAs>,
+    /// Forks it from the spawner process (isolated commands only) rather than from us: much
+    /// cheaper for a test run, whose process is large (see [`spawner`]).
+    pub spawner: Option<Arc<spawner::Spawner>>,
 }
 
 /// The process groups of the isolated commands running now (each test leads its own).
@@ -190,6 +194,7 @@ impl Command {
             follow: Follow::Nothing,
             groups: None,
             run_as: None,
+            spawner: None,
         }
     }
 }

@@ -34,13 +34,14 @@ use crate::{
     incomplete::Reasons,
     report::{Amount, LeakSummary},
     session,
-    spawn::{Command, Follow, Groups},
+    spawn::{Command, Follow, Groups, spawner::Spawner},
     symbolize::Symbolizer,
     tracer::Tracer,
 };
 
 /// What the worker threads share.
 struct Shared<'a> {
+    spawner: &'a Arc<Spawner>,
     tracer: &'a Mutex<Tracer>,
     follow: &'a Follow,
     gate: &'a LoadedGate,
@@ -105,7 +106,10 @@ pub fn run(
     })?;
     let tracer = Mutex::new(tracer);
     let groups = Arc::new(Groups::default());
+    // Started here, on the thread that outlives the workers (it dies with its thread).
+    let spawner = Arc::new(Spawner::start()?);
     let shared = Shared {
+        spawner: &spawner,
         tracer: &tracer,
         follow: &follow,
         gate: &gate,
@@ -330,6 +334,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     command.follow = shared.follow.clone();
     command.groups = Some(Arc::clone(shared.groups));
     command.run_as = options.run_as.clone();
+    command.spawner = Some(Arc::clone(shared.spawner));
     let budget = gate
         .baseline
         .tests
