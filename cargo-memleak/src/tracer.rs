@@ -1081,17 +1081,14 @@ fn read_trace(
     if recording.combined {
         trace.combined = Some(read_combined(ebpf, tgid)?);
     }
-    let mut outstanding = std::collections::BTreeMap::new();
+    let mut outstanding = Vec::new();
     let mut keep = |addr: u64, info: AllocInfo| {
-        outstanding.insert(
+        outstanding.push(Outstanding {
             addr,
-            Outstanding {
-                addr,
-                size: info.size,
-                timestamp_ns: info.timestamp_ns,
-                stack_id: info.stack_id,
-            },
-        );
+            size: info.size,
+            timestamp_ns: info.timestamp_ns,
+            stack_id: info.stack_id,
+        });
     };
     if !recording.combined {
         if let Some(own) = own {
@@ -1117,7 +1114,10 @@ fn read_trace(
             }
         }
     }
-    trace.outstanding = outstanding.into_values().collect();
+    // By address, each once (see the shared map's walk above).
+    outstanding.sort_unstable_by_key(|alloc| alloc.addr);
+    outstanding.dedup_by_key(|alloc| alloc.addr);
+    trace.outstanding = outstanding;
 
     let shared: BpfHashMap<&MapData, StackKey, StackFrames> = map(ebpf, names::STACKS, tgid)?;
     let stack_ids: Vec<u64> = match &trace.combined {

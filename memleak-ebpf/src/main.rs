@@ -96,15 +96,22 @@ static STACKS: HashMap<StackKey, StackFrames> =
     HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
 
 #[map]
-static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+static STACK_SCRATCH: PerCpuArray<StackWork> = PerCpuArray::with_max_entries(1, 0);
+
+/// A CPU's buffers for capturing a stack: the frames, and what the user stack's walk needs
+/// between its steps. One map value, so each step looks it up once.
+#[repr(C)]
+struct StackWork {
+    frames: StackFrames,
+    walk: Walk,
+    /// A copy of the stack from a frame to the end of its page: [walk.window,
+    /// walk.window_end).
+    window: [u64; STACK_WINDOW],
+}
 
 /// Words of user stack read at once by [`walk_user_stack`]: a page (a power of two).
 const STACK_WINDOW: usize = 512;
 const PAGE: u64 = 4096;
-
-/// Per-CPU copy of a window of the user stack being walked.
-#[map]
-static STACK_WINDOW_COPY: PerCpuArray<[u64; STACK_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries(4096, 0);
@@ -542,86 +549,132 @@ fn leave(ctx: &RetProbeContext) -> u32 {
 /// registers of glibc's start code hold other values at the chain's end).
 const MAX_STACK_SPAN: u64 = 1 << 30;
 
-/// The user stack at a return probe, by its frame pointers, and its hash ([`hash_frames`]'s,
-/// computed as it goes): where the call returns to, then each caller's return address, ended
-/// by a 0 when shorter than `frames`. The walk stops where
-/// the chain leaves the stack: a frame pointer not above the last one, unaligned, or farther
-/// than [`MAX_STACK_SPAN`] from the stack pointer. The kernel's own walker (`bpf_get_stack`)
-/// reads on until a read faults, at the end of every stack, and on these machines that fault
-/// costs more than the rest of the walk.
+/// The user stack at a return probe, by its frame pointers, into `work.frames`, and its hash
+/// ([`hash_frames`]'s, computed as it goes): where the call returns to, then each caller's
+/// return address, ended by a 0 when shorter. The walk stops where the chain leaves the stack:
+/// a frame pointer not above the last one, unaligned, or farther than [`MAX_STACK_SPAN`] from
+/// the stack pointer. The kernel's own walker (`bpf_get_stack`) reads each frame alone and
+/// reads on until a read faults, at the end of every stack; on these machines that fault costs
+/// more than the rest of the walk. The loop is `bpf_loop`'s, with its state in the map value
+/// (`work.walk`) rather than on the stack: the verifier does not follow a map's contents, so
+/// it checks one step for any state (a plain loop took it most of a second at every load).
 #[inline(always)]
-fn walk_user_stack<C: EbpfContext>(ctx: &C, frames: &mut StackFrames) -> u64 {
+fn walk_user_stack<C: EbpfContext>(ctx: &C, work: &mut StackWork) -> u64 {
     let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
     // SAFETY: the context of a (ret)probe program is the probed task's pt_regs.
-    let (ip, mut fp, sp) = unsafe { ((*regs).rip, (*regs).rbp, (*regs).rsp) };
-    frames[0] = ip;
-    let mut hash = hash_step(FNV_OFFSET, ip);
-    let mut len = 1;
-    // Frames are read from a copy of the stack from a frame to the end of its page,
-    // [window, window_end): one read per page rather than one per frame, and never past the
-    // page, which is mapped (the frame is in it). A frame that straddles two pages is read
-    // alone.
-    let window_copy = STACK_WINDOW_COPY.get_ptr_mut(0);
-    let mut window: u64 = 0;
-    let mut window_end: u64 = 0;
-    while len < STACK_DEPTH {
-        if fp < sp || fp - sp > MAX_STACK_SPAN || fp & 7 != 0 {
-            break;
-        }
-        let frame = match window_copy {
-            Some(copy) => {
-                let inside = |window: u64, window_end: u64| fp >= window && fp + 16 <= window_end;
-                if !inside(window, window_end) {
-                    let size = (PAGE - (fp & (PAGE - 1))) & (8 * STACK_WINDOW as u64 - 1);
-                    // SAFETY: `copy` is this CPU's buffer, at least `size` bytes long; the
-                    // helper validates the user address.
-                    let read = size >= 16
-                        && unsafe {
-                            generated::bpf_probe_read_user(
-                                copy.cast(),
-                                size as u32,
-                                fp as *const core::ffi::c_void,
-                            )
-                        } == 0;
-                    (window, window_end) = if read { (fp, fp + size) } else { (0, 0) };
-                }
-                if inside(window, window_end) {
-                    let at = (((fp - window) / 8) as usize) & (STACK_WINDOW - 1);
-                    // SAFETY: `at` and `at + 1` lie inside the buffer (checked by `inside`,
-                    // and masked for the verifier).
-                    unsafe {
-                        let words = &*copy;
-                        Some([words[at], words[(at + 1) & (STACK_WINDOW - 1)]])
-                    }
-                } else {
-                    None
-                }
-            }
-            None => None,
-        };
-        let frame = match frame {
-            Some(frame) => Ok(frame),
-            // SAFETY: bpf_probe_read_user validates the user address.
-            None => unsafe { bpf_probe_read_user(fp as *const [u64; 2]) },
-        };
-        let Ok([next, ret]) = frame else {
-            break;
-        };
-        if ret == 0 {
-            break;
-        }
-        frames[len] = ret;
-        hash = hash_step(hash, ret);
-        len += 1;
-        if next <= fp {
-            break;
-        }
-        fp = next;
+    let (ip, fp, sp) = unsafe { ((*regs).rip, (*regs).rbp, (*regs).rsp) };
+    work.frames[0] = ip;
+    let start = Walk {
+        fp,
+        sp,
+        window: 0,
+        window_end: 0,
+        len: 1,
+        hash: hash_step(FNV_OFFSET, ip),
+    };
+    // Volatile, here and after the loop: the compiler cannot see that the steps change it.
+    // SAFETY: a plain store into this CPU's buffer.
+    unsafe { core::ptr::write_volatile(&raw mut work.walk, start) };
+    // SAFETY: `step` has the callback's signature; it finds its state in STACK_SCRATCH.
+    unsafe {
+        generated::bpf_loop(
+            (STACK_DEPTH - 1).div_ceil(FRAMES_PER_STEP) as u32,
+            step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
     }
-    if len < STACK_DEPTH {
-        frames[len] = 0;
+    // SAFETY: a plain load from this CPU's buffer.
+    let Walk { len, hash, .. } = unsafe { core::ptr::read_volatile(&raw const work.walk) };
+    if let Some(end) = work.frames.get_mut(len as usize) {
+        *end = 0;
     }
     if hash == 0 { 1 } else { hash }
+}
+
+/// The state of [`walk_user_stack`] between its steps.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Walk {
+    fp: u64,
+    sp: u64,
+    /// The window copied: [window, window_end) of the stack.
+    window: u64,
+    window_end: u64,
+    /// Frames stored so far.
+    len: u64,
+    hash: u64,
+}
+
+/// Frames [`step`] walks per call: a few, so that `bpf_loop`'s call is paid once for them.
+const FRAMES_PER_STEP: usize = 4;
+
+/// Up to [`FRAMES_PER_STEP`] frames of [`walk_user_stack`]: 0 to go on, 1 to stop.
+#[inline(never)]
+extern "C" fn step(_index: u32, _context: *mut core::ffi::c_void) -> i64 {
+    let Some(work) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's buffers, used by one program at a time.
+    let work = unsafe { &mut *work };
+    for _ in 0..FRAMES_PER_STEP {
+        if !frame(work) {
+            return 1;
+        }
+    }
+    0
+}
+
+/// One frame: false at the chain's end. Frames are read from a copy of the stack from a frame
+/// to the end of its page (one read per page rather than one per frame, and never past the
+/// page, which is mapped: the frame is in it); a frame that straddles two pages is copied
+/// alone.
+#[inline(always)]
+fn frame(work: &mut StackWork) -> bool {
+    let walk = &mut work.walk;
+    let fp = walk.fp;
+    let len = walk.len as usize;
+    if len >= STACK_DEPTH || fp < walk.sp || fp - walk.sp > MAX_STACK_SPAN || fp & 7 != 0 {
+        return false;
+    }
+    if !(fp >= walk.window && fp + 16 <= walk.window_end) {
+        // To the end of the frame's page; a frame that straddles two pages alone.
+        let rest = PAGE - (fp & (PAGE - 1));
+        let size = if rest < 16 {
+            16
+        } else {
+            rest & (8 * STACK_WINDOW as u64 - 1)
+        };
+        // SAFETY: the window is STACK_WINDOW words, at least `size` bytes; the helper validates
+        // the user address.
+        let read = unsafe {
+            generated::bpf_probe_read_user(
+                work.window.as_mut_ptr().cast(),
+                size as u32,
+                fp as *const core::ffi::c_void,
+            )
+        } == 0;
+        if !read || size < 16 {
+            return false;
+        }
+        (walk.window, walk.window_end) = (fp, fp + size);
+    }
+    // Masked for the verifier; inside the window by the check above.
+    let at = (((fp - walk.window) / 8) as usize) & (STACK_WINDOW - 1);
+    let (next, ret) = (work.window[at], work.window[(at + 1) & (STACK_WINDOW - 1)]);
+    if ret == 0 {
+        return false;
+    }
+    if let Some(slot) = work.frames.get_mut(len) {
+        *slot = ret;
+    }
+    walk.hash = hash_step(walk.hash, ret);
+    walk.len += 1;
+    if next <= fp {
+        return false;
+    }
+    walk.fp = next;
+    true
 }
 
 /// Hashes the captured frames; 0 is reserved for "no stack".
@@ -660,17 +713,27 @@ fn capture_stack<C: EbpfContext>(ctx: &C, process: &Process, flags: u64) -> u64 
         walk_user_stack(ctx, unsafe { &mut *scratch })
     } else {
         let size = core::mem::size_of::<StackFrames>() as u32;
-        // SAFETY: scratch is this CPU's buffer of exactly `size` bytes.
-        let copied = unsafe { generated::bpf_get_stack(ctx.as_ptr(), scratch.cast(), size, flags) };
+        // SAFETY: the frames are this CPU's buffer of exactly `size` bytes.
+        let copied = unsafe {
+            generated::bpf_get_stack(
+                ctx.as_ptr(),
+                (&raw mut (*scratch).frames).cast(),
+                size,
+                flags,
+            )
+        };
         if copied <= 0 {
             process.count(Counter::StackFailed);
             return 0;
         }
         // SAFETY: the helper filled the buffer (and zeroed its tail).
-        hash_frames(unsafe { &*scratch }, (copied as usize / 8).min(STACK_DEPTH))
+        hash_frames(
+            unsafe { &(*scratch).frames },
+            (copied as usize / 8).min(STACK_DEPTH),
+        )
     };
     // SAFETY: filled, and ended by a 0 when shorter (readers stop at the first 0).
-    let frames = unsafe { &*scratch };
+    let frames = unsafe { &(*scratch).frames };
     if let Some(own) = OWN_STACKS.get(process.slot()) {
         if own.get_ptr(&stack_id).is_some() {
             return stack_id;
@@ -753,7 +816,7 @@ fn record_with_stack<C: EbpfContext>(
     if flag(TraceConfig::TRACE) {
         let frame = match (stack_id, STACK_SCRATCH.get_ptr(0)) {
             // SAFETY: this CPU's buffer, just filled by capture_stack.
-            (id, Some(frames)) if id != 0 => unsafe { (*frames)[0] },
+            (id, Some(work)) if id != 0 => unsafe { (*work).frames[0] },
             _ => 0,
         };
         trace_event(process, TraceEvent::ALLOC, addr, size, frame);

@@ -215,6 +215,7 @@ const SCENARIOS: &[(&str, Amount, Amount)] = &[
     ("prints", NOTHING, NOTHING),
     ("spawns_threads", NOTHING, NOTHING),
     ("fills_a_once_lock", NOTHING, NOTHING),
+    ("keeps_many_blocks_and_leaks_one", (30000, 1), NOTHING),
     ("panics_as_expected", NOTHING, NOTHING),
     ("detached_threads_end_with_the_process", NOTHING, NOTHING),
     ("scoped_threads_end_with_the_process", NOTHING, NOTHING),
@@ -259,6 +260,20 @@ fn every_scenario_test_reports_exactly_its_lost_bytes() {
         // Rust's runtime keeps some memory of its own to the end: reachable, never lost.
         assert!(reachable.0 > 0, "{name}: {reachable:?}");
     }
+}
+
+/// A process with more blocks than its own map holds spills into the shared map, which is read
+/// for it: the 100,000 reachable blocks are all seen, and the lost one is found.
+#[test]
+fn blocks_past_a_processs_own_map_are_read_from_the_shared_one() {
+    if !privileged("blocks_past_a_processs_own_map_are_read_from_the_shared_one") {
+        return;
+    }
+    let run = scenario("keeps_many_blocks_and_leaks_one");
+    assert!(run.counter("shared_allocs") > 0, "{:#}", run.report);
+    let [definite, _, reachable] = leak_summary(&run);
+    assert_eq!(definite, (30000, 1), "{:#}", run.report);
+    assert!(reachable.1 >= 100_000, "{reachable:?}");
 }
 
 #[test]

@@ -403,3 +403,37 @@ fn the_program_runs_with_a_fixed_layout_so_reports_repeat() {
         "address-space randomization is off for the program"
     );
 }
+
+/// Stacks deeper than a page are walked whole: 40 frames of `descend` (some 200 bytes each)
+/// under the leak, then the mode's function and main; at 200 the stack is cut at the 127
+/// frames the programs keep, all of them the fixture's.
+#[test]
+fn deep_stacks_are_walked_across_pages_to_their_end_or_the_cap() {
+    if !privileged("deep_stacks_are_walked_across_pages_to_their_end_or_the_cap") {
+        return;
+    }
+    let fixture = c_fixture().to_str().expect("utf-8 path");
+    for (mode, descents, total) in [("deep-40", 40, None), ("deep-200", 126, Some(127))] {
+        let run = memleak(&["exec", "--", fixture, mode]);
+        assert_eq!(run.code, 0, "{mode}: {}", run.stderr);
+        assert_complete(&run);
+        let stack = &run.stacks()[0];
+        let symbols: Vec<&str> = frames(stack).iter().map(symbol_of).collect();
+        assert_eq!(symbols[0], "leak_deep", "{mode}: {symbols:?}");
+        let descending = symbols[1..]
+            .iter()
+            .take_while(|symbol| **symbol == "descend")
+            .count();
+        assert_eq!(descending, descents, "{mode}: {symbols:?}");
+        match total {
+            Some(total) => assert_eq!(symbols.len(), total, "{mode}: {symbols:?}"),
+            None => {
+                let rest = &symbols[1 + descents..];
+                assert!(
+                    rest.starts_with(&["leak_deep_40"]) && rest.contains(&"main"),
+                    "{mode}: the chain goes on to main: {symbols:?}"
+                );
+            }
+        }
+    }
+}

@@ -901,6 +901,18 @@ fn find_descendant(ancestor: u32, needle: &str, timeout: std::time::Duration) ->
     None
 }
 
+/// Kills a process when dropped (a test that fails must not leave its run behind).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Whether process `pid` is gone within a second (reaped, not a zombie).
 fn gone(pid: i32) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
@@ -933,6 +945,9 @@ fn an_interrupted_run_reports_what_ran_and_exits_130_or_143() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("cargo memleak test starts");
+        // Its test hangs until signalled: if this test fails before, the run must not be left
+        // behind.
+        let guard = KillOnDrop(child.id() as i32);
         let hanging = find_descendant(
             child.id(),
             "--exact tests::hangs --nocapture",
@@ -942,6 +957,7 @@ fn an_interrupted_run_reports_what_ran_and_exits_130_or_143() {
         std::thread::sleep(std::time::Duration::from_millis(300));
         kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("signalled");
         let output = child.wait_with_output().expect("it exits");
+        std::mem::forget(guard);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(code), "{stdout}\n{stderr}");
