@@ -638,12 +638,14 @@ fn frame(work: &mut StackWork) -> bool {
         return false;
     }
     if !(fp >= walk.window && fp + 16 <= walk.window_end) {
-        // To the end of the frame's page; a frame that straddles two pages alone.
+        // To the end of the frame's page (all of it from a frame at its start: `rest` is
+        // 1..=PAGE, written so that the verifier sees the bound); a frame that straddles two
+        // pages alone.
         let rest = PAGE - (fp & (PAGE - 1));
         let size = if rest < 16 {
             16
         } else {
-            rest & (8 * STACK_WINDOW as u64 - 1)
+            ((rest - 1) & (8 * STACK_WINDOW as u64 - 1)) + 1
         };
         // SAFETY: the window is STACK_WINDOW words, at least `size` bytes; the helper validates
         // the user address.

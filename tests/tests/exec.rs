@@ -404,6 +404,34 @@ fn the_program_runs_with_a_fixed_layout_so_reports_repeat() {
     );
 }
 
+/// A frame whose saved frame pointer is the first word of a page is walked past: the walker
+/// copies that whole page (it once asked for no bytes there and ended the stack at it, which
+/// an environment of the right size made happen for `deep-200`).
+#[test]
+fn a_frame_at_the_start_of_a_page_is_walked_past() {
+    if !privileged("a_frame_at_the_start_of_a_page_is_walked_past") {
+        return;
+    }
+    let fixture = c_fixture().to_str().expect("utf-8 path");
+    let run = memleak(&["exec", "--", fixture, "page-edge"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_complete(&run);
+    let stack = &run.stacks()[0];
+    let symbols: Vec<&str> = frames(stack).iter().map(symbol_of).collect();
+    let expected = [
+        "leak_deep",
+        "descend",
+        "descend",
+        "descend",
+        "descend",
+        "on_page_edge",
+        "below_pad",
+        "leak_on_page_edge",
+        "main",
+    ];
+    assert!(symbols.starts_with(&expected), "{symbols:?}");
+}
+
 /// Stacks deeper than a page are walked whole: 40 frames of `descend` (some 200 bytes each)
 /// under the leak, then the mode's function and main; at 200 the stack is cut at the 127
 /// frames the programs keep, all of them the fixture's.
