@@ -63,6 +63,16 @@ pub struct TracedRun {
     /// The processes it started that were followed ([`Command::follow`]), in the order they
     /// ended.
     pub children: Vec<ChildRun>,
+    pub unfollowed: UnfollowedChildren,
+}
+
+/// The processes a run started that exec'd a program not followed, and were let go there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UnfollowedChildren {
+    pub count: u32,
+    /// Those forked (not vfork'd, so they could allocate before their exec) and so traced
+    /// until it; a vfork'd child never gets links unless it is followed.
+    pub traced_until_exec: u32,
 }
 
 /// A process the traced program started (or one of those started), followed from its first
@@ -211,6 +221,7 @@ pub fn trace_observed(
     root.incomplete.extend(shim);
     let mut children: BTreeMap<u32, Followed> = BTreeMap::new();
     let mut ended = Vec::new();
+    let mut unfollowed = UnfollowedChildren::default();
     let outcome = follow(
         tracer,
         symbolizer,
@@ -219,6 +230,7 @@ pub fn trace_observed(
         &mut root,
         &mut children,
         &mut ended,
+        &mut unfollowed,
         &mut timings,
         start,
     );
@@ -227,6 +239,10 @@ pub fn trace_observed(
         let mut tracer = lock(tracer);
         root.release_links(&mut tracer);
         for (child_pid, mut child) in std::mem::take(&mut children) {
+            if child.until_exec {
+                running.detach(child_pid);
+                continue;
+            }
             child.release_links(&mut tracer);
             let _ = tracer.forget(child_pid);
             running.detach(child_pid);
@@ -253,6 +269,7 @@ pub fn trace_observed(
         .saturating_sub(timings.program + timings.read + timings.symbolize + timings.scan);
     run.timings = timings;
     run.children = ended;
+    run.unfollowed = unfollowed;
     Ok(run)
 }
 
@@ -271,6 +288,7 @@ fn follow(
     root: &mut Followed,
     children: &mut BTreeMap<u32, Followed>,
     ended: &mut Vec<ChildRun>,
+    unfollowed: &mut UnfollowedChildren,
     timings: &mut Timings,
     start: Instant,
 ) -> Result<ExitStatus> {
@@ -301,6 +319,18 @@ fn follow(
                     Some(parent) => (parent.program.clone(), parent.executable.clone()),
                     None => (root.program.clone(), root.executable.clone()),
                 };
+                // A vfork'd child (posix_spawn, Command, system) shares its parent's memory
+                // and may do nothing but exec or _exit: it gets links only if what it execs
+                // is followed. A forked one may allocate at once: it is traced from its fork,
+                // starting with its parent's blocks.
+                if shares_memory {
+                    let mut followed = Followed::new(child, program, executable, None);
+                    followed.until_exec = true;
+                    children.insert(child, followed);
+                    running.resume(parent_thread);
+                    running.resume(child);
+                    continue;
+                }
                 let mut tracer = lock(tracer);
                 let mut followed = match tracer.attach(child) {
                     Ok(attachment) => Followed::new(child, program, executable, Some(attachment)),
@@ -310,10 +340,7 @@ fn follow(
                         followed
                     }
                 };
-                // A forked child starts with its parent's blocks; a vfork'd one shares them
-                // until it execs.
-                if !shares_memory
-                    && followed.attachment.is_some()
+                if followed.attachment.is_some()
                     && let Err(err) = tracer.inherit(parent, child)
                 {
                     followed.incomplete.push(Incomplete::NotInherited {
@@ -342,7 +369,14 @@ fn follow(
                 let mut tracer = lock(tracer);
                 match children.remove(&execed) {
                     Some(mut child) if wanted => {
-                        if child.attachment.is_some()
+                        if std::mem::take(&mut child.until_exec) {
+                            // A vfork'd child: nothing of the new program has run, so it is
+                            // traced from its first instruction, as the program was.
+                            match tracer.attach(execed) {
+                                Ok(attachment) => child.attachment = Some(attachment),
+                                Err(err) => child.untraced = Some(err.to_string()),
+                            }
+                        } else if child.attachment.is_some()
                             && let Err(err) = tracer.restart(execed)
                         {
                             child.incomplete.push(Incomplete::NotRestarted {
@@ -364,8 +398,12 @@ fn follow(
                         running.resume(execed);
                     }
                     Some(mut child) => {
-                        child.release_links(&mut tracer);
-                        let _ = tracer.forget(execed);
+                        unfollowed.count += 1;
+                        if child.attachment.is_some() {
+                            unfollowed.traced_until_exec += 1;
+                            child.release_links(&mut tracer);
+                            let _ = tracer.forget(execed);
+                        }
                         running.detach(execed);
                     }
                     None => running.resume(execed),
@@ -376,6 +414,11 @@ fn follow(
                 status,
             } => {
                 if let Some(mut child) = children.remove(&exited) {
+                    if child.until_exec && !matches!(status, ExitStatus::Signaled { .. }) {
+                        // A vfork'd child that never exec'd (its exec failed) ran nothing of
+                        // its own. One killed during its exec is reported killed, as before.
+                        continue;
+                    }
                     let mut tracer = lock(tracer);
                     child.release_links(&mut tracer);
                     let _ = tracer.forget(exited);
@@ -411,6 +454,8 @@ struct Followed {
     incomplete: Vec<Incomplete>,
     /// Why it could not be traced at all.
     untraced: Option<String>,
+    /// A vfork'd child before its exec: untraced, sharing its parent's memory.
+    until_exec: bool,
 }
 
 /// What was read of a process at its exit stop.
@@ -438,6 +483,7 @@ impl Followed {
             status: None,
             incomplete: Vec::new(),
             untraced: None,
+            until_exec: false,
         }
     }
 
@@ -534,6 +580,7 @@ impl Followed {
             left_processes: false,
             timings: Timings::default(),
             children: Vec::new(),
+            unfollowed: UnfollowedChildren::default(),
         }
     }
 

@@ -61,7 +61,7 @@ fn a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones() {
     }
     let (code, results) = results(&[]);
     assert_eq!(code, Some(100), "{results:#?}");
-    assert_eq!(results.len(), 6);
+    assert_eq!(results.len(), 8);
     let main = workspace_root().join("fixtures/children/src/main.rs");
     let tests = workspace_root().join("fixtures/children/tests/children.rs");
 
@@ -123,6 +123,36 @@ fn a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones() {
         assert_eq!(passed["result"], "ok", "{passed:#}");
         assert_eq!(passed["incomplete"], serde_json::json!([]), "{passed:#}");
     }
+    // A fork that allocates, then execs the crate's binary: followed, traced from its fork,
+    // what it allocated before the exec gone with the memory the exec replaced.
+    let forked_and_execed = result(&results, "forks_and_execs_the_crates_binary");
+    assert_eq!(forked_and_execed["result"], "ok", "{forked_and_execed:#}");
+    let verdict = child(forked_and_execed, "children");
+    assert_eq!(
+        verdict["lost"],
+        serde_json::json!({"bytes": 0, "blocks": 0})
+    );
+    assert_eq!(verdict["processes"][0]["fate"], "scanned", "{verdict:#}");
+    // Children let go at their exec: `sh` and `true` vfork'd by Command (never given links),
+    // `true` forked by hand (traced until its exec, since a fork may allocate first).
+    for (test, count, traced_until_exec) in [
+        ("runs_a_third_party_program", 1, 0),
+        ("forks_and_execs_a_third_party_program", 1, 1),
+        ("forks_and_execs_the_crates_binary", 0, 0),
+        ("runs_a_clean_child", 0, 0),
+    ] {
+        let result = result(&results, test);
+        assert_eq!(result["result"], "ok", "{result:#}");
+        assert_eq!(
+            result["unfollowed_children"],
+            serde_json::json!({"count": count, "traced_until_exec": traced_until_exec}),
+            "{test}"
+        );
+    }
+    assert_eq!(
+        result(&results, "forks_and_execs_a_third_party_program")["children"],
+        serde_json::json!([])
+    );
     let clean = child(result(&results, "runs_a_clean_child"), "children");
     assert_eq!(clean["lost"], serde_json::json!({"bytes": 0, "blocks": 0}));
     assert_eq!(clean["processes"][0]["fate"], "scanned");

@@ -61,6 +61,7 @@ pub fn bench(pairs: u64, runs: usize, only: Option<BenchPart>) -> Result<()> {
             return bench_combined(&memleak, &workload, &live, pairs, runs);
         }
         Some(BenchPart::Tiny) => return bench_tiny(&memleak, runs),
+        Some(BenchPart::Spawns) => return bench_spawns(&memleak, runs),
         None => {}
     }
 
@@ -203,6 +204,7 @@ pub fn bench(pairs: u64, runs: usize, only: Option<BenchPart>) -> Result<()> {
         },
     )?;
     bench_tiny(&memleak, runs)?;
+    bench_spawns(&memleak, runs)?;
     bench_suite(
         &memleak,
         runs,
@@ -780,6 +782,80 @@ fn bench_tiny(memleak: &Path, runs: usize) -> Result<()> {
         .map(|(name, sum)| format!("{name} {:.1}", sum / tests))
         .collect();
     println!("  ms per test: {}", phases.join(", "));
+    Ok(())
+}
+
+/// fixtures/spawns' one test, which runs `/bin/true` [`SPAWNS`] times: under `cargo test`,
+/// and under `cargo memleak test` following no child, the workspace's binaries (the default:
+/// each `true` is let go at its exec) and every child (each `true` traced).
+fn bench_spawns(memleak: &Path, runs: usize) -> Result<()> {
+    const SPAWNS: u32 = 200;
+    let manifest = workspace_root().join("fixtures/spawns/Cargo.toml");
+    let baseline = std::env::temp_dir().join(format!("memleak-spawns-{}.json", std::process::id()));
+    std::fs::write(&baseline, "{ \"version\": 1, \"tests\": {} }\n")?;
+    // Wall time, and the test's own duration as cargo memleak's worker measured it (without
+    // the build check, cargo metadata and listing around it).
+    let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
+    let mut plain = cargo();
+    plain
+        .args(["test", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .env("SPAWNS", SPAWNS.to_string());
+    let mut times = Vec::new();
+    for run in 0..=runs {
+        let start = Instant::now();
+        output(&mut plain, "cargo test fixtures/spawns")?;
+        if run > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    rows.push(("cargo test".into(), median(times), None));
+    for follow in ["none", "workspace", "all"] {
+        let mut traced = Command::new(memleak);
+        traced
+            .args(["memleak", "test", "--message-format", "json"])
+            .args(["--follow-children", follow, "--manifest-path"])
+            .arg(&manifest)
+            .arg("--baseline")
+            .arg(&baseline)
+            .env("SPAWNS", SPAWNS.to_string());
+        let (mut walls, mut tests) = (Vec::new(), Vec::new());
+        for run in 0..=runs {
+            let start = Instant::now();
+            let stdout = output(&mut traced, "cargo memleak test fixtures/spawns")?;
+            let wall = start.elapsed().as_secs_f64();
+            let duration = stdout
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|event| event["event"] == "test-finished")
+                .and_then(|event| event["duration_ms"].as_f64())
+                .context("a test-finished event with its duration")?;
+            if run > 0 {
+                walls.push(wall);
+                tests.push(duration / 1e3);
+            }
+        }
+        rows.push((
+            format!("cargo memleak test --follow-children {follow}"),
+            median(walls),
+            Some(median(tests)),
+        ));
+    }
+    let _ = std::fs::remove_file(&baseline);
+    println!("a test that runs /bin/true {SPAWNS} times (fixtures/spawns), median of {runs} runs:");
+    println!("  {:<48} {:>8} {:>8}", "", "wall", "the test");
+    let unfollowed = rows[1].2.unwrap_or_default();
+    for (name, wall, test) in &rows {
+        let test = test.map_or("".to_owned(), |test| format!("{test:.2} s"));
+        let per_child = match rows.iter().find(|(row, _, _)| row == name) {
+            Some((_, _, Some(duration))) if !name.ends_with("none") => format!(
+                "{:+.2} ms a child over `none`",
+                (duration - unfollowed) * 1e3 / f64::from(SPAWNS)
+            ),
+            _ => String::new(),
+        };
+        println!("  {name:<48} {wall:>6.2} s {test:>8}  {per_child}");
+    }
     Ok(())
 }
 

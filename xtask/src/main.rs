@@ -106,6 +106,8 @@ enum BenchPart {
     /// A thousand tiny tests against cargo test and cargo nextest run, and a trivial test's
     /// time.
     Tiny,
+    /// A test that runs `/bin/true` 200 times, its children followed or not.
+    Spawns,
 }
 
 fn main() -> Result<()> {

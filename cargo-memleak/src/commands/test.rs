@@ -86,18 +86,13 @@ pub fn test(options: &Options) -> Result<Outcome> {
         return Ok(Outcome::Ok);
     };
     // A test's children are followed when they run a target of the workspace (a test binary
-    // forked, a bin through CARGO_BIN_EXE_*), or as --follow-children says.
+    // forked, one of its package's bins), or as --follow-children says.
     let follow = run_options.follow_children.follow(|| {
         built
             .executables
             .iter()
             .flat_map(|executable| {
-                let bins = executable
-                    .env
-                    .iter()
-                    .filter(|(name, _)| name.to_string_lossy().starts_with("CARGO_BIN_EXE_"))
-                    .map(|(_, path)| std::path::PathBuf::from(path));
-                std::iter::once(executable.path.clone()).chain(bins)
+                std::iter::once(executable.path.clone()).chain(executable.bins.iter().cloned())
             })
             .map(|path| std::fs::canonicalize(&path).unwrap_or(path))
             .collect()

@@ -15,7 +15,7 @@ use crate::{
     outcome::Signal,
     report::{Amount, LeakSummary, Stack},
     scan::Gap,
-    session::Timings,
+    session::{Timings, UnfollowedChildren},
     spawn::ExitStatus,
 };
 
@@ -160,6 +160,8 @@ pub struct TestResult {
     pub output: Option<String>,
     /// The processes it started that were followed, judged by executable.
     pub children: Vec<ChildVerdict>,
+    /// The processes it started that were let go at their exec.
+    pub unfollowed_children: UnfollowedChildren,
     /// `--timings`: where its time went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timings: Option<TestTimings>,

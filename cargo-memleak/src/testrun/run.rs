@@ -33,7 +33,7 @@ use crate::{
     gate::{self, Judgement, LoadedGate},
     incomplete::Reasons,
     report::{Amount, LeakSummary},
-    session,
+    session::{self, UnfollowedChildren},
     spawn::{Command, Follow, Groups, spawner::Spawner},
     symbolize::Symbolizer,
     tracer::Tracer,
@@ -361,6 +361,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         judgement: Judgement::default(),
         output: None,
         children: Vec::new(),
+        unfollowed_children: UnfollowedChildren::default(),
         timings: None,
     };
     let start = Instant::now();
@@ -380,6 +381,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     result.exit = Some(run.status.clone());
     result.timed_out = run.timed_out;
     result.left_processes = run.left_processes;
+    result.unfollowed_children = run.unfollowed;
     result.output = run.output.clone();
     result.lost = judgement.lost;
     result.reachable = judgement.reachable;

@@ -3,7 +3,10 @@
 //! normal build cache stays valid).
 //!
 //! Invariants: cargo's diagnostics go to the user's terminal untouched; the executables come
-//! from cargo's JSON messages, never from guessing paths.
+//! from cargo's JSON messages, never from guessing paths; each runs with the environment
+//! cargo would give it ([`environment`]).
+
+mod environment;
 
 use std::{
     ffi::OsString,
@@ -14,6 +17,7 @@ use std::{
 
 use cargo_metadata::{Message, Metadata, MetadataCommand, TargetKind};
 
+use self::environment::Environment;
 use crate::{
     error::{Error, Result},
     user::{self, RunAs},
@@ -92,9 +96,10 @@ pub struct Executable {
     pub id: String,
     /// The package's directory (where `cargo test` runs the binary).
     pub package_dir: PathBuf,
-    /// Environment cargo sets (CARGO_MANIFEST_DIR, CARGO_PKG_*, and for tests
-    /// CARGO_BIN_EXE_<name>).
+    /// The environment cargo gives it (see [`environment`]).
     pub env: Vec<(OsString, OsString)>,
+    /// Its package's binaries, for a test.
+    pub bins: Vec<PathBuf>,
 }
 
 /// What cargo built, and where the workspace is.
@@ -163,7 +168,7 @@ impl BuildOptions {
         subcommand: &[&str],
         selection: &[String],
         run_as: Option<&RunAs>,
-    ) -> Result<Vec<Artifact>> {
+    ) -> Result<(Vec<Artifact>, Environment)> {
         let target_dir = self.target_dir.clone().unwrap_or_else(|| {
             metadata
                 .target_directory
@@ -206,18 +211,22 @@ impl BuildOptions {
             source,
         })?;
         let mut artifacts = Vec::new();
+        let mut environment = Environment::new(run_as);
         if let Some(stdout) = child.stdout.take() {
             for message in Message::parse_stream(BufReader::new(stdout)) {
-                let Ok(Message::CompilerArtifact(artifact)) = message else {
-                    continue;
-                };
-                if let Some(path) = artifact.executable {
-                    artifacts.push(Artifact {
-                        package_id: artifact.package_id,
-                        target: artifact.target,
-                        test: artifact.profile.test,
-                        path: path.into_std_path_buf(),
-                    });
+                match message {
+                    Ok(Message::CompilerArtifact(artifact)) => {
+                        if let Some(path) = artifact.executable {
+                            artifacts.push(Artifact {
+                                package_id: artifact.package_id,
+                                target: artifact.target,
+                                test: artifact.profile.test,
+                                path: path.into_std_path_buf(),
+                            });
+                        }
+                    }
+                    Ok(Message::BuildScriptExecuted(script)) => environment.script(script),
+                    _ => {}
                 }
             }
         }
@@ -230,7 +239,7 @@ impl BuildOptions {
                 detail: String::new(),
             });
         }
-        Ok(artifacts)
+        Ok((artifacts, environment))
     }
 
     /// Builds the binary `cargo run` would run, with frame pointers, as `run_as`.
@@ -246,8 +255,8 @@ impl BuildOptions {
         if let Some(example) = &selection.example {
             args.extend(["--example".to_owned(), example.clone()]);
         }
-        let mut executables: Vec<Artifact> = self
-            .cargo(&metadata, &["build"], &args, run_as)?
+        let (artifacts, environment) = self.cargo(&metadata, &["build"], &args, run_as)?;
+        let mut executables: Vec<Artifact> = artifacts
             .into_iter()
             .filter(|artifact| {
                 artifact
@@ -290,7 +299,7 @@ impl BuildOptions {
             }
         };
         Ok(Built {
-            executables: vec![executable(&metadata, chosen, &[])],
+            executables: vec![executable(&metadata, &environment, chosen, Vec::new())],
             workspace_root: metadata.workspace_root.clone().into_std_path_buf(),
         })
     }
@@ -326,34 +335,25 @@ impl BuildOptions {
                 args.extend([name.to_owned(), value.clone()]);
             }
         }
-        let artifacts = self.cargo(metadata, &["test", "--no-run"], &args, run_as)?;
-        // Integration tests find their package's binaries through CARGO_BIN_EXE_<name>.
-        let bins: Vec<(cargo_metadata::PackageId, String, PathBuf)> = artifacts
+        let (artifacts, environment) =
+            self.cargo(metadata, &["test", "--no-run"], &args, run_as)?;
+        // The package's binaries (its integration tests find them through CARGO_BIN_EXE_<name>,
+        // set when they are compiled): a test's children that run one are followed.
+        let bins: Vec<(cargo_metadata::PackageId, PathBuf)> = artifacts
             .iter()
             .filter(|artifact| !artifact.test && artifact.target.kind.contains(&TargetKind::Bin))
-            .map(|artifact| {
-                (
-                    artifact.package_id.clone(),
-                    artifact.target.name.clone(),
-                    artifact.path.clone(),
-                )
-            })
+            .map(|artifact| (artifact.package_id.clone(), artifact.path.clone()))
             .collect();
         let mut executables: Vec<Executable> = artifacts
             .into_iter()
             .filter(|artifact| artifact.test)
             .map(|artifact| {
-                let package_bins: Vec<(OsString, OsString)> = bins
+                let package_bins: Vec<PathBuf> = bins
                     .iter()
-                    .filter(|(package, _, _)| *package == artifact.package_id)
-                    .map(|(_, name, path)| {
-                        (
-                            format!("CARGO_BIN_EXE_{name}").into(),
-                            path.clone().into_os_string(),
-                        )
-                    })
+                    .filter(|(package, _)| *package == artifact.package_id)
+                    .map(|(_, path)| path.clone())
                     .collect();
-                executable(metadata, artifact, &package_bins)
+                executable(metadata, &environment, artifact, package_bins)
             })
             .collect();
         executables.sort_by(|a, b| a.id.cmp(&b.id));
@@ -367,8 +367,9 @@ impl BuildOptions {
 /// An artifact with its binary id and the environment cargo gives it.
 fn executable(
     metadata: &Metadata,
+    environment: &Environment,
     artifact: Artifact,
-    extra_env: &[(OsString, OsString)],
+    bins: Vec<PathBuf>,
 ) -> Executable {
     let package = metadata
         .packages
@@ -405,31 +406,13 @@ fn executable(
         if let Some(dir) = package.manifest_path.parent() {
             package_dir = dir.to_path_buf().into_std_path_buf();
         }
-        let version = &package.version;
-        let text = |value: Option<&String>| value.cloned().unwrap_or_default();
-        for (name, value) in [
-            ("CARGO_MANIFEST_DIR", package_dir.display().to_string()),
-            ("CARGO_MANIFEST_PATH", package.manifest_path.to_string()),
-            ("CARGO_PKG_NAME", package.name.to_string()),
-            ("CARGO_PKG_VERSION", version.to_string()),
-            ("CARGO_PKG_VERSION_MAJOR", version.major.to_string()),
-            ("CARGO_PKG_VERSION_MINOR", version.minor.to_string()),
-            ("CARGO_PKG_VERSION_PATCH", version.patch.to_string()),
-            ("CARGO_PKG_VERSION_PRE", version.pre.to_string()),
-            ("CARGO_PKG_AUTHORS", package.authors.join(":")),
-            ("CARGO_PKG_DESCRIPTION", text(package.description.as_ref())),
-            ("CARGO_PKG_HOMEPAGE", text(package.homepage.as_ref())),
-            ("CARGO_PKG_REPOSITORY", text(package.repository.as_ref())),
-            ("CARGO_PKG_LICENSE", text(package.license.as_ref())),
-        ] {
-            env.push((name.into(), value.into()));
-        }
+        env = environment.of(package, &artifact.path);
     }
-    env.extend(extra_env.iter().cloned());
     Executable {
         path: artifact.path,
         id,
         package_dir,
+        bins,
         env,
     }
 }
