@@ -2,9 +2,9 @@
 //! its environment and working directory under `cargo test` and under `cargo memleak test`
 //! (started the way users start it, as cargo's subcommand), and the two must be the same,
 //! name for name and value for value, once the target directory's `memleak/` and cargo's
-//! hashes are set aside. The fixture's build script sets a variable and a native library
-//! directory, and its `.cargo/config.toml` an `[env]` table (plain, forced, relative), so
-//! every source of cargo's environment is in it. It runs in a copy outside this workspace,
+//! hashes are set aside. The fixture has a binary (`CARGO_BIN_EXE_environment`), its build
+//! script sets a variable and a native library directory, and its `.cargo/config.toml` an
+//! `[env]` table (plain, forced, relative), so every source of cargo's environment is in it. It runs in a copy outside this workspace,
 //! whose own `.cargo/config.toml` would otherwise apply (and alias `cargo memleak`).
 
 use std::{collections::BTreeMap, path::Path, process::Command};
@@ -74,6 +74,7 @@ fn a_test_sees_the_environment_cargo_test_gives_it() {
         "build.rs",
         "README.md",
         "tests/environment.rs",
+        "src/main.rs",
         ".cargo/config.toml",
     ] {
         let to = dir.join(file);

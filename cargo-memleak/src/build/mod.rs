@@ -339,21 +339,36 @@ impl BuildOptions {
             self.cargo(metadata, &["test", "--no-run"], &args, run_as)?;
         // The package's binaries (its integration tests find them through CARGO_BIN_EXE_<name>,
         // set when they are compiled): a test's children that run one are followed.
-        let bins: Vec<(cargo_metadata::PackageId, PathBuf)> = artifacts
+        let bins: Vec<(cargo_metadata::PackageId, String, PathBuf)> = artifacts
             .iter()
             .filter(|artifact| !artifact.test && artifact.target.kind.contains(&TargetKind::Bin))
-            .map(|artifact| (artifact.package_id.clone(), artifact.path.clone()))
+            .map(|artifact| {
+                let target = artifact.target.name.clone();
+                (artifact.package_id.clone(), target, artifact.path.clone())
+            })
             .collect();
         let mut executables: Vec<Executable> = artifacts
             .into_iter()
             .filter(|artifact| artifact.test)
             .map(|artifact| {
-                let package_bins: Vec<PathBuf> = bins
+                let package_bins: Vec<(&String, &PathBuf)> = bins
                     .iter()
-                    .filter(|(package, _)| *package == artifact.package_id)
-                    .map(|(_, path)| path.clone())
+                    .filter(|(package, _, _)| *package == artifact.package_id)
+                    .map(|(_, name, path)| (name, path))
                     .collect();
-                executable(metadata, &environment, artifact, package_bins)
+                let paths = package_bins
+                    .iter()
+                    .map(|(_, path)| (*path).clone())
+                    .collect();
+                let mut executable = executable(metadata, &environment, artifact, paths);
+                // cargo test sets CARGO_BIN_EXE_<name> when it runs a test too, not only when
+                // it compiles one.
+                for (name, path) in package_bins {
+                    executable
+                        .env
+                        .push((format!("CARGO_BIN_EXE_{name}").into(), path.clone().into()));
+                }
+                executable
             })
             .collect();
         executables.sort_by(|a, b| a.id.cmp(&b.id));
