@@ -39,8 +39,8 @@ use aya::{
 };
 use memleak_common::{
     AllocInfo, AllocKey, Counter, KERNEL_TGID, KernelFields, NO_SLOT, OWN_ALLOCS_FLAGS,
-    OWN_STACKS_FLAGS, PendingCall, ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey,
-    StackTotal, TraceConfig, names,
+    OWN_STACKS_FLAGS, ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal,
+    TraceConfig, names,
 };
 
 use crate::{
@@ -882,7 +882,8 @@ impl Tracer {
 
     /// Removes every map entry of `tgid`: its counters (which stops its tracing), its own maps
     /// (emptied in the background, for the next process), and its entries in the shared maps:
-    /// pending calls and the blocks and stacks it spilled there.
+    /// the blocks and stacks it spilled there. (Its threads' pending calls are in their task
+    /// storage, which goes with them.)
     /// The maps then hold only the processes traced at the moment, however many came before.
     pub fn forget(&mut self, tgid: u32) -> Result<()> {
         let ebpf = &mut self.ebpf;
@@ -910,13 +911,6 @@ impl Tracer {
                 key.tgid == tgid
             });
         }
-        remove_where::<u64, PendingCall>(map_mut(ebpf, names::PENDING, tgid)?, |key| {
-            (key >> 32) as u32 == tgid
-        });
-        remove_where::<u64, memleak_common::NestedMmap>(
-            map_mut(ebpf, names::NESTED_MMAPS, tgid)?,
-            |key| (key >> 32) as u32 == tgid,
-        );
         if self.recording.combined {
             remove_where::<StackKey, StackTotal>(map_mut(ebpf, names::COMBINED, tgid)?, |key| {
                 key.tgid == tgid
@@ -1005,6 +999,8 @@ fn load_object(limits: Limits, fields: &KernelFields, recording: Recording) -> R
         .map_max_entries(names::COMBINED, limits.max_stacks)
         .override_global(names::KERNEL_FIELDS, fields, true)
         .override_global(names::TRACE_CONFIG, &recording.config(), true)
+        // THREADS, a task storage map: aya has no type for it, and only the programs use it.
+        .allow_unsupported_maps()
         .load(EBPF_OBJECT)
         .map_err(|err| Error::BpfLoad {
             reason: error_chain(&err),

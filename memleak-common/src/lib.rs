@@ -24,8 +24,9 @@ pub mod names {
     /// Outstanding allocations of a process whose own map was full, shared by every traced
     /// process: [`AllocKey`] → [`AllocInfo`].
     pub const ALLOCS: &str = "ALLOCS";
-    /// Allocator calls between entry and return: pid_tgid → [`PendingCall`].
-    pub const PENDING: &str = "PENDING";
+    /// Each thread's allocator call between its entry and its return, in the thread's own
+    /// storage (a task storage map, freed with the thread): [`ThreadCalls`](super::ThreadCalls).
+    pub const THREADS: &str = "THREADS";
     /// User stacks captured at allocation return, of a process whose own stack map was full:
     /// [`StackKey`] → [`StackFrames`].
     pub const STACKS: &str = "STACKS";
@@ -34,9 +35,6 @@ pub mod names {
     /// Per traced process counters: tgid → [`ProcessStats`]. A process is traced exactly
     /// while it has an entry here.
     pub const STATS: &str = "STATS";
-    /// A `mmap` the allocator makes inside one of its own calls, between its entry and its
-    /// return: pid_tgid → [`NestedMmap`](super::NestedMmap).
-    pub const NESTED_MMAPS: &str = "NESTED_MMAPS";
     /// The read-only global holding [`KernelFields`](super::KernelFields).
     pub const KERNEL_FIELDS: &str = "KERNEL_FIELDS";
     /// The read-only global holding [`TraceConfig`](super::TraceConfig).
@@ -362,6 +360,20 @@ pub struct NestedMmap {
     pub len: u64,
 }
 
+/// What a thread's programs keep between an allocator call's entry and its return, in the
+/// thread's task storage: found through the task itself, with no hashing, no lock shared with
+/// other threads, and nothing for userspace to clean (it goes with the thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadCalls {
+    /// The outermost call, while `has_pending` is 1.
+    pub pending: PendingCall,
+    /// A mapping made inside it, while `has_nested` is 1.
+    pub nested: NestedMmap,
+    pub has_pending: u32,
+    pub has_nested: u32,
+}
+
 /// Slots in OWN_ALLOCS and OWN_STACKS: processes traced at once with maps of their own.
 pub const SLOTS: u32 = 4096;
 
@@ -421,7 +433,9 @@ pub enum Counter {
     /// drop when the process was traced from its start; expected when tracing began later
     /// (`attach`, kernel allocators).
     FreeUnknown = 4,
-    /// An allocator entry could not be remembered until its return: the pending map is full.
+    /// A thread's storage could not be had at an allocator call (no memory for it, or the
+    /// storage busy with another program on this CPU), so the call could not be remembered
+    /// until its return, or a free could not be told nested or not.
     PendingMapFull = 5,
     /// An allocator call never returned (stale pending record replaced).
     StalePending = 6,
@@ -530,6 +544,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessStats {}
     unsafe impl aya::Pod for super::KernelFields {}
     unsafe impl aya::Pod for super::NestedMmap {}
+    unsafe impl aya::Pod for super::ThreadCalls {}
     unsafe impl aya::Pod for super::TraceConfig {}
     unsafe impl aya::Pod for super::StackTotal {}
     unsafe impl aya::Pod for super::TraceEvent {}
@@ -544,6 +559,7 @@ const _: () = {
     assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT + 8);
     assert!(core::mem::size_of::<KernelFields>() == 56);
     assert!(core::mem::size_of::<NestedMmap>() == 16);
+    assert!(core::mem::size_of::<ThreadCalls>() == 88);
     assert!(core::mem::size_of::<TraceConfig>() == 8);
     assert!(core::mem::size_of::<StackTotal>() == 16);
     assert!(core::mem::size_of::<TraceEvent>() == 48);

@@ -41,7 +41,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST,
+        bpf_map_type,
+    },
     btf_maps::{self, ArrayOfMaps},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::{btf_map, map, tracepoint, uprobe, uretprobe},
@@ -51,7 +54,7 @@ use aya_ebpf::{
 use memleak_common::{
     AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, KERNEL_TGID, KernelFields,
     NestedMmap, OWN_ALLOCS_FLAGS, OWN_STACKS_FLAGS, PAGE_KEY_BASE, PendingCall, ProcessStats,
-    SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal, TraceConfig, TraceEvent,
+    SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal, ThreadCalls, TraceConfig, TraceEvent,
 };
 
 // A process's own maps are created by userspace, at the sizes it chooses (the kernel does not
@@ -88,8 +91,57 @@ static OWN_ALTSTACKS: ArrayOfMaps<OwnAltstacks, { SLOTS as usize }> = ArrayOfMap
 #[map]
 static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
-#[map]
-static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+/// Each thread's pending allocator call, in its own storage: no hashing, no lock shared with
+/// other threads, no limit on threads, and nothing left for userspace to clean.
+#[btf_map]
+static THREADS: TaskStorage<ThreadCalls> = TaskStorage::new();
+
+/// A task storage map: a value per thread, kept in the thread's `task_struct` and freed with
+/// it. aya-ebpf 0.3 has none; this is the BTF definition libbpf and aya read (the kernel asks
+/// for an `int` key, no entry limit and `BPF_F_NO_PREALLOC`).
+#[repr(C)]
+struct TaskStorage<V> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers the loader patches; never dereferenced.
+unsafe impl<V> Sync for TaskStorage<V> {}
+
+impl<V> TaskStorage<V> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The calling thread's value; with `create`, made (zeroed) when it has none.
+    #[inline(always)]
+    fn current(&self, create: bool) -> Option<*mut V> {
+        let flags = if create {
+            BPF_LOCAL_STORAGE_GET_F_CREATE as u64
+        } else {
+            0
+        };
+        // SAFETY: helper calls; the map pointer is this map's, the task the current one.
+        let value = unsafe {
+            generated::bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                generated::bpf_get_current_task_btf(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!value.is_null()).then_some(value.cast())
+    }
+}
 
 #[map]
 static STACKS: HashMap<StackKey, StackFrames> =
@@ -115,9 +167,6 @@ const PAGE: u64 = 4096;
 
 #[map]
 static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries(4096, 0);
-
-#[map]
-static NESTED_MMAPS: HashMap<u64, NestedMmap> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 static COMBINED: HashMap<StackKey, StackTotal> =
@@ -414,22 +463,25 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
     let Some(process) = Process::current() else {
         return 0;
     };
-    let pid_tgid = process.pid_tgid;
+    let Some(thread) = THREADS.current(true) else {
+        process.count(Counter::PendingMapFull);
+        return 0;
+    };
+    // SAFETY: the calling thread's own storage; only its programs touch it, one at a time.
+    let thread = unsafe { &mut *thread };
     let entry_sp = stack_pointer(ctx);
-    // SAFETY: read-only use of a value this thread owns (keyed by pid_tgid).
-    if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
+    if thread.has_pending != 0 {
+        let outer_sp = thread.pending.entry_sp;
         // Below the outer call's entry: nested. At the same stack pointer: a tail call (glibc's
         // reallocarray jumps to realloc), which returns the outer call's result.
-        if entry_sp <= outer.entry_sp {
+        if entry_sp <= outer_sp {
             // The allocator mapping memory for itself: remember where, at the return.
-            if kind as u32 == CallKind::Mmap as u32 && entry_sp < outer.entry_sp {
-                let nested = NestedMmap {
+            if kind as u32 == CallKind::Mmap as u32 && entry_sp < outer_sp {
+                thread.nested = NestedMmap {
                     entry_sp,
                     len: size,
                 };
-                if NESTED_MMAPS.insert(&pid_tgid, &nested, 0).is_err() {
-                    process.count(Counter::PendingMapFull);
-                }
+                thread.has_nested = 1;
             }
             return 0;
         }
@@ -456,9 +508,9 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
             stack_id: 0,
         }),
     };
-    if PENDING.insert(&pid_tgid, &call, 0).is_err() {
-        process.count(Counter::PendingMapFull);
-    }
+    thread.pending = call;
+    thread.has_pending = 1;
+    thread.has_nested = 0;
     0
 }
 
@@ -468,21 +520,25 @@ fn leave(ctx: &RetProbeContext) -> u32 {
     let Some(process) = Process::current() else {
         return 0;
     };
-    let pid_tgid = process.pid_tgid;
-    // SAFETY: this thread's own record, copied out before it is removed.
-    let Some(call) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
-        // The entry was not recorded; it was counted (PendingMapFull) at entry.
+    // Made if missing, so that no storage means a failure (the entry made it already).
+    let Some(thread) = THREADS.current(true) else {
+        process.count(Counter::PendingMapFull);
         return 0;
     };
+    // SAFETY: the calling thread's own storage; only its programs touch it, one at a time.
+    let thread = unsafe { &mut *thread };
+    if thread.has_pending == 0 {
+        // The entry was nested, or not the program's.
+        return 0;
+    }
+    let call = thread.pending;
     // At return the caller's stack pointer is one slot above the entry's: a return at or below
     // the outer call's entry is a nested call returning.
     let sp = stack_pointer(ctx);
     if sp <= call.entry_sp {
-        // SAFETY: this thread's own record, copied out before it is removed.
-        if let Some(nested) = (unsafe { NESTED_MMAPS.get(&pid_tgid) }).copied()
-            && sp == nested.entry_sp + 8
-        {
-            let _ = NESTED_MMAPS.remove(&pid_tgid);
+        let nested = thread.nested;
+        if thread.has_nested != 0 && sp == nested.entry_sp + 8 {
+            thread.has_nested = 0;
             let addr: u64 = ctx.ret();
             if addr != MAP_FAILED
                 && !OWN_ALLOCATOR_MAPS
@@ -494,7 +550,7 @@ fn leave(ctx: &RetProbeContext) -> u32 {
         }
         return 0;
     }
-    let _ = PENDING.remove(&pid_tgid);
+    thread.has_pending = 0;
     let ret: u64 = ctx.ret();
     match call.kind {
         k if k == CallKind::Plain as u32 => {
@@ -871,14 +927,20 @@ fn settle_old(process: &Process, call: &PendingCall, succeeded: bool, unknown: C
 /// accounted by that call's return). A pending record the free is not nested in is stale.
 #[inline(always)]
 fn nested_in_pending<C: EbpfContext>(ctx: &C, process: &Process) -> bool {
-    // SAFETY: read-only use of this thread's own record.
-    let Some(outer) = (unsafe { PENDING.get(&process.pid_tgid) }) else {
+    let Some(thread) = THREADS.current(true) else {
+        // Whether it is nested cannot be told: counted, and taken as the program's.
+        process.count(Counter::PendingMapFull);
         return false;
     };
-    if stack_pointer(ctx) < outer.entry_sp {
+    // SAFETY: the calling thread's own storage; only its programs touch it, one at a time.
+    let thread = unsafe { &mut *thread };
+    if thread.has_pending == 0 {
+        return false;
+    }
+    if stack_pointer(ctx) < thread.pending.entry_sp {
         return true;
     }
-    let _ = PENDING.remove(&process.pid_tgid);
+    thread.has_pending = 0;
     process.count(Counter::StalePending);
     false
 }
