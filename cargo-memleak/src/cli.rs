@@ -383,6 +383,15 @@ pub struct TestArgs {
     /// and the run's totals after the results.
     #[arg(long, help_heading = "Test run")]
     pub timings: bool,
+    /// Run a test that failed by itself (its exit status, a panic, --timeout) again, up to N
+    /// times; one that passes then is reported flaky (nextest's retries). A leak or incomplete
+    /// verdict is not retried: a leak that shows in some runs only is a leak on a path the
+    /// test takes in some runs only, and a retry would let it through (--retries-leaks).
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Test run")]
+    pub retries: u32,
+    /// With --retries, retry a test whose leak (or incomplete) verdict failed it too.
+    #[arg(long, help_heading = "Test run", requires = "retries")]
+    pub retries_leaks: bool,
     /// No line for passing tests.
     #[arg(short, long, help_heading = "Test run", conflicts_with = "verbose")]
     pub quiet: bool,
@@ -612,6 +621,8 @@ impl TestArgs {
                 rerun_args: self.rerun_args(),
                 run_as: crate::user::select(self.user.user.as_deref())?,
                 timings: self.timings,
+                retries: self.retries,
+                retry_leaks: self.retries_leaks,
             },
         })
     }

@@ -20,7 +20,7 @@ pub mod run;
 
 use std::{path::PathBuf, time::Duration};
 
-pub use result::{Failure, Failures, Stats, TestResult};
+pub use result::{Attempt, Failure, Failures, Stats, TestResult};
 
 use crate::{gate::Gate, session::TraceOptions, spawn::FollowChildren, user::RunAs};
 
@@ -85,6 +85,10 @@ pub struct TestOptions {
     /// `--timings`: where each test's time went, in its JSON `test-finished` and as totals in
     /// the human output.
     pub timings: bool,
+    /// `--retries N`: a test that failed by itself runs again up to N times.
+    pub retries: u32,
+    /// `--retries-leaks`: a leak or incomplete verdict is retried too.
+    pub retry_leaks: bool,
 }
 
 /// The human output's choices.

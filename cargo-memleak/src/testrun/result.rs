@@ -53,6 +53,12 @@ fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S
 }
 
 impl Failure {
+    /// Whether the test failed by itself (its exit status or its timeout) rather than by a
+    /// verdict of cargo-memleak's: what `--retries` runs again.
+    pub fn by_the_test(&self) -> bool {
+        matches!(self, Failure::TestFailed { .. } | Failure::TimedOut { .. })
+    }
+
     /// Whether this failure leaves what the test lost unknown (everything but a budget
     /// overrun): such a run cannot be blessed.
     pub fn unmeasured(&self) -> bool {
@@ -99,6 +105,23 @@ pub struct Failures(pub Vec<Failure>);
 impl Failures {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether `--retries` runs the test again after these failures: it failed by itself
+    /// and nothing else, or (`leaks_too`, `--retries-leaks`) it failed by a leak or an
+    /// incomplete trace too. Never after a tool error or an interrupt.
+    pub fn retried(&self, leaks_too: bool) -> bool {
+        !self.0.is_empty()
+            && self.0.iter().all(|failure| {
+                failure.by_the_test()
+                    || (leaks_too
+                        && matches!(
+                            failure,
+                            Failure::OverBudget(_)
+                                | Failure::ChildOverBudget { .. }
+                                | Failure::Incomplete { .. }
+                        ))
+            })
     }
 
     /// Whether any failure leaves what the test lost unknown: see [`Failure::unmeasured`].
@@ -165,6 +188,39 @@ pub struct TestResult {
     /// `--timings`: where its time went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timings: Option<TestTimings>,
+    /// How many times it ran: 1, or more when `--retries` ran it again.
+    pub attempts: u32,
+    /// The attempts before the last, which failed (`--retries`), in order.
+    pub earlier_attempts: Vec<Attempt>,
+}
+
+impl TestResult {
+    /// It passed after failing: a retry passed.
+    pub fn flaky(&self) -> bool {
+        self.failures.is_empty() && !self.earlier_attempts.is_empty()
+    }
+}
+
+/// A failed attempt of a test that `--retries` ran again.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    #[serde(flatten)]
+    pub failures: Failures,
+    pub duration_ms: f64,
+    pub exit: Option<ExitStatus>,
+    /// The test's stdout and stderr in that attempt.
+    pub output: Option<String>,
+}
+
+impl Attempt {
+    pub fn of(result: &TestResult) -> Self {
+        Self {
+            failures: result.failures.clone(),
+            duration_ms: result.duration_ms,
+            exit: result.exit.clone(),
+            output: result.output.clone(),
+        }
+    }
 }
 
 /// Where one test's time went, as a worker spent it: the traced run's phases, then judging it
@@ -205,6 +261,8 @@ fn milliseconds<S: serde::Serializer>(
 pub struct Stats {
     pub passed: u64,
     pub failed: u64,
+    /// Of the passed, those that passed on a retry (`--retries`).
+    pub flaky: u64,
     /// Selected but ignored: not run.
     pub ignored: u64,
     pub filtered_out: u64,

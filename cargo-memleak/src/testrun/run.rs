@@ -22,7 +22,7 @@ use std::{
 };
 
 use super::{
-    Failure, Failures, Stats, TestOptions, TestResult,
+    Attempt, Failure, Failures, Stats, TestOptions, TestResult,
     interrupt::Interrupt,
     list::{Selection, TestCase},
     reporter::{Reporters, TestEvent},
@@ -194,7 +194,7 @@ fn work(
         if sender.send(Message::Started(index)).is_err() {
             break;
         }
-        let result = run_one(shared, case);
+        let result = run_retried(shared, case, stop);
         // Decided here, before this worker loops for its next test: the receiving loop may
         // see this result only after that.
         if shared.options.fail_fast && !result.failures.is_empty() {
@@ -263,6 +263,7 @@ impl Runner<'_> {
         }
         if result.failures.is_empty() {
             self.stats.passed += 1;
+            self.stats.flaky += u64::from(result.flaky());
         } else {
             self.stats.failed += 1;
             if self.options.fail_fast && !self.stats.cancelled && self.stats.interrupted.is_none() {
@@ -314,6 +315,24 @@ impl Runner<'_> {
     }
 }
 
+/// Runs one test, and again while `--retries` allows and it failed by itself (see
+/// [`Failures::retried`]); the run stopping ends the retries.
+fn run_retried(shared: &Shared, case: &TestCase, stop: &AtomicBool) -> TestResult {
+    let options = shared.options;
+    let mut earlier = Vec::new();
+    let mut result = run_one(shared, case);
+    while earlier.len() < options.retries as usize
+        && result.failures.retried(options.retry_leaks)
+        && !stop.load(Ordering::SeqCst)
+    {
+        earlier.push(Attempt::of(&result));
+        result = run_one(shared, case);
+    }
+    result.attempts = earlier.len() as u32 + 1;
+    result.earlier_attempts = earlier;
+    result
+}
+
 /// Runs one test traced and judges it.
 fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     let options = shared.options;
@@ -363,6 +382,8 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         children: Vec::new(),
         unfollowed_children: UnfollowedChildren::default(),
         timings: None,
+        attempts: 1,
+        earlier_attempts: Vec::new(),
     };
     let start = Instant::now();
     let traced = SYMBOLIZER.with(|symbolizer| session::trace(shared.tracer, symbolizer, &command));

@@ -35,6 +35,8 @@ struct State {
     /// Each failed test's `(binary id, test)`, heading and text, in the order they finished
     /// (printed sorted, so that a log does not depend on which test finished first).
     failures: Vec<((String, String), String, String)>,
+    /// Each flaky test's `(binary id, test)` and its line for the `flaky:` list.
+    flaky: Vec<((String, String), String)>,
     /// `--timings`: the tests' phases summed, and how many tests they are of.
     timings: Option<(TestTimings, Duration, u64)>,
 }
@@ -120,11 +122,14 @@ impl Reporter for Human {
                 let failed = !result.failures.is_empty();
                 let mut out = String::new();
                 if failed || !self.display.quiet {
-                    let word = if failed {
+                    let mut word = if failed {
                         self.paint("FAILED", 31)
                     } else {
                         self.paint("ok", 32)
                     };
+                    if result.attempts > 1 {
+                        let _ = write!(word, " ({})", attempts(result.attempts, failed));
+                    }
                     out.push_str(&self.line(&state, &result.binary_id, &result.test, &word));
                 }
                 if result.left_processes {
@@ -154,6 +159,26 @@ impl Reporter for Human {
                     sum.add(timings);
                     *total += Duration::from_secs_f64(result.duration_ms / 1e3);
                     *tests += 1;
+                }
+                if result.flaky() {
+                    let tries: Vec<String> = result
+                        .earlier_attempts
+                        .iter()
+                        .enumerate()
+                        .map(|(at, attempt)| {
+                            format!("attempt {}: {}", at + 1, attempt.failures.joined())
+                        })
+                        .collect();
+                    state.flaky.push((
+                        (result.binary_id.clone(), result.test.clone()),
+                        format!(
+                            "    [{}] {}: passed on attempt {}; {}",
+                            result.binary_id,
+                            result.test,
+                            result.attempts,
+                            tries.join("; ")
+                        ),
+                    ));
                 }
                 if let Some(message) =
                     failure_message(result, self.top, &self.style, &self.rerun_args)
@@ -191,6 +216,14 @@ impl Reporter for Human {
                         let _ = writeln!(out, "    {heading}");
                     }
                 }
+                state.flaky.sort_by(|a, b| a.0.cmp(&b.0));
+                if !state.flaky.is_empty() {
+                    out.push_str("\nflaky (passed on a retry):\n");
+                    for (_, line) in &state.flaky {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
                 out.push('\n');
                 out.push_str(&self.summary(stats));
                 out.push_str("\n\n");
@@ -217,6 +250,15 @@ impl Reporter for Human {
             TestEvent::RunFinished { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// What a retried test's line adds: `flaky: passed on attempt 2 of 2`, or `3 attempts`.
+fn attempts(attempts: u32, failed: bool) -> String {
+    if failed {
+        format!("{attempts} attempts")
+    } else {
+        format!("flaky: passed on attempt {attempts}")
     }
 }
 

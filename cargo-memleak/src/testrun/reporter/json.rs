@@ -43,6 +43,8 @@ enum JsonEvent<'a> {
     },
     TestFinished {
         result: &'static str,
+        /// It passed on a retry (`--retries`).
+        flaky: bool,
         #[serde(flatten)]
         test: &'a TestResult,
     },
@@ -105,6 +107,7 @@ impl Reporter for Json {
                 } else {
                     "failed"
                 },
+                flaky: result.flaky(),
                 test: result,
             }),
             TestEvent::Interrupted { signal, running } => {

@@ -76,11 +76,11 @@ fn junit(
     style: &Short,
     rerun_args: &[String],
 ) -> Result<String> {
-    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
     let mut suites: BTreeMap<&str, TestSuite> = BTreeMap::new();
     let mut total = Duration::ZERO;
     for result in results {
-        let status = match failure_message(result, usize::MAX, style, rerun_args) {
+        let mut status = match failure_message(result, usize::MAX, style, rerun_args) {
             None => TestCaseStatus::success(),
             Some(message) => {
                 let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
@@ -95,6 +95,18 @@ fn junit(
                 status
             }
         };
+        // nextest's way: `flakyFailure` in a passed case, `rerunFailure` in a failed one.
+        status.add_reruns(result.earlier_attempts.iter().map(|attempt| {
+            let mut rerun = TestRerun::new(NonSuccessKind::Failure);
+            rerun
+                .set_message(attempt.failures.joined())
+                .set_type("test failure")
+                .set_time(Duration::from_secs_f64(attempt.duration_ms / 1e3));
+            if let Some(output) = &attempt.output {
+                rerun.set_system_out_lossy(output.as_bytes());
+            }
+            rerun
+        }));
         let mut case = TestCase::new(result.test.clone(), status);
         let time = Duration::from_secs_f64(result.duration_ms / 1e3);
         total += time;
