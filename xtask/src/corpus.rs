@@ -13,6 +13,10 @@
 //! FLAKY, with its failure, and counted in the summary, but does not fail the run), on a test that really leaks (written down in [`CORPUS`] with memcheck's figures)
 //! that cargo memleak does not fail with exactly those figures, and on a crate whose number of
 //! tests is not the one recorded (a listing that silently lost tests would check nothing).
+//!
+//! `--stress [ROUNDS]` runs no plain suite: each crate's traced suite runs ROUNDS times (3) on
+//! an oversubscribed machine, and any verdict that changes between rounds is reported
+//! ([`crate::stress`]).
 
 use std::{
     collections::BTreeMap,
@@ -212,6 +216,9 @@ pub struct Options {
     pub crates: Vec<String>,
     /// Tests at once.
     pub jobs: usize,
+    /// `--stress`: this many traced rounds of each crate under load, compared
+    /// ([`crate::stress`]), instead of the comparison with plain runs.
+    pub stress: Option<usize>,
 }
 
 /// How one test went in the plain run.
@@ -254,6 +261,17 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
     // The workspace's toolchain, named, so that a crate's own `rust-toolchain` file does not
     // send rustup off to install another.
     let toolchain = crate::toolchain::WORKSPACE_CHANNEL.to_owned();
+    if let Some(rounds) = options.stress {
+        return stress(
+            root,
+            &corpus_dir,
+            memleak,
+            &toolchain,
+            &selected,
+            options,
+            rounds,
+        );
+    }
     let mut outcomes = Vec::new();
     for krate in &selected {
         eprintln!(
@@ -357,6 +375,39 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
         totals.caught
     );
     Ok(())
+}
+
+/// `--stress`: each crate built once, then its traced suite `rounds` times on an
+/// oversubscribed machine; every verdict that changes between rounds is reported.
+fn stress(
+    root: &Path,
+    corpus_dir: &Path,
+    memleak: &Path,
+    toolchain: &str,
+    selected: &[&Crate],
+    options: &Options,
+    rounds: usize,
+) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let jobs = options.jobs;
+    let mut found = Vec::new();
+    for krate in selected {
+        eprintln!(
+            "xtask corpus --stress: {} {}, {rounds} rounds",
+            krate.name, krate.version
+        );
+        let source = fetch(root, corpus_dir, toolchain, krate)?;
+        let target_dir = corpus_dir
+            .join("build")
+            .join(format!("{}-{}", krate.name, krate.version));
+        build(&source, &target_dir, toolchain, krate)?;
+        let rounds = crate::stress::rounds(rounds, cores, || {
+            traced_run(&source, &target_dir, toolchain, memleak, krate, jobs, &[])
+        })
+        .with_context(|| format!("corpus crate {} {}", krate.name, krate.version))?;
+        found.push((format!("{} {}", krate.name, krate.version), rounds));
+    }
+    crate::stress::report(&found, cores, jobs)
 }
 
 fn run_crate(

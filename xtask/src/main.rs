@@ -31,6 +31,7 @@ mod ebpf;
 mod fresh;
 mod glibc;
 mod install;
+mod stress;
 mod toolchain;
 
 #[derive(Parser)]
@@ -62,9 +63,13 @@ enum Task {
         /// Only this crate (repeatable).
         #[arg(long = "crate", value_name = "NAME")]
         crates: Vec<String>,
-        /// Tests at once [default: the number of CPUs].
+        /// Tests at once [default: the number of CPUs; twice that with --stress].
         #[arg(short, long)]
         jobs: Option<usize>,
+        /// Instead: run each crate's traced suite ROUNDS times with the machine
+        /// oversubscribed, and report every verdict that changes between rounds.
+        #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
+        stress: Option<usize>,
     },
     /// Bootstrap, then build the eBPF object from source and write it to
     /// cargo-memleak/ebpf/ (the object stable-only builds ship with).
@@ -150,17 +155,24 @@ fn main() -> Result<()> {
                     run_corpus(corpus::Options {
                         crates: Vec::new(),
                         jobs: default_jobs(),
+                        stress: None,
                     })
                 })?;
             }
             steps.print();
             Ok(())
         }
-        Task::Corpus { crates, jobs } => {
+        Task::Corpus {
+            crates,
+            jobs,
+            stress,
+        } => {
             bootstrap()?;
             run_corpus(corpus::Options {
                 crates,
-                jobs: jobs.unwrap_or_else(default_jobs),
+                // Oversubscribed under --stress.
+                jobs: jobs.unwrap_or_else(|| default_jobs() * if stress.is_some() { 2 } else { 1 }),
+                stress,
             })
         }
         Task::Ebpf { check } => {
