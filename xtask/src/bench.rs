@@ -21,6 +21,16 @@ fn median<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
     values[values.len() / 2]
 }
 
+/// A baseline with no budgets (an explicit `--baseline` must exist), kept in the workspace's
+/// target directory so that the bench leaves nothing behind elsewhere.
+fn empty_baseline() -> Result<PathBuf> {
+    let baseline = workspace_root().join("target/xtask/empty-baseline.json");
+    std::fs::create_dir_all(workspace_root().join("target/xtask"))?;
+    std::fs::write(&baseline, "{ \"version\": 1, \"tests\": {} }\n")
+        .context("writing the bench's empty baseline")?;
+    Ok(baseline)
+}
+
 pub fn bench(pairs: u64, runs: usize, only: Option<BenchPart>) -> Result<()> {
     ensure!(runs > 0 && pairs > 0, "--runs and --pairs must be positive");
     let root = workspace_root();
@@ -494,9 +504,7 @@ fn bench_suite(memleak: &Path, runs: usize, suite: &Suite<'_>) -> Result<()> {
     // Wall time until the results are out (the run-finished event), and until exit (after the
     // kernel has removed the last probes).
     // No budgets: an empty baseline (an explicit --baseline must exist).
-    let baseline = std::env::temp_dir().join(format!("memleak-bench-{}.json", std::process::id()));
-    std::fs::write(&baseline, "{ \"version\": 1, \"tests\": {} }\n")
-        .context("writing the bench's empty baseline")?;
+    let baseline = empty_baseline()?;
     let traced = || -> Result<(Duration, Duration)> {
         let start = Instant::now();
         let mut command = Command::new(memleak);
@@ -650,8 +658,7 @@ fn nextest() -> Result<PathBuf> {
 fn bench_tiny(memleak: &Path, runs: usize) -> Result<()> {
     let manifest = workspace_root().join("fixtures/tiny/Cargo.toml");
     let nextest = nextest()?;
-    let baseline = std::env::temp_dir().join(format!("memleak-tiny-{}.json", std::process::id()));
-    std::fs::write(&baseline, "{ \"version\": 1, \"tests\": {} }\n")?;
+    let baseline = empty_baseline()?;
     let time = |command: &mut Command, what: &str| -> Result<Duration> {
         let start = Instant::now();
         let status = command
@@ -791,8 +798,7 @@ fn bench_tiny(memleak: &Path, runs: usize) -> Result<()> {
 fn bench_spawns(memleak: &Path, runs: usize) -> Result<()> {
     const SPAWNS: u32 = 200;
     let manifest = workspace_root().join("fixtures/spawns/Cargo.toml");
-    let baseline = std::env::temp_dir().join(format!("memleak-spawns-{}.json", std::process::id()));
-    std::fs::write(&baseline, "{ \"version\": 1, \"tests\": {} }\n")?;
+    let baseline = empty_baseline()?;
     // Wall time, and the test's own duration as cargo memleak's worker measured it (without
     // the build check, cargo metadata and listing around it).
     let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
@@ -841,7 +847,6 @@ fn bench_spawns(memleak: &Path, runs: usize) -> Result<()> {
             Some(median(tests)),
         ));
     }
-    let _ = std::fs::remove_file(&baseline);
     println!("a test that runs /bin/true {SPAWNS} times (fixtures/spawns), median of {runs} runs:");
     println!("  {:<48} {:>8} {:>8}", "", "wall", "the test");
     let unfollowed = rows[1].2.unwrap_or_default();
