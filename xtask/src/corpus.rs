@@ -568,7 +568,7 @@ fn run_crate(
 }
 
 /// The failure reasons and the first lost stack's first frames, on one line.
-fn describe_failure(result: &Value) -> String {
+pub fn describe_failure(result: &Value) -> String {
     let mut text: Vec<String> = result["failures"]
         .as_array()
         .map(|failures| {

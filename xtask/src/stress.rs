@@ -87,9 +87,12 @@ fn verdict(result: &Value) -> String {
 
 /// Whether a verdict is cargo-memleak's (a leak or an incomplete trace) rather than the test's.
 fn by_the_tracer(verdict: &str) -> bool {
-    verdict
-        .split('+')
-        .any(|kind| kind.contains("over_budget") || kind == "incomplete" || kind == "not_run")
+    verdict.split('+').any(|kind| {
+        kind.contains("over_budget")
+            || kind == "incomplete"
+            || kind == "not_run"
+            || kind == "missing"
+    })
 }
 
 /// What one crate's rounds found.
@@ -111,6 +114,8 @@ pub fn rounds(
 ) -> Result<Rounds> {
     ensure!(rounds >= 2, "--rounds must be at least 2 to compare rounds");
     let mut verdicts: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    // Each test's first failure, described: what a changing verdict was when it failed.
+    let mut failures: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut round_times = Vec::new();
     for at in 0..rounds {
         let load = Load::start(cores);
@@ -123,9 +128,14 @@ pub fn rounds(
                 result["binary_id"].as_str().unwrap_or_default().to_owned(),
                 result["test"].as_str().unwrap_or_default().to_owned(),
             );
+            if result["result"] != "ok" {
+                failures
+                    .entry(key.clone())
+                    .or_insert_with(|| crate::corpus::describe_failure(result));
+            }
             let seen = verdicts.entry(key).or_default();
             // A test missing from a round counts as such.
-            seen.resize(at, "not run".to_owned());
+            seen.resize(at, "missing".to_owned());
             seen.push(verdict(result));
         }
     }
@@ -135,12 +145,16 @@ pub fn rounds(
         flaky_verdicts: Vec::new(),
         flaky_tests: Vec::new(),
     };
-    for ((binary, test), mut seen) in verdicts {
-        seen.resize(rounds, "not run".to_owned());
+    for (key, mut seen) in verdicts {
+        seen.resize(rounds, "missing".to_owned());
         if seen.iter().all(|verdict| *verdict == seen[0]) {
             continue;
         }
-        let line = format!("[{binary}] {test}: {}", seen.join(", "));
+        let (binary, test) = &key;
+        let mut line = format!("[{binary}] {test}: {}", seen.join(", "));
+        if let Some(failure) = failures.get(&key).filter(|failure| !failure.is_empty()) {
+            line.push_str(&format!(" ({failure})"));
+        }
         if seen.iter().any(|verdict| by_the_tracer(verdict)) {
             found.flaky_verdicts.push(line);
         } else {
@@ -206,6 +220,7 @@ mod tests {
                 "test": test,
                 "result": if kinds.is_empty() { "ok" } else { "failed" },
                 "failure_reasons": reasons,
+                "failures": kinds,
             })
         };
         let mut round = 0;
@@ -230,8 +245,11 @@ mod tests {
         assert_eq!(found.round_times.len(), 3);
         assert_eq!(
             found.flaky_verdicts,
-            ["[b] leaky: ok, lost_over_budget, ok"]
+            ["[b] leaky: ok, lost_over_budget, ok (lost_over_budget)"]
         );
-        assert_eq!(found.flaky_tests, ["[b] panicky: ok, ok, test_failed"]);
+        assert_eq!(
+            found.flaky_tests,
+            ["[b] panicky: ok, ok, test_failed (test_failed)"]
+        );
     }
 }
