@@ -540,11 +540,8 @@ mod pod {
     unsafe impl aya::Pod for super::AllocKey {}
     unsafe impl aya::Pod for super::AllocInfo {}
     unsafe impl aya::Pod for super::StackKey {}
-    unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::ProcessStats {}
     unsafe impl aya::Pod for super::KernelFields {}
-    unsafe impl aya::Pod for super::NestedMmap {}
-    unsafe impl aya::Pod for super::ThreadCalls {}
     unsafe impl aya::Pod for super::TraceConfig {}
     unsafe impl aya::Pod for super::StackTotal {}
     unsafe impl aya::Pod for super::TraceEvent {}

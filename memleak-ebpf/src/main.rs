@@ -122,21 +122,16 @@ impl<V> TaskStorage<V> {
         }
     }
 
-    /// The calling thread's value; with `create`, made (zeroed) when it has none.
+    /// The calling thread's value, made (zeroed) when it has none.
     #[inline(always)]
-    fn current(&self, create: bool) -> Option<*mut V> {
-        let flags = if create {
-            BPF_LOCAL_STORAGE_GET_F_CREATE as u64
-        } else {
-            0
-        };
+    fn current(&self) -> Option<*mut V> {
         // SAFETY: helper calls; the map pointer is this map's, the task the current one.
         let value = unsafe {
             generated::bpf_task_storage_get(
                 core::ptr::from_ref(self).cast_mut().cast(),
                 generated::bpf_get_current_task_btf(),
                 core::ptr::null_mut(),
-                flags,
+                BPF_LOCAL_STORAGE_GET_F_CREATE as u64,
             )
         };
         (!value.is_null()).then_some(value.cast())
@@ -352,6 +347,21 @@ impl Process {
         unsafe { (*self.stats).slot }
     }
 
+    /// The calling thread's pending-call record (made zeroed on its first call), or `None`,
+    /// counted (`PendingMapFull`), when its storage cannot be had.
+    #[inline(always)]
+    fn thread(&self) -> Option<&'static mut ThreadCalls> {
+        match THREADS.current() {
+            // SAFETY: the calling thread's own storage; only its programs touch it, one at a
+            // time.
+            Some(thread) => Some(unsafe { &mut *thread }),
+            None => {
+                self.count(Counter::PendingMapFull);
+                None
+            }
+        }
+    }
+
     fn shared_key(&self, addr: u64) -> AllocKey {
         AllocKey {
             addr,
@@ -463,12 +473,9 @@ fn enter(ctx: &ProbeContext, kind: CallKind, size: u64, old_addr: u64, out_ptr: 
     let Some(process) = Process::current() else {
         return 0;
     };
-    let Some(thread) = THREADS.current(true) else {
-        process.count(Counter::PendingMapFull);
+    let Some(thread) = process.thread() else {
         return 0;
     };
-    // SAFETY: the calling thread's own storage; only its programs touch it, one at a time.
-    let thread = unsafe { &mut *thread };
     let entry_sp = stack_pointer(ctx);
     if thread.has_pending != 0 {
         let outer_sp = thread.pending.entry_sp;
@@ -520,13 +527,10 @@ fn leave(ctx: &RetProbeContext) -> u32 {
     let Some(process) = Process::current() else {
         return 0;
     };
-    // Made if missing, so that no storage means a failure (the entry made it already).
-    let Some(thread) = THREADS.current(true) else {
-        process.count(Counter::PendingMapFull);
+    // Made if missing (the entry made it already), so that none is a failure.
+    let Some(thread) = process.thread() else {
         return 0;
     };
-    // SAFETY: the calling thread's own storage; only its programs touch it, one at a time.
-    let thread = unsafe { &mut *thread };
     if thread.has_pending == 0 {
         // The entry was nested, or not the program's.
         return 0;
@@ -927,13 +931,11 @@ fn settle_old(process: &Process, call: &PendingCall, succeeded: bool, unknown: C
 /// accounted by that call's return). A pending record the free is not nested in is stale.
 #[inline(always)]
 fn nested_in_pending<C: EbpfContext>(ctx: &C, process: &Process) -> bool {
-    let Some(thread) = THREADS.current(true) else {
-        // Whether it is nested cannot be told: counted, and taken as the program's.
-        process.count(Counter::PendingMapFull);
+    // Without it, whether the free is nested cannot be told: counted, and taken as the
+    // program's.
+    let Some(thread) = process.thread() else {
         return false;
     };
-    // SAFETY: the calling thread's own storage; only its programs touch it, one at a time.
-    let thread = unsafe { &mut *thread };
     if thread.has_pending == 0 {
         return false;
     }

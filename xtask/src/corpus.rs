@@ -397,9 +397,7 @@ fn stress(
             krate.name, krate.version
         );
         let source = fetch(root, corpus_dir, toolchain, krate)?;
-        let target_dir = corpus_dir
-            .join("build")
-            .join(format!("{}-{}", krate.name, krate.version));
+        let target_dir = build_dir(corpus_dir, krate);
         build(&source, &target_dir, toolchain, krate)?;
         let rounds = crate::stress::rounds(rounds, cores, || {
             traced_run(&source, &target_dir, toolchain, memleak, krate, jobs, &[])
@@ -408,6 +406,13 @@ fn stress(
         found.push((format!("{} {}", krate.name, krate.version), rounds));
     }
     crate::stress::report(&found, cores, jobs)
+}
+
+/// Where a crate is built, once, for every run that follows.
+fn build_dir(corpus_dir: &Path, krate: &Crate) -> PathBuf {
+    corpus_dir
+        .join("build")
+        .join(format!("{}-{}", krate.name, krate.version))
 }
 
 fn run_crate(
@@ -419,9 +424,7 @@ fn run_crate(
     options: &Options,
 ) -> Result<Outcome> {
     let source = fetch(root, corpus_dir, toolchain, krate)?;
-    let target_dir = corpus_dir
-        .join("build")
-        .join(format!("{}-{}", krate.name, krate.version));
+    let target_dir = build_dir(corpus_dir, krate);
     let mut outcome = Outcome::default();
 
     // Build once, with the flags cargo memleak builds with: both runs below reuse it.
