@@ -9,8 +9,11 @@
 //! `target/corpus/build/<crate>`, where later runs find it.
 //!
 //! A run fails on any test that passes plainly but fails under cargo memleak (a false
-//! failure; one that fails in the full run but passes when run again alone is printed as
-//! FLAKY, with its failure, and counted in the summary, but does not fail the run), on a test that really leaks (written down in [`CORPUS`] with memcheck's figures)
+//! failure). One that fails in the full run and passes when run again alone is flaky: a leak
+//! or incomplete verdict that does not come back is a *flaky verdict*, printed as such and
+//! counted as a false failure (a user's CI runs nothing again alone); a test that failed by
+//! itself (its exit status or timeout) is printed as a FLAKY TEST and does not fail the run.
+//! A run also fails on a test that really leaks (written down in [`CORPUS`] with memcheck's figures)
 //! that cargo memleak does not fail with exactly those figures, and on a crate whose number of
 //! tests is not the one recorded (a listing that silently lost tests would check nothing).
 //!
@@ -238,8 +241,12 @@ struct Outcome {
     /// Failed under cargo memleak and plainly too.
     fail_plainly: Vec<String>,
     false_failures: Vec<String>,
-    /// False failures that passed when run again alone: reported, not failed.
-    flaky: Vec<String>,
+    /// Tests that failed by themselves (exit status, timeout) and passed when run again alone:
+    /// reported, not failed.
+    flaky_tests: Vec<String>,
+    /// Leak or incomplete verdicts that did not come back when the test ran again alone:
+    /// false failures all the same (a user's CI gets no second run), printed as such.
+    flaky_verdicts: Vec<String>,
     problems: Vec<String>,
     build: Duration,
     plain: Duration,
@@ -305,7 +312,7 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
             outcome.tests,
             outcome.passed,
             outcome.caught,
-            outcome.false_failures.len(),
+            outcome.false_failures.len() + outcome.flaky_verdicts.len(),
             outcome.fail_plainly.len(),
             secs(outcome.build),
             secs(outcome.plain),
@@ -324,7 +331,7 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
     }
     let false_failures: Vec<&String> = outcomes
         .iter()
-        .flat_map(|(_, outcome)| &outcome.false_failures)
+        .flat_map(|(_, outcome)| outcome.false_failures.iter().chain(&outcome.flaky_verdicts))
         .collect();
     let problems: Vec<&String> = outcomes
         .iter()
@@ -347,8 +354,11 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
         println!("fails plainly too (not counted): {failure}");
     }
     for (_, outcome) in &outcomes {
-        for flake in &outcome.flaky {
-            println!("FLAKY (failed once, passed alone when run again) {flake}");
+        for flake in &outcome.flaky_tests {
+            println!("FLAKY TEST (failed by itself once, passed alone when run again) {flake}");
+        }
+        for flake in &outcome.flaky_verdicts {
+            println!("FLAKY VERDICT (a false failure: did not come back when run alone) {flake}");
         }
     }
     for failure in &false_failures {
@@ -364,13 +374,13 @@ pub fn run(root: &Path, memleak: &Path, options: &Options) -> Result<()> {
         problems.len()
     );
     println!(
-        "xtask corpus: {} tests in {} crates, no false failure ({} flaky: failed once, passed \
-         alone when run again), {} real leaks caught",
+        "xtask corpus: {} tests in {} crates, no false failure ({} flaky tests: failed by \
+         themselves once, passed alone when run again), {} real leaks caught",
         totals.tests,
         outcomes.len(),
         outcomes
             .iter()
-            .map(|(_, outcome)| outcome.flaky.len())
+            .map(|(_, outcome)| outcome.flaky_tests.len())
             .sum::<usize>(),
         totals.caught
     );
@@ -508,8 +518,9 @@ fn run_crate(
                         },
                         describe_failure(result)
                     );
-                    // Once more, alone: a failure that does not come back is a flake, shown
-                    // as such; one that does is a false failure.
+                    // Once more, alone: a failure that does not come back is flaky. The test's
+                    // own flaky failure is shown apart; a flaky verdict of ours is a false
+                    // failure like one that comes back.
                     let again = traced_run(
                         &source,
                         &target_dir,
@@ -523,7 +534,11 @@ fn run_crate(
                         .iter()
                         .any(|rerun| rerun["binary_id"] == binary && rerun["result"] == "ok");
                     if passed_alone && plainly == Some(&Plain::Passed) {
-                        outcome.flaky.push(failure);
+                        if crate::stress::by_the_tracer(&crate::stress::verdict(result)) {
+                            outcome.flaky_verdicts.push(failure);
+                        } else {
+                            outcome.flaky_tests.push(failure);
+                        }
                     } else {
                         outcome.false_failures.push(failure);
                     }

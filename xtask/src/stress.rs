@@ -72,7 +72,7 @@ impl Drop for Load {
 }
 
 /// A test's verdict in one round: `ok`, or its failure kinds.
-fn verdict(result: &Value) -> String {
+pub fn verdict(result: &Value) -> String {
     if result["result"] == "ok" {
         return "ok".to_owned();
     }
@@ -86,7 +86,7 @@ fn verdict(result: &Value) -> String {
 }
 
 /// Whether a verdict is cargo-memleak's (a leak or an incomplete trace) rather than the test's.
-fn by_the_tracer(verdict: &str) -> bool {
+pub fn by_the_tracer(verdict: &str) -> bool {
     verdict.split('+').any(|kind| {
         kind.contains("over_budget")
             || kind == "incomplete"

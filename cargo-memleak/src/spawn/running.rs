@@ -132,7 +132,7 @@ impl Drop for Running {
         for (&pid, traced) in &mut self.processes {
             let _ = signal::kill(pid, Signal::SIGKILL);
             for tid in traced.held.drain(..) {
-                resume(tid, None);
+                end(tid);
             }
         }
         if !self.reaped {
@@ -433,7 +433,8 @@ impl Running {
         waiting.extend(tasks_of(pid));
         waiting.extend(traced.unstarted.keys().copied());
         waiting.remove(&stopped);
-        waiting.retain(|tid| !traced.exited.contains(tid));
+        // (A pid of 0 or less would wait for other processes' children.)
+        waiting.retain(|tid| tid.as_raw() > 0 && !traced.exited.contains(tid));
 
         let deadline = Instant::now() + THREADS_DEADLINE;
         while !waiting.is_empty() && Instant::now() < deadline {
@@ -480,7 +481,7 @@ impl Running {
     pub fn release(&mut self, pid: u32) {
         if let Some(traced) = self.processes.get_mut(&Pid::from_raw(pid as i32)) {
             for tid in std::mem::take(&mut traced.held) {
-                resume(tid, None);
+                end(tid);
             }
         }
     }
@@ -615,7 +616,7 @@ impl Running {
             {
                 let process_exit = self.is_process_exit(tgid, tid);
                 let Some(traced) = self.processes.get_mut(&tgid) else {
-                    resume(tid, None);
+                    end(tid);
                     return Ok(None);
                 };
                 if !traced.exit_stop_seen && process_exit {
@@ -630,7 +631,7 @@ impl Running {
                 if !traced.exit_stop_seen {
                     traced.exited.insert(tid);
                 }
-                resume(tid, None);
+                end(tid);
                 Ok(None)
             }
             WaitStatus::PtraceEvent(parent, _, event)
@@ -638,8 +639,11 @@ impl Running {
                     || event == PtraceEvent::PTRACE_EVENT_VFORK as i32 =>
             {
                 let shares_memory = event == PtraceEvent::PTRACE_EVENT_VFORK as i32;
+                // The child's pid, unless a kill has moved the parent on to its exit stop
+                // (whose message is the exit code).
                 let child = ptrace::getevent(parent)
                     .ok()
+                    .filter(|_| !at_exit_stop(parent))
                     .map(|child| Pid::from_raw(child as i32));
                 match child {
                     Some(child) if self.newborn.remove(&child) => Ok(Some(Event::Forked {
@@ -690,8 +694,11 @@ impl Running {
             WaitStatus::PtraceEvent(parent, _, event)
                 if event == PtraceEvent::PTRACE_EVENT_CLONE as i32 =>
             {
-                // A new thread: where its stack is, until it runs.
+                // A new thread: where its stack is, until it runs. The message is the new
+                // thread's id only while the parent is still at this stop: a kill since has
+                // moved it on to its exit stop, whose message is the exit code.
                 if let Ok(child) = ptrace::getevent(parent)
+                    && !at_exit_stop(parent)
                     && let Some(traced) = self.processes.get_mut(&tgid)
                 {
                     let child = Pid::from_raw(child as i32);
@@ -770,9 +777,32 @@ fn detach_thread(tid: Pid) {
     }
 }
 
+/// Resumes a thread from the stop it was reported at (any stop but an exit stop, which
+/// [`end`] lets go), unless a kill has cut that stop short since: a thread the process's exit
+/// killed while we looked at its clone event, say, has gone on to its exit stop, which is
+/// reported on its own and is where its registers must be read. Resumed blind, it would run
+/// out of that stop unseen, and what only its registers and frames held would look lost.
+/// (What is left is the microseconds between the check and the resume, not the tracer's
+/// reaction time.)
 fn resume(tid: Pid, signal: Option<Signal>) {
-    // The thread may be gone already (killed by a group exit): nothing to resume then.
-    let _ = ptrace::cont(tid, signal);
+    if !at_exit_stop(tid) {
+        // The thread may be gone already (killed by a group exit): nothing to resume then.
+        let _ = ptrace::cont(tid, signal);
+    }
+}
+
+/// Lets a thread held at its exit stop go on.
+fn end(tid: Pid) {
+    let _ = ptrace::cont(tid, None);
+}
+
+/// Whether a thread is at its `PTRACE_EVENT_EXIT` stop now (the signal information of an
+/// event stop reads `SIGTRAP | event << 8`).
+fn at_exit_stop(tid: Pid) -> bool {
+    ptrace::getsiginfo(tid).is_ok_and(|info| {
+        info.si_signo == libc::SIGTRAP
+            && info.si_code == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8)
+    })
 }
 
 fn thread_group_of(tid: Pid) -> Option<Pid> {
