@@ -781,12 +781,13 @@ fn detach_thread(tid: Pid) {
 /// [`end`] lets go), unless a kill has cut that stop short since: a thread the process's exit
 /// killed while we looked at its clone event, say, has gone on to its exit stop, which is
 /// reported on its own and is where its registers must be read. Resumed blind, it would run
-/// out of that stop unseen, and what only its registers and frames held would look lost.
-/// (What is left is the microseconds between the check and the resume, not the tracer's
-/// reaction time.)
+/// out of that stop unseen, and what only its registers and frames held would look lost. A
+/// thread held at no stop when looked at is on its way somewhere (woken by the kill and not at
+/// its exit stop yet) or gone: it is not resumed either, since a resume could only reach it
+/// once it has stopped again. (What is left is a kill arriving and its thread reaching its exit
+/// stop within the microseconds between the check and the resume.)
 fn resume(tid: Pid, signal: Option<Signal>) {
-    if !at_exit_stop(tid) {
-        // The thread may be gone already (killed by a group exit): nothing to resume then.
+    if matches!(stop_of(tid), Some(Stop { exit: false })) {
         let _ = ptrace::cont(tid, signal);
     }
 }
@@ -796,13 +797,24 @@ fn end(tid: Pid) {
     let _ = ptrace::cont(tid, None);
 }
 
-/// Whether a thread is at its `PTRACE_EVENT_EXIT` stop now (the signal information of an
-/// event stop reads `SIGTRAP | event << 8`).
-fn at_exit_stop(tid: Pid) -> bool {
-    ptrace::getsiginfo(tid).is_ok_and(|info| {
-        info.si_signo == libc::SIGTRAP
-            && info.si_code == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8)
+/// The stop a thread is held at now; `None` when it is at none (running, or gone).
+struct Stop {
+    /// Its `PTRACE_EVENT_EXIT` stop (the signal information of an event stop reads
+    /// `SIGTRAP | event << 8`).
+    exit: bool,
+}
+
+fn stop_of(tid: Pid) -> Option<Stop> {
+    let info = ptrace::getsiginfo(tid).ok()?;
+    Some(Stop {
+        exit: info.si_signo == libc::SIGTRAP
+            && info.si_code == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8),
     })
+}
+
+/// Whether a thread is held at its exit stop now.
+fn at_exit_stop(tid: Pid) -> bool {
+    stop_of(tid).is_some_and(|stop| stop.exit)
 }
 
 fn thread_group_of(tid: Pid) -> Option<Pid> {
