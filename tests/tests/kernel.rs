@@ -191,6 +191,9 @@ fn kernel_counts_the_frees_it_missed() {
         let (code, stderr) = memleak.wait_exit(WAIT);
         let missed = last["counters"]["missing_free"].as_u64().unwrap_or(0);
         let expected = if missing_is_drop && missed > 0 { 3 } else { 0 };
-        assert_eq!(code, expected, "{flag:?}, {missed} missed: {stderr}");
+        assert_eq!(
+            code, expected,
+            "{flag:?}, {missed} missed: {stderr}\nthe last report: {last:#}"
+        );
     }
 }
