@@ -16,8 +16,10 @@
 //! Every thread alive at the exit adds its registers and its stack from its stack pointer (less
 //! the 128-byte red zone) up; with the stack pointer elsewhere (a signal or coroutine stack),
 //! its own stack is scanned whole as well, and so is the alternate signal stack it registered
-//! (the kernel holds that pointer). A thread that ended before its registers could be
-//! read holds nothing ([`ThreadState::Gone`]): its stack is a dead one. A thread whose
+//! (the kernel holds that pointer). A thread that ended unseen is scanned as it was at the
+//! last stop it was resumed from ([`ThreadState::LastSeen`]): the exit's kill can meet that
+//! resume, and it then died there. One never stopped holds nothing but what lies above where
+//! it was to start ([`ThreadState::Gone`]). A thread whose
 //! registers could not be read adds its whole stack, and is a [`Gap`]. The allocator's own data
 //! is a root where only pointers to a block's start count (see [`Roots::allocator_regions`]).
 //!
@@ -258,7 +260,7 @@ pub fn roots(
     // a thread being created there (see below).
     let mut register_values = Vec::new();
     for thread in &threads.live {
-        if let ThreadState::Stopped(regs) = &thread.state {
+        if let ThreadState::Stopped(regs) | ThreadState::LastSeen(regs) = &thread.state {
             register_values.extend(register_words(regs));
         }
     }
@@ -288,7 +290,7 @@ pub fn roots(
                 }
                 continue;
             }
-            ThreadState::Stopped(regs) => {
+            ThreadState::Stopped(regs) | ThreadState::LastSeen(regs) => {
                 roots.words.extend(register_words(regs));
                 match containing(regs.rsp) {
                     Some(at) => {

@@ -69,9 +69,14 @@ pub struct LiveThread {
 pub enum ThreadState {
     /// Held at its exit stop: its registers, which may hold pointers.
     Stopped(Box<libc::user_regs_struct>),
-    /// It ended before its registers could be read, and so holds no pointer: it had called
-    /// `exit` itself and the group exit's kill woke it from that exit stop before the stop was
-    /// collected, or it was killed before its first instruction.
+    /// It ended unseen, and its registers are those of the last stop it was resumed from
+    /// (a clone event, a signal): killed by the exit as it was resumed, it ran nothing since,
+    /// and its registers and frames are as they were there. (Had it instead run on and
+    /// ended by itself as the process exited, what it held then is scanned as of that stop,
+    /// which can only keep more memory reachable.)
+    LastSeen(Box<libc::user_regs_struct>),
+    /// It ended before its registers could be read at any stop (killed before its first
+    /// instruction, say): its registers hold no pointer.
     Gone,
     /// It did not reach its exit stop in time, or its registers could not be read there: a
     /// root that is missing from the scan.
@@ -97,6 +102,13 @@ struct Traced {
     /// stack the clone gave them: such a thread's start arguments lie in its stack mapping
     /// (glibc's thread descriptor), where nothing else may point to them.
     unstarted: BTreeMap<Pid, u64>,
+    /// Each thread's registers at the last stop it was resumed from. A resume sent as the
+    /// process's exit kills the thread reaches its exit stop instead, whatever was checked
+    /// before it (the kill can land between any check and the resume, and a loaded machine
+    /// can preempt the tracer right there): the thread then ends unseen, having run no
+    /// instruction since that stop, and this is how it was when it died
+    /// ([`ThreadState::LastSeen`]).
+    last_stop: BTreeMap<Pid, Box<libc::user_regs_struct>>,
 }
 
 /// The traced program, and the children it started when they are followed.
@@ -449,7 +461,10 @@ impl Running {
                     }
                     // Reaped, or not ours to wait for any more: it no longer exists.
                     Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => {
-                        ThreadState::Gone
+                        match traced.last_stop.remove(&tid) {
+                            Some(regs) => ThreadState::LastSeen(regs),
+                            None => ThreadState::Gone,
+                        }
                     }
                     Ok(_) => {
                         // Some other stop on its way out: it is killed already, let it go on.
@@ -581,6 +596,24 @@ impl Running {
             traced.threads.insert(tid, sp);
             traced.unstarted.remove(&tid);
         }
+        // Any stop it will be resumed from: how it was there, should the exit's kill meet
+        // the resume (see `Traced::last_stop`).
+        if let Some(traced) = self.processes.get_mut(&tgid)
+            && !traced.exit_stop_seen
+            && match status {
+                WaitStatus::PtraceEvent(_, _, event) => {
+                    event != PtraceEvent::PTRACE_EVENT_EXIT as i32
+                        && event != PtraceEvent::PTRACE_EVENT_EXEC as i32
+                }
+                WaitStatus::Stopped(..) | WaitStatus::PtraceSyscall(_) => true,
+                _ => false,
+            }
+        {
+            match ptrace::getregs(tid) {
+                Ok(regs) => traced.last_stop.insert(tid, Box::new(regs)),
+                Err(_) => traced.last_stop.remove(&tid),
+            };
+        }
         match status {
             WaitStatus::Exited(pid, code) if pid == self.root => {
                 self.processes.remove(&pid);
@@ -628,6 +661,7 @@ impl Running {
                     }));
                 }
                 traced.threads.remove(&tid);
+                traced.last_stop.remove(&tid);
                 if !traced.exit_stop_seen {
                     traced.exited.insert(tid);
                 }
@@ -673,6 +707,7 @@ impl Running {
                     traced.threads.clear();
                     traced.exited.clear();
                     traced.unstarted.clear();
+                    traced.last_stop.clear();
                 }
                 Ok(Some(Event::Exec {
                     pid: tgid.as_raw() as u32,
@@ -784,8 +819,10 @@ fn detach_thread(tid: Pid) {
 /// out of that stop unseen, and what only its registers and frames held would look lost. A
 /// thread held at no stop when looked at is on its way somewhere (woken by the kill and not at
 /// its exit stop yet) or gone: it is not resumed either, since a resume could only reach it
-/// once it has stopped again. (What is left is a kill arriving and its thread reaching its exit
-/// stop within the microseconds between the check and the resume.)
+/// once it has stopped again. What is left, a kill arriving and its thread reaching its exit
+/// stop between the check and the resume (a window a preempted tracer holds open for
+/// milliseconds), loses nothing: the thread ran nothing since the stop, whose registers are
+/// kept ([`ThreadState::LastSeen`]).
 fn resume(tid: Pid, signal: Option<Signal>) {
     if matches!(stop_of(tid), Some(Stop { exit: false })) {
         let _ = ptrace::cont(tid, signal);
