@@ -582,6 +582,17 @@ impl Running {
         } else {
             thread_group_of(tid).unwrap_or(self.root)
         };
+        // The thread's registers at this stop, read once for all that needs them below.
+        let regs = match status {
+            WaitStatus::PtraceEvent(..)
+            | WaitStatus::Stopped(..)
+            | WaitStatus::PtraceSyscall(_)
+                if self.processes.contains_key(&tgid) =>
+            {
+                ptrace::getregs(tid).ok()
+            }
+            _ => None,
+        };
         if let Some(traced) = self.processes.get_mut(&tgid)
             && tid != tgid
             && !traced.exit_stop_seen
@@ -592,8 +603,7 @@ impl Running {
             )
         {
             // A new thread's first stop: where its stack is.
-            let sp = ptrace::getregs(tid).ok().map(|regs| regs.rsp);
-            traced.threads.insert(tid, sp);
+            traced.threads.insert(tid, regs.map(|regs| regs.rsp));
             traced.unstarted.remove(&tid);
         }
         // Any stop it will be resumed from: how it was there, should the exit's kill meet
@@ -609,9 +619,9 @@ impl Running {
                 _ => false,
             }
         {
-            match ptrace::getregs(tid) {
-                Ok(regs) => traced.last_stop.insert(tid, Box::new(regs)),
-                Err(_) => traced.last_stop.remove(&tid),
+            match regs {
+                Some(regs) => traced.last_stop.insert(tid, Box::new(regs)),
+                None => traced.last_stop.remove(&tid),
             };
         }
         match status {
@@ -647,7 +657,7 @@ impl Running {
             WaitStatus::PtraceEvent(tid, _, event)
                 if event == PtraceEvent::PTRACE_EVENT_EXIT as i32 =>
             {
-                let process_exit = self.is_process_exit(tgid, tid);
+                let process_exit = self.processes.contains_key(&tgid) && is_process_exit(regs);
                 let Some(traced) = self.processes.get_mut(&tgid) else {
                     end(tid);
                     return Ok(None);
@@ -738,7 +748,7 @@ impl Running {
                 {
                     let child = Pid::from_raw(child as i32);
                     if !traced.threads.contains_key(&child)
-                        && let Some(sp) = clone_stack(parent)
+                        && let Some(sp) = regs.and_then(|regs| clone_stack(parent, &regs))
                     {
                         traced.unstarted.insert(child, sp);
                     }
@@ -758,23 +768,20 @@ impl Running {
             WaitStatus::Continued(_) | WaitStatus::StillAlive => Ok(None),
         }
     }
-
-    /// An exit stop is its process's exit unless the thread called `exit` (SYS_exit ends one
-    /// thread; `exit_group` and fatal signals end them all). A stop whose registers cannot be
-    /// read was cut short: a kill woke the thread from it (the group exit's, for a thread at
-    /// the exit stop of its own `exit`), so it is not the stop the process's exit is read at.
-    fn is_process_exit(&self, tgid: Pid, tid: Pid) -> bool {
-        if !self.processes.contains_key(&tgid) {
-            return false;
-        }
-        ptrace::getregs(tid).is_ok_and(|regs| regs.orig_rax != libc::SYS_exit as u64)
-    }
 }
 
-/// The stack a thread held at its clone event gave the new thread: `clone`'s second argument,
-/// or the top of `clone3`'s `stack` and `stack_size`.
-fn clone_stack(thread: Pid) -> Option<u64> {
-    let regs = ptrace::getregs(thread).ok()?;
+/// An exit stop, with the thread's registers there, is its process's exit unless the thread
+/// called `exit` (SYS_exit ends one thread; `exit_group` and fatal signals end them all). A
+/// stop whose registers cannot be read was cut short: a kill woke the thread from it (the
+/// group exit's, for a thread at the exit stop of its own `exit`), so it is not the stop the
+/// process's exit is read at.
+fn is_process_exit(regs: Option<libc::user_regs_struct>) -> bool {
+    regs.is_some_and(|regs| regs.orig_rax != libc::SYS_exit as u64)
+}
+
+/// The stack a thread held at its clone event (`regs` are its registers there) gave the new
+/// thread: `clone`'s second argument, or the top of `clone3`'s `stack` and `stack_size`.
+fn clone_stack(thread: Pid, regs: &libc::user_regs_struct) -> Option<u64> {
     let word = |addr: u64| {
         ptrace::read(thread, addr as ptrace::AddressType)
             .ok()
