@@ -477,3 +477,48 @@ pub fn svg_titles(path: &Path) -> Vec<String> {
         .filter_map(|node| node.text().map(str::to_owned))
         .collect()
 }
+
+/// One `cargo memleak test --message-format json` run on a fixture: its exit code, its
+/// `test-finished` events in the order the tests finished, and its standard error.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: Option<i32>,
+    pub tests: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The event of the test named `test`; panics, with every event, when none is.
+    pub fn of(&self, test: &str) -> &Value {
+        self.tests
+            .iter()
+            .find(|event| event["test"] == test)
+            .unwrap_or_else(|| panic!("{test} finished: {:#?}\n{}", self.tests, self.stderr))
+    }
+}
+
+/// `cargo memleak test --message-format json --manifest-path fixtures/FIXTURE/Cargo.toml
+/// ARGS`, with `env` added to the environment.
+pub fn test_finished(fixture: &str, args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let output = Command::new(cargo_memleak())
+        .args(["test", "--message-format", "json", "--manifest-path"])
+        .arg(
+            workspace_root()
+                .join("fixtures")
+                .join(fixture)
+                .join("Cargo.toml"),
+        )
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("cargo memleak test runs");
+    Finished {
+        code: output.status.code(),
+        tests: String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|event| event["event"] == "test-finished")
+            .collect(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -12,30 +12,23 @@ use std::{
 
 use memleak_tests::{
     Periodic, cargo_memleak, fixture_test_binary, frames, leak_summary, marker_line, memleak,
-    privileged, report_stacks_with, symbol_of, workspace_root,
+    privileged, report_stacks_with, symbol_of, test_finished, workspace_root,
 };
 use serde_json::Value;
 
 /// `cargo memleak test` on the fixture with `args`, in `env`: every test-finished event of a
 /// test that ran.
 fn results(args: &[&str], env: &[(&str, &str)]) -> Vec<Value> {
-    let output = Command::new(cargo_memleak())
-        .args(["test", "--message-format", "json", "--manifest-path"])
-        .arg(workspace_root().join("fixtures/allocators/Cargo.toml"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("cargo memleak test runs");
+    let run = test_finished("allocators", args, env);
     assert_eq!(
-        output.status.code(),
+        run.code,
         Some(100),
-        "the leaking tests fail; stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "the leaking tests fail: {}",
+        run.stderr
     );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| event["event"] == "test-finished" && event["result"] != "ignored")
+    run.tests
+        .into_iter()
+        .filter(|event| event["result"] != "ignored")
         .collect()
 }
 

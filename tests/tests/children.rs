@@ -3,37 +3,8 @@
 //! at their own exit and judged with the test, by executable; a third-party program is not
 //! followed by default; a child killed or still running is a note, never a gap.
 
-use std::process::Command;
-
-use memleak_tests::{cargo_memleak, marker_line, memleak, privileged, workspace_root};
+use memleak_tests::{marker_line, memleak, privileged, test_finished, workspace_root};
 use serde_json::Value;
-
-fn manifest() -> std::path::PathBuf {
-    workspace_root().join("fixtures/children/Cargo.toml")
-}
-
-/// `cargo memleak test` on the fixture with `args`: its exit code and test-finished events.
-fn results(args: &[&str]) -> (Option<i32>, Vec<Value>) {
-    let output = Command::new(cargo_memleak())
-        .args(["test", "--message-format", "json", "--manifest-path"])
-        .arg(manifest())
-        .args(args)
-        .output()
-        .expect("cargo memleak test runs");
-    let events = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| event["event"] == "test-finished")
-        .collect();
-    (output.status.code(), events)
-}
-
-fn result<'a>(results: &'a [Value], test: &str) -> &'a Value {
-    results
-        .iter()
-        .find(|result| result["test"] == test)
-        .unwrap_or_else(|| panic!("{test} ran: {results:#?}"))
-}
 
 /// The one child verdict of `result`, for `executable`.
 fn child<'a>(result: &'a Value, executable: &str) -> &'a Value {
@@ -59,14 +30,14 @@ fn a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones() {
     if !privileged("a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones") {
         return;
     }
-    let (code, results) = results(&[]);
-    assert_eq!(code, Some(100), "{results:#?}");
-    assert_eq!(results.len(), 8);
+    let run = test_finished("children", &[], &[]);
+    assert_eq!(run.code, Some(100), "{run:#?}");
+    assert_eq!(run.tests.len(), 8);
     let main = workspace_root().join("fixtures/children/src/main.rs");
     let tests = workspace_root().join("fixtures/children/tests/children.rs");
 
     // The crate's binary, through CARGO_BIN_EXE_children, leaking 30000 bytes.
-    let leaking = result(&results, "runs_a_leaking_child");
+    let leaking = run.of("runs_a_leaking_child");
     assert_eq!(leaking["result"], "failed", "{leaking:#}");
     assert_eq!(
         leaking["lost"],
@@ -99,7 +70,7 @@ fn a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones() {
     );
 
     // A fork of the test itself: keyed by the test binary's name without cargo's hash.
-    let forked = result(&results, "forks_a_leaking_child");
+    let forked = run.of("forks_a_leaking_child");
     assert_eq!(forked["result"], "failed", "{forked:#}");
     let verdict = child(forked, "children");
     assert_eq!(
@@ -119,13 +90,13 @@ fn a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones() {
         "leaves_a_child_running",
         "kills_its_child",
     ] {
-        let passed = result(&results, test);
+        let passed = run.of(test);
         assert_eq!(passed["result"], "ok", "{passed:#}");
         assert_eq!(passed["incomplete"], serde_json::json!([]), "{passed:#}");
     }
     // A fork that allocates, then execs the crate's binary: followed, traced from its fork,
     // what it allocated before the exec gone with the memory the exec replaced.
-    let forked_and_execed = result(&results, "forks_and_execs_the_crates_binary");
+    let forked_and_execed = run.of("forks_and_execs_the_crates_binary");
     assert_eq!(forked_and_execed["result"], "ok", "{forked_and_execed:#}");
     let verdict = child(forked_and_execed, "children");
     assert_eq!(
@@ -141,7 +112,7 @@ fn a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones() {
         ("forks_and_execs_the_crates_binary", 0, 0),
         ("runs_a_clean_child", 0, 0),
     ] {
-        let result = result(&results, test);
+        let result = run.of(test);
         assert_eq!(result["result"], "ok", "{result:#}");
         assert_eq!(
             result["unfollowed_children"],
@@ -150,31 +121,28 @@ fn a_test_fails_with_its_childrens_leaks_and_passes_with_clean_ones() {
         );
     }
     assert_eq!(
-        result(&results, "forks_and_execs_a_third_party_program")["children"],
+        run.of("forks_and_execs_a_third_party_program")["children"],
         serde_json::json!([])
     );
-    let clean = child(result(&results, "runs_a_clean_child"), "children");
+    let clean = child(run.of("runs_a_clean_child"), "children");
     assert_eq!(clean["lost"], serde_json::json!({"bytes": 0, "blocks": 0}));
     assert_eq!(clean["processes"][0]["fate"], "scanned");
     assert_eq!(
-        result(&results, "runs_a_third_party_program")["children"],
+        run.of("runs_a_third_party_program")["children"],
         serde_json::json!([]),
         "sh is not one of the workspace's targets"
     );
-    let running = child(result(&results, "leaves_a_child_running"), "children");
+    let running = child(run.of("leaves_a_child_running"), "children");
     assert_eq!(
         running["processes"][0]["fate"], "still_running",
         "{running:#}"
     );
     // nextest's LEAK: the child outlived the test, was reported and killed with its group.
-    assert_eq!(
-        result(&results, "leaves_a_child_running")["left_processes"],
-        true
-    );
+    assert_eq!(run.of("leaves_a_child_running")["left_processes"], true);
     for test in ["kills_its_child", "runs_a_clean_child"] {
-        assert_eq!(result(&results, test)["left_processes"], false, "{test}");
+        assert_eq!(run.of(test)["left_processes"], false, "{test}");
     }
-    let killed = child(result(&results, "kills_its_child"), "children");
+    let killed = child(run.of("kills_its_child"), "children");
     let fate = &killed["processes"][0];
     assert!(
         fate["fate"] == "killed" || fate["exit"]["signal"] == "SIGKILL",
@@ -187,10 +155,11 @@ fn follow_children_none_sees_the_test_alone_and_bless_budgets_each_executable() 
     if !privileged("follow_children_none_sees_the_test_alone_and_bless_budgets_each_executable") {
         return;
     }
-    let (code, unfollowed) = results(&["--follow-children", "none"]);
-    assert_eq!(code, Some(0), "{unfollowed:#?}");
+    let unfollowed = test_finished("children", &["--follow-children", "none"], &[]);
+    assert_eq!(unfollowed.code, Some(0), "{unfollowed:#?}");
     assert!(
         unfollowed
+            .tests
             .iter()
             .all(|result| result["children"] == serde_json::json!([])),
         "{unfollowed:#?}"
@@ -200,8 +169,8 @@ fn follow_children_none_sees_the_test_alone_and_bless_budgets_each_executable() 
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let baseline = dir.join("memleak-baseline.json");
     let baseline_arg = baseline.to_str().expect("UTF-8");
-    let (code, _) = results(&["--baseline", baseline_arg, "--bless"]);
-    assert_eq!(code, Some(0));
+    let blessing = test_finished("children", &["--baseline", baseline_arg, "--bless"], &[]);
+    assert_eq!(blessing.code, Some(0), "{blessing:#?}");
     let blessed: Value =
         serde_json::from_str(&std::fs::read_to_string(&baseline).expect("the baseline written"))
             .expect("the baseline parses");
@@ -221,8 +190,12 @@ fn follow_children_none_sees_the_test_alone_and_bless_budgets_each_executable() 
         Some(2),
         "{blessed:#}"
     );
-    let (code, rerun) = results(&["--baseline", baseline_arg]);
-    assert_eq!(code, Some(0), "within the blessed budgets: {rerun:#?}");
+    let rerun = test_finished("children", &["--baseline", baseline_arg], &[]);
+    assert_eq!(
+        rerun.code,
+        Some(0),
+        "within the blessed budgets: {rerun:#?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -232,7 +205,11 @@ fn exec_reports_each_followed_child() {
         return;
     }
     // The test binary, built by the runs above or here.
-    let (_, _) = results(&["--follow-children", "none", "runs_a_leaking_child"]);
+    test_finished(
+        "children",
+        &["--follow-children", "none", "runs_a_leaking_child"],
+        &[],
+    );
     let deps = workspace_root().join("fixtures/children/target/memleak/debug/deps");
     let binary = std::fs::read_dir(&deps)
         .expect("the fixture was built")
