@@ -1,55 +1,33 @@
 //! Faults a test can cause (fixtures/faults): a process that makes itself undumpable, one that
-//! closes every descriptor it inherited, and one whose 200 forked children exit at once are
-//! traced right: each test's own leak is found to the byte, nothing else is lost, no run is
-//! incomplete, and every child is scanned at its exit. One with more distinct stacks than the
-//! stack maps hold is incomplete, with the count and the fix, never a pass.
+//! closes every descriptor it inherited, one whose 200 forked children exit at once and one
+//! that runs a setuid program are traced right: each test's own leak is found to the byte,
+//! nothing else is lost, no run is incomplete, and every child is scanned at its exit. One with
+//! more distinct stacks than the stack maps hold is incomplete, with the count and the fix,
+//! never a pass. One that ptraces its own fork fails by itself while forks are followed (the
+//! fork is traced already), with nothing lost, and is traced right when they are not.
 
-use std::process::Command;
-
-use memleak_tests::{cargo_memleak, privileged, workspace_root};
+use memleak_tests::{marker_line, privileged, test_finished, workspace_root};
 use serde_json::Value;
-
-/// `cargo memleak test` on the fixture with `args`: its exit code, test-finished events and
-/// standard error.
-fn run(args: &[&str]) -> (Option<i32>, Vec<Value>, String) {
-    let output = Command::new(cargo_memleak())
-        .args(["test", "--message-format", "json", "--manifest-path"])
-        .arg(workspace_root().join("fixtures/faults/Cargo.toml"))
-        .args(args)
-        .output()
-        .expect("cargo memleak test runs");
-    let finished = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| event["event"] == "test-finished")
-        .collect();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.code(), finished, stderr)
-}
 
 #[test]
 fn faults_a_test_causes_are_traced_right() {
     if !privileged("faults_a_test_causes_are_traced_right") {
         return;
     }
-    let (code, finished, stderr) = run(&[]);
-    let result = |test: &str| {
-        finished
-            .iter()
-            .find(|result| result["test"] == test)
-            .unwrap_or_else(|| panic!("{test} ran: {finished:#?}\n{stderr}"))
-    };
+    let run = test_finished("faults", &["--", "--skip", "ptraces_its_own_child"], &[]);
     // Two leak by design: the run fails on them, and only on them.
-    assert_eq!(code, Some(100), "{stderr}");
-    assert_eq!(finished.len(), 4, "{stderr}");
+    assert_eq!(run.code, Some(100), "{run:#?}");
+    assert_eq!(run.tests.len(), 5, "{run:#?}");
     for (test, bytes, outcome) in [
         ("undumpable_then_leaks", 3001, "failed"),
         ("closes_every_descriptor_then_leaks", 4002, "failed"),
         ("two_hundred_children_exit_at_once", 0, "ok"),
         // Its own stack map full, the shared one takes the rest.
         ("eight_thousand_distinct_stacks", 0, "ok"),
+        // The setuid program is not the workspace's: let go at its exec.
+        ("runs_a_setuid_program", 0, "ok"),
     ] {
-        let result = result(test);
+        let result = run.of(test);
         assert_eq!(result["result"], outcome, "{test}: {result:#}");
         assert_eq!(result["lost"]["bytes"], bytes, "{test}: {result:#}");
         assert_eq!(
@@ -68,7 +46,7 @@ fn faults_a_test_causes_are_traced_right() {
         );
     }
 
-    let children = &result("two_hundred_children_exit_at_once")["children"];
+    let children = &run.of("two_hundred_children_exit_at_once")["children"];
     let processes: Vec<&Value> = children
         .as_array()
         .expect("children")
@@ -87,10 +65,14 @@ fn stacks_the_maps_cannot_hold_make_the_run_incomplete() {
     if !privileged("stacks_the_maps_cannot_hold_make_the_run_incomplete") {
         return;
     }
-    let (code, finished, stderr) = run(&["--max-stacks", "64", "--", "eight_thousand"]);
-    assert_eq!(code, Some(100), "{stderr}");
-    let [result] = finished.as_slice() else {
-        panic!("one test ran: {finished:#?}\n{stderr}");
+    let run = test_finished(
+        "faults",
+        &["--max-stacks", "64", "--", "eight_thousand"],
+        &[],
+    );
+    assert_eq!(run.code, Some(100), "{run:#?}");
+    let [result] = run.tests.as_slice() else {
+        panic!("one test ran: {run:#?}");
     };
     assert_eq!(result["result"], "failed", "{result:#}");
     assert_eq!(result["lost"]["bytes"], 0, "{result:#}");
@@ -109,4 +91,87 @@ fn stacks_the_maps_cannot_hold_make_the_run_incomplete() {
             .is_some_and(|failure| failure.contains("raise --max-stacks")),
         "{result:#}"
     );
+}
+
+#[test]
+fn a_setuid_program_is_traced_under_its_new_ids() {
+    if !privileged("a_setuid_program_is_traced_under_its_new_ids") {
+        return;
+    }
+    let run = test_finished(
+        "faults",
+        &["--follow-children", "all", "--", "runs_a_setuid_program"],
+        &[],
+    );
+    assert_eq!(run.code, Some(100), "{run:#?}");
+    let result = run.of("runs_a_setuid_program");
+    // The test itself passed: the program ran with euid 65534, traced.
+    assert_eq!(result["exit"]["code"], 0, "{result:#}");
+    assert_eq!(result["lost"]["bytes"], 0, "{result:#}");
+    assert_eq!(result["incomplete"], serde_json::json!([]), "{result:#}");
+    let children = result["children"].as_array().expect("children");
+    let [child] = children.as_slice() else {
+        panic!("one child executable: {result:#}");
+    };
+    assert_eq!(child["executable"], "setuid-faults", "{result:#}");
+    assert_eq!(
+        child["lost"],
+        serde_json::json!({"bytes": 5005, "blocks": 1}),
+        "{result:#}"
+    );
+    assert_eq!(child["processes"][0]["fate"], "scanned", "{result:#}");
+    assert_eq!(child["processes"][0]["exit"]["code"], 0, "{result:#}");
+    let line = child["stacks"][0]["frames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|frame| frame["symbol"] == "faults::leak_as_another_user")
+        .map(|frame| frame["line"].clone());
+    let main = workspace_root().join("fixtures/faults/src/main.rs");
+    assert_eq!(
+        line,
+        Some(marker_line(&main, "leak_as_another_user").into()),
+        "{child:#}"
+    );
+}
+
+#[test]
+fn a_test_that_ptraces_its_fork_fails_by_itself_while_forks_are_followed() {
+    if !privileged("a_test_that_ptraces_its_fork_fails_by_itself_while_forks_are_followed") {
+        return;
+    }
+    // Followed, the fork is traced already: its PTRACE_TRACEME fails (it exits 2), the test's
+    // assertion fails, and that is the verdict, with nothing lost.
+    let followed = test_finished("faults", &["--", "ptraces_its_own_child"], &[]);
+    assert_eq!(followed.code, Some(100), "{followed:#?}");
+    let result = followed.of("ptraces_its_own_child");
+    assert_eq!(result["result"], "failed", "{result:#}");
+    assert_eq!(result["exit"]["code"], 101, "{result:#}");
+    assert_eq!(
+        result["failures"],
+        serde_json::json!(["the test failed: exit code 101"]),
+        "{result:#}"
+    );
+    assert_eq!(result["lost"]["bytes"], 0, "{result:#}");
+    assert_eq!(result["children"][0]["lost"]["bytes"], 0, "{result:#}");
+    assert_eq!(
+        result["children"][0]["processes"][0]["exit"]["code"], 2,
+        "{result:#}"
+    );
+
+    // Forks let go, the test traces its fork and leaks its 6006 bytes.
+    let let_go = test_finished(
+        "faults",
+        &["--follow-children", "none", "--", "ptraces_its_own_child"],
+        &[],
+    );
+    assert_eq!(let_go.code, Some(100), "{let_go:#?}");
+    let result = let_go.of("ptraces_its_own_child");
+    assert_eq!(result["exit"]["code"], 0, "{result:#}");
+    assert_eq!(
+        result["lost"],
+        serde_json::json!({"bytes": 6006, "blocks": 1}),
+        "{result:#}"
+    );
+    assert_eq!(result["incomplete"], serde_json::json!([]), "{result:#}");
 }
