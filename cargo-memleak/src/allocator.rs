@@ -33,6 +33,7 @@ const ENTRY_POINTS: &[(&str, EntryPoint, bool)] = &[
     ("free", EntryPoint::Free, false),
     ("munmap", EntryPoint::Munmap, false),
     ("sigaltstack", EntryPoint::Sigaltstack, false),
+    ("ptrace", EntryPoint::Ptrace, false),
 ];
 
 const REQUIRED: &[&str] = &["malloc", "free"];
@@ -166,6 +167,7 @@ fn prefixed() -> Vec<(&'static str, EntryPoint, bool)> {
                     | EntryPoint::Mremap
                     | EntryPoint::Munmap
                     | EntryPoint::Sigaltstack
+                    | EntryPoint::Ptrace
             )
         })
         .collect()
@@ -737,7 +739,9 @@ fn arguments_read(entry_point: EntryPoint) -> &'static [Register] {
         | EntryPoint::RustAlloc
         | EntryPoint::RustAllocZeroed
         | EntryPoint::RustDealloc => &[RDI],
-        EntryPoint::Calloc | EntryPoint::Realloc | EntryPoint::Munmap => &[RDI, RSI],
+        EntryPoint::Calloc | EntryPoint::Realloc | EntryPoint::Munmap | EntryPoint::Ptrace => {
+            &[RDI, RSI]
+        }
         EntryPoint::Reallocarray => &[RDI, RSI, RDX],
         EntryPoint::PosixMemalign | EntryPoint::Mremap => &[RDI, RDX],
         EntryPoint::Memalign | EntryPoint::Mmap => &[RSI],
@@ -754,9 +758,9 @@ mod tests {
         let libc = find_libc().expect("this test binary links glibc");
         let probes = resolve(&libc, None).expect("glibc exports malloc and free");
         assert!(probes.missing.is_empty(), "missing: {:?}", probes.missing);
-        // glibc 2.36 aliases aligned_alloc to memalign: 14 entry points at 13 addresses, 13
+        // glibc 2.36 aliases aligned_alloc to memalign: 15 entry points at 14 addresses, 14
         // entry probes (free's one past its first instruction) and 10 return probes.
-        assert_eq!(probes.points_of(ProbeKind::Entry).count(), 13);
+        assert_eq!(probes.points_of(ProbeKind::Entry).count(), 14);
         assert_eq!(probes.points_of(ProbeKind::Return).count(), 10);
         let entry = |wanted: EntryPoint| {
             probes
@@ -778,6 +782,7 @@ mod tests {
             entry(EntryPoint::Memalign).symbols,
             ["aligned_alloc", "memalign"]
         );
+        assert_eq!(entry(EntryPoint::Ptrace).symbols, ["ptrace"]);
         // Every cookie names its entry point: the one entry program dispatches on it.
         assert!(probes.points.iter().all(|p| p.cookie.entry().is_some()));
     }

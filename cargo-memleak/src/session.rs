@@ -100,6 +100,10 @@ pub enum ChildFate {
     Killed(ExitStatus),
     /// Still running when the program ended: it was let go, unscanned.
     StillRunning,
+    /// Asked for by a `ptrace` call of its own (`PTRACE_TRACEME`) or of another process
+    /// (`PTRACE_ATTACH`, `PTRACE_SEIZE`): let go before it, unscanned, so that the call finds
+    /// it untraced as it would without us (a process has one tracer).
+    HandedOver,
     /// It could not be traced (the probes could not be attached to it).
     Untraced(String),
 }
@@ -407,6 +411,31 @@ fn follow(
                         running.detach(execed);
                     }
                     None => running.resume(execed),
+                }
+            }
+            Event::PtraceCall { pid: caller, tid } => {
+                let wanted = lock(tracer).take_handover(tid);
+                match wanted.map(|wanted| (wanted, children.remove(&wanted))) {
+                    // A followed child asked for by its own ptrace (its PTRACE_TRACEME, or its
+                    // parent's attach): a process has one tracer, so it is let go before the
+                    // call, unscanned, and the call succeeds as it would untraced.
+                    Some((wanted, Some(mut child))) => {
+                        {
+                            let mut tracer = lock(tracer);
+                            child.release_links(&mut tracer);
+                            let _ = tracer.forget(wanted);
+                        }
+                        running.detach(wanted);
+                        if wanted != caller {
+                            running.resume(tid);
+                        }
+                        if !child.until_exec {
+                            ended.push(child.into_child(ChildFate::HandedOver));
+                        }
+                    }
+                    // The program itself is never let go: the call fails as it did before.
+                    Some((_, None)) => running.resume(tid),
+                    None => running.pass_on(tid),
                 }
             }
             Event::ChildExited {

@@ -923,6 +923,16 @@ impl Tracer {
         }
         Ok(())
     }
+
+    /// The process a thread held at a `ptrace` call asks for (the entry program's HANDOVERS:
+    /// its own, or the one it attaches to), taken out; `None` when the thread was not held so.
+    pub fn take_handover(&mut self, tid: u32) -> Option<u32> {
+        let mut handovers: BpfHashMap<&mut MapData, u32, u32> =
+            map_mut(&mut self.ebpf, names::HANDOVERS, tid).ok()?;
+        let wanted = handovers.get(&tid, 0).ok()?;
+        let _ = handovers.remove(&tid);
+        Some(wanted)
+    }
 }
 
 /// A kernel allocator tracepoint: the eBPF program, and the event's category and name in

@@ -46,7 +46,17 @@ pub mod names {
     pub const SAMPLES: &str = "SAMPLES";
     /// `--trace`: one [`TraceEvent`](super::TraceEvent) per allocation and free (ring buffer).
     pub const EVENTS: &str = "EVENTS";
+    /// Threads held at a `ptrace` call that needs a process already traced here (the caller's
+    /// own, for `PTRACE_TRACEME`; the target's, for `PTRACE_ATTACH` and `PTRACE_SEIZE`):
+    /// thread id → that process, for the tracer to hand it over (LRU).
+    pub const HANDOVERS: &str = "HANDOVERS";
 }
+
+/// The signal the entry program sends a thread it holds at a `ptrace` call
+/// ([`names::HANDOVERS`]): its signal-delivery stop comes before the call's system call. SIGURG
+/// is ignored by default, so one that reaches a process no longer traced (let go in the
+/// meantime) does nothing.
+pub const HANDOVER_SIGNAL: u32 = 23;
 
 /// What the programs do besides recording outstanding allocations: the eBPF object's
 /// read-only global `TRACE_CONFIG`, set by userspace at load time.
@@ -280,10 +290,13 @@ pub enum EntryPoint {
     RustRealloc = 15,
     /// `__rust_dealloc(ptr, size, align)`.
     RustDealloc = 16,
+    /// `ptrace(request, pid, ...)`: not an allocator call, but one that needs a process traced
+    /// here handed over to the caller ([`names::HANDOVERS`]).
+    Ptrace = 17,
 }
 
 impl EntryPoint {
-    pub const ALL: [EntryPoint; 16] = [
+    pub const ALL: [EntryPoint; 17] = [
         EntryPoint::Malloc,
         EntryPoint::Calloc,
         EntryPoint::Realloc,
@@ -300,6 +313,7 @@ impl EntryPoint {
         EntryPoint::RustAllocZeroed,
         EntryPoint::RustRealloc,
         EntryPoint::RustDealloc,
+        EntryPoint::Ptrace,
     ];
 
     pub fn from_u8(value: u8) -> Option<EntryPoint> {

@@ -52,9 +52,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memleak_common::{
-    AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, KERNEL_TGID, KernelFields,
-    NestedMmap, OWN_ALLOCS_FLAGS, OWN_STACKS_FLAGS, PAGE_KEY_BASE, PendingCall, ProcessStats,
-    SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal, ThreadCalls, TraceConfig, TraceEvent,
+    AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, HANDOVER_SIGNAL, KERNEL_TGID,
+    KernelFields, NestedMmap, OWN_ALLOCS_FLAGS, OWN_STACKS_FLAGS, PAGE_KEY_BASE, PendingCall,
+    ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal, ThreadCalls, TraceConfig,
+    TraceEvent,
 };
 
 // A process's own maps are created by userspace, at the sizes it chooses (the kernel does not
@@ -172,6 +173,9 @@ static SAMPLES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[map]
+static HANDOVERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
 
 /// Set by userspace at load time (read-only data; see `KernelFields`).
 #[unsafe(no_mangle)]
@@ -984,6 +988,7 @@ fn on_entry(ctx: &ProbeContext) -> u32 {
         Some(EntryPoint::Free) => on_free(ctx),
         Some(EntryPoint::Munmap) => on_munmap(ctx),
         Some(EntryPoint::Sigaltstack) => on_sigaltstack(ctx),
+        Some(EntryPoint::Ptrace) => on_ptrace(ctx),
         Some(EntryPoint::RustAlloc | EntryPoint::RustAllocZeroed) => {
             enter(ctx, CallKind::Plain, arg(ctx, 0), 0, 0)
         }
@@ -1023,6 +1028,40 @@ pub fn alloc_return_multi(ctx: RetProbeContext) -> u32 {
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     leave(&ctx)
+}
+
+const PTRACE_TRACEME: u32 = 0;
+const PTRACE_ATTACH: u32 = 16;
+const PTRACE_SEIZE: u32 = 0x4206;
+
+/// A traced process's `ptrace(request, pid, ...)` that would fail because we trace the
+/// process it asks for (a process has one tracer): its `PTRACE_TRACEME`, or a
+/// `PTRACE_ATTACH` or `PTRACE_SEIZE` of a process we trace. The thread is held before its
+/// system call (a signal it gets here is delivered before the next instruction runs) and the
+/// tracer, told which process is wanted (HANDOVERS), lets that process go first.
+#[inline(always)]
+fn on_ptrace(ctx: &ProbeContext) -> u32 {
+    let Some(process) = Process::current() else {
+        return 0;
+    };
+    // Both are C ints: the registers' upper halves are not theirs.
+    let wanted = match arg(ctx, 0) as u32 {
+        PTRACE_TRACEME => process.tgid,
+        PTRACE_ATTACH | PTRACE_SEIZE => arg(ctx, 1) as u32,
+        _ => return 0,
+    };
+    // SAFETY: a lookup only, in a map userspace writes.
+    if wanted == 0 || unsafe { STATS.get(&wanted) }.is_none() {
+        return 0;
+    }
+    let tid = process.pid_tgid as u32;
+    if HANDOVERS.insert(&tid, &wanted, 0).is_err() {
+        process.count(Counter::ReadFailed);
+        return 0;
+    }
+    // SAFETY: signals the current thread only.
+    unsafe { generated::bpf_send_signal_thread(HANDOVER_SIGNAL) };
+    0
 }
 
 /// `stack_t` on x86-64.

@@ -3,8 +3,9 @@
 //! that runs a setuid program are traced right: each test's own leak is found to the byte,
 //! nothing else is lost, no run is incomplete, and every child is scanned at its exit. One with
 //! more distinct stacks than the stack maps hold is incomplete, with the count and the fix,
-//! never a pass. One that ptraces its own fork fails by itself while forks are followed (the
-//! fork is traced already), with nothing lost, and is traced right when they are not.
+//! never a pass. A fork that a test ptraces (its own `PTRACE_TRACEME`, or the test's
+//! `PTRACE_ATTACH`) is handed over to the test before the call, which then succeeds as it would
+//! untraced: the test passes by itself, with its own leak found.
 
 use memleak_tests::{marker_line, privileged, test_finished, workspace_root};
 use serde_json::Value;
@@ -14,10 +15,10 @@ fn faults_a_test_causes_are_traced_right() {
     if !privileged("faults_a_test_causes_are_traced_right") {
         return;
     }
-    let run = test_finished("faults", &["--", "--skip", "ptraces_its_own_child"], &[]);
-    // Two leak by design: the run fails on them, and only on them.
+    let run = test_finished("faults", &[], &[]);
+    // Four leak by design: the run fails on them, and only on them.
     assert_eq!(run.code, Some(100), "{run:#?}");
-    assert_eq!(run.tests.len(), 5, "{run:#?}");
+    assert_eq!(run.tests.len(), 7, "{run:#?}");
     for (test, bytes, outcome) in [
         ("undumpable_then_leaks", 3001, "failed"),
         ("closes_every_descriptor_then_leaks", 4002, "failed"),
@@ -26,6 +27,9 @@ fn faults_a_test_causes_are_traced_right() {
         ("eight_thousand_distinct_stacks", 0, "ok"),
         // The setuid program is not the workspace's: let go at its exec.
         ("runs_a_setuid_program", 0, "ok"),
+        // Its fork handed over to it at its PTRACE_TRACEME, or at its PTRACE_ATTACH.
+        ("ptraces_its_own_child", 6006, "failed"),
+        ("attaches_to_its_own_child", 7007, "failed"),
     ] {
         let result = run.of(test);
         assert_eq!(result["result"], outcome, "{test}: {result:#}");
@@ -136,42 +140,40 @@ fn a_setuid_program_is_traced_under_its_new_ids() {
 }
 
 #[test]
-fn a_test_that_ptraces_its_fork_fails_by_itself_while_forks_are_followed() {
-    if !privileged("a_test_that_ptraces_its_fork_fails_by_itself_while_forks_are_followed") {
+fn a_fork_the_test_ptraces_is_handed_over_to_it() {
+    if !privileged("a_fork_the_test_ptraces_is_handed_over_to_it") {
         return;
     }
-    // Followed, the fork is traced already: its PTRACE_TRACEME fails (it exits 2), the test's
-    // assertion fails, and that is the verdict, with nothing lost.
-    let followed = test_finished("faults", &["--", "ptraces_its_own_child"], &[]);
-    assert_eq!(followed.code, Some(100), "{followed:#?}");
-    let result = followed.of("ptraces_its_own_child");
-    assert_eq!(result["result"], "failed", "{result:#}");
-    assert_eq!(result["exit"]["code"], 101, "{result:#}");
-    assert_eq!(
-        result["failures"],
-        serde_json::json!(["the test failed: exit code 101"]),
-        "{result:#}"
-    );
-    assert_eq!(result["lost"]["bytes"], 0, "{result:#}");
-    assert_eq!(result["children"][0]["lost"]["bytes"], 0, "{result:#}");
-    assert_eq!(
-        result["children"][0]["processes"][0]["exit"]["code"], 2,
-        "{result:#}"
-    );
-
-    // Forks let go, the test traces its fork and leaks its 6006 bytes.
-    let let_go = test_finished(
-        "faults",
-        &["--follow-children", "none", "--", "ptraces_its_own_child"],
-        &[],
-    );
-    assert_eq!(let_go.code, Some(100), "{let_go:#?}");
-    let result = let_go.of("ptraces_its_own_child");
-    assert_eq!(result["exit"]["code"], 0, "{result:#}");
-    assert_eq!(
-        result["lost"],
-        serde_json::json!({"bytes": 6006, "blocks": 1}),
-        "{result:#}"
-    );
-    assert_eq!(result["incomplete"], serde_json::json!([]), "{result:#}");
+    let run = test_finished("faults", &["--", "its_own_child"], &[]);
+    assert_eq!(run.code, Some(100), "{run:#?}");
+    assert_eq!(run.tests.len(), 2, "{run:#?}");
+    for (test, bytes) in [
+        ("ptraces_its_own_child", 6006),
+        ("attaches_to_its_own_child", 7007),
+    ] {
+        let result = run.of(test);
+        // The test itself passed, its ptrace calls and their stops all as untraced.
+        assert_eq!(result["exit"]["code"], 0, "{test}: {result:#}");
+        assert_eq!(
+            result["failures"],
+            serde_json::json!([format!(
+                "lost {bytes} bytes in 1 blocks, over its budget of 0 bytes in 0 blocks"
+            )]),
+            "{test}: {result:#}"
+        );
+        assert_eq!(
+            result["incomplete"],
+            serde_json::json!([]),
+            "{test}: {result:#}"
+        );
+        let children = result["children"].as_array().expect("children");
+        let [child] = children.as_slice() else {
+            panic!("{test}: one child executable: {result:#}");
+        };
+        let [process] = child["processes"].as_array().expect("processes").as_slice() else {
+            panic!("{test}: one child: {result:#}");
+        };
+        assert_eq!(process["fate"], "handed_over", "{test}: {result:#}");
+        assert_eq!(child["lost"]["bytes"], 0, "{test}: {result:#}");
+    }
 }

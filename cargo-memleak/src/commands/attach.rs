@@ -111,6 +111,8 @@ pub fn attach(options: &Options) -> Result<Outcome> {
                     running.resume(child);
                 }
                 Event::Exited(_) => return Ok(true),
+                // Only followed children are handed over; this attaches to none.
+                Event::PtraceCall { tid, .. } => running.pass_on(tid),
                 Event::ChildExited { .. } => {}
             }
         }

@@ -39,6 +39,8 @@ pub enum Fate {
     Killed { exit: ExitStatus },
     /// Still running when the program ended: let go, unscanned.
     StillRunning,
+    /// Let go, unscanned, for a `ptrace` call that asked for it.
+    HandedOver,
     /// Could not be traced.
     Untraced { error: String },
 }
@@ -49,6 +51,9 @@ impl std::fmt::Display for Fate {
             Fate::Scanned { exit } => exit.fmt(f),
             Fate::Killed { exit } => write!(f, "{exit}, nothing to read"),
             Fate::StillRunning => f.write_str("still running when the test ended, not scanned"),
+            Fate::HandedOver => f.write_str(
+                "ptraced by the test (PTRACE_TRACEME or an attach): let go, not scanned",
+            ),
             Fate::Untraced { error } => write!(f, "not traced: {error}"),
         }
     }
@@ -125,6 +130,7 @@ impl LoadedGate {
                         }
                         (ChildFate::Killed(exit), _) => Fate::Killed { exit: exit.clone() },
                         (ChildFate::StillRunning, _) => Fate::StillRunning,
+                        (ChildFate::HandedOver, _) => Fate::HandedOver,
                         (ChildFate::Scanned, Some(child_run)) => Fate::Scanned {
                             exit: child_run.status.clone(),
                         },

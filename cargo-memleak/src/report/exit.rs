@@ -64,7 +64,8 @@ pub struct ChildReport {
     pub pid: u32,
     /// Its command line.
     pub command: String,
-    /// How it ended: `scanned`, `killed` (no exit stop), `still_running` or `untraced`.
+    /// How it ended: `scanned`, `killed` (no exit stop), `still_running`, `handed_over` (to a
+    /// `ptrace` call's caller) or `untraced`.
     pub fate: &'static str,
     /// Its report, when it was scanned at its exit stop.
     pub report: Option<Report>,
@@ -166,6 +167,7 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
                     ChildFate::Scanned => "scanned",
                     ChildFate::Killed(_) => "killed",
                     ChildFate::StillRunning => "still_running",
+                    ChildFate::HandedOver => "handed_over",
                     ChildFate::Untraced(_) => "untraced",
                 },
                 report: child.run.as_ref().map(|run| build(run, options)),

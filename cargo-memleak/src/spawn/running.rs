@@ -52,6 +52,12 @@ pub enum Event {
     ChildExited { pid: u32, status: ExitStatus },
     /// The program is gone without an exit stop (killed by SIGKILL, for example).
     Exited(ExitStatus),
+    /// Thread `tid` of process `pid` is held before a `ptrace` call that needs a process we
+    /// trace (the entry program signalled it: `memleak_common::HANDOVER_SIGNAL`), or got that
+    /// signal from elsewhere: the tracer's HANDOVERS map says which. Then [`Running::detach`]
+    /// the process it wants and [`Running::resume`] the thread (unless it was detached with
+    /// it), or [`Running::pass_on`] a signal that was not ours.
+    PtraceCall { pid: u32, tid: u32 },
 }
 
 /// A thread of a process that is exiting: alive when the exit began, or still unaccounted for.
@@ -333,6 +339,7 @@ impl Running {
                     self.resume(child);
                 }
                 Event::Exec { pid } => self.resume(pid),
+                Event::PtraceCall { tid, .. } => self.pass_on(tid),
                 Event::ChildExited { .. } => {}
             }
         }
@@ -389,6 +396,12 @@ impl Running {
     /// Lets a process held at a fork or exec stop (or a child held at its first stop) go on.
     pub fn resume(&mut self, pid: u32) {
         resume(Pid::from_raw(pid as i32), None);
+    }
+
+    /// Lets a thread held at [`Event::PtraceCall`] go on with its signal, as if not traced.
+    pub fn pass_on(&mut self, tid: u32) {
+        let signal = Signal::try_from(memleak_common::HANDOVER_SIGNAL as i32).ok();
+        resume(Pid::from_raw(tid as i32), signal);
     }
 
     /// Stops following process `pid`: every thread of it is detached and runs on untraced.
@@ -526,6 +539,7 @@ impl Running {
                     self.resume(child);
                 }
                 Some(Event::Exec { pid }) => self.resume(pid),
+                Some(Event::PtraceCall { tid, .. }) => self.pass_on(tid),
                 Some(Event::ExitStop { pid, .. }) => self.release(pid),
                 Some(Event::ChildExited { .. }) | None => {}
             }
@@ -760,6 +774,16 @@ impl Running {
                 resume(tid, None);
                 Ok(None)
             }
+            WaitStatus::Stopped(tid, signal)
+                if signal as i32 == memleak_common::HANDOVER_SIGNAL as i32
+                    && self.processes.contains_key(&tgid)
+                    && sent_by_kernel(tid) =>
+            {
+                Ok(Some(Event::PtraceCall {
+                    pid: tgid.as_raw() as u32,
+                    tid: tid.as_raw() as u32,
+                }))
+            }
             WaitStatus::Stopped(tid, signal) => {
                 // Signal-delivery stop: deliver the signal as if we were not there.
                 resume(tid, Some(signal));
@@ -811,11 +835,17 @@ fn tasks_of(pid: Pid) -> Vec<Pid> {
         .unwrap_or_default()
 }
 
-/// Detaches one thread; a running thread must be stopped before it can be detached.
+/// Detaches one thread; a running thread must be stopped before it can be detached. (A thread
+/// held at a signal's stop is let go without the signal: the callers detach a thread from
+/// stops they caused, or after reporting the stops pending.) The stop a running thread reaches
+/// may be a signal's on its way instead of the interrupt's: that signal goes with it.
 fn detach_thread(tid: Pid) {
     if ptrace::detach(tid, None).is_err() && ptrace::interrupt(tid).is_ok() {
-        let _ = waitpid(tid, Some(WAIT_ALL));
-        let _ = ptrace::detach(tid, None);
+        let signal = match waitpid(tid, Some(WAIT_ALL)) {
+            Ok(WaitStatus::Stopped(_, signal)) => Some(signal),
+            _ => None,
+        };
+        let _ = ptrace::detach(tid, signal);
     }
 }
 
@@ -854,6 +884,12 @@ fn stop_of(tid: Pid) -> Option<Stop> {
         exit: info.si_signo == libc::SIGTRAP
             && info.si_code == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8),
     })
+}
+
+/// Whether the signal a thread is held at was sent by the kernel (an eBPF program's
+/// `bpf_send_signal_thread`, among others), not by a process.
+fn sent_by_kernel(tid: Pid) -> bool {
+    ptrace::getsiginfo(tid).is_ok_and(|info| info.si_code == libc::SI_KERNEL)
 }
 
 /// Whether a thread is held at its exit stop now.
