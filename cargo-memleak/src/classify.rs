@@ -8,6 +8,12 @@
 //! other lost block points at them, **indirectly** when one does; in an unreachable cycle the
 //! first block found stays definite and the rest are indirect.
 //!
+//! Why each is lost comes from the same scan: every indirectly lost block is *held* by the
+//! definitely lost block whose structure it belongs to (the first, in address order, that
+//! reaches it), and the lost blocks that only point at each other form *cycles* (strongly
+//! connected components of two blocks or more, or one block pointing into itself), each with
+//! the first two words of its blocks (where `Rc` and `Arc` keep their counts).
+//!
 //! Invariants: memory that cannot be read never aborts the classification; it is counted
 //! (regions and bytes) so the caller can mark the result incomplete. The result is independent
 //! of the order roots are given in.
@@ -65,9 +71,26 @@ pub struct Roots {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Classification {
     pub categories: Vec<Category>,
+    /// For each indirectly lost block, the definitely lost block holding it (an index into
+    /// the blocks); `None` for the others.
+    pub holders: Vec<Option<usize>>,
+    /// The lost blocks that point at each other in cycles, largest first.
+    pub cycles: Vec<Cycle>,
     /// Ranges (roots or blocks) that could not be read, and their bytes.
     pub unreadable_regions: u64,
     pub unreadable_bytes: u64,
+}
+
+/// Lost blocks that only point at each other (a strongly connected component of the pointers
+/// among lost blocks): two or more, or one pointing into itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cycle {
+    /// Indices into the blocks, in address order.
+    pub blocks: Vec<usize>,
+    /// The first two words of each of them, in the same order (`None` for a block shorter
+    /// than two words, or unreadable): an `Rc` or `Arc` allocation starts with its strong and
+    /// weak counts.
+    pub heads: Vec<Option<[u64; 2]>>,
 }
 
 const WORD: u64 = 8;
@@ -126,6 +149,8 @@ pub fn classify(blocks: &[Block], roots: &Roots, memory: &mut impl Memory) -> Cl
         .iter()
         .map(|&r| r.then_some(Category::StillReachable))
         .collect();
+    // Each lost block is scanned once, here: the pointers among lost blocks are kept.
+    let mut edges: Vec<(usize, usize)> = Vec::new();
     for leader in index.by_address() {
         if categories[leader].is_some() {
             continue;
@@ -134,6 +159,9 @@ pub fn classify(blocks: &[Block], roots: &Roots, memory: &mut impl Memory) -> Cl
         let mut work = vec![leader];
         while let Some(block) = work.pop() {
             scanner.scan(index.range(block), Target::Anywhere, |found| {
+                if categories[found] != Some(Category::StillReachable) {
+                    edges.push((block, found));
+                }
                 if found == leader {
                     return;
                 }
@@ -153,13 +181,167 @@ pub fn classify(blocks: &[Block], roots: &Roots, memory: &mut impl Memory) -> Cl
         }
     }
 
+    let categories: Vec<Category> = categories
+        .into_iter()
+        .map(|category| category.unwrap_or(Category::DefinitelyLost))
+        .collect();
+    let graph = LostGraph::new(blocks.len(), edges);
+    let holders = graph.holders(&categories, index.by_address());
+    let mut cycles: Vec<Cycle> = graph
+        .cycles(index.by_address())
+        .into_iter()
+        .map(|mut members| {
+            members.sort_by_key(|&block| blocks[block].addr);
+            let heads = members
+                .iter()
+                .map(|&block| {
+                    let mut head = [0u8; 16];
+                    (blocks[block].size >= 16 && scanner.memory.read(blocks[block].addr, &mut head))
+                        .then(|| {
+                            let (first, second) = head.split_at(8);
+                            [
+                                u64::from_ne_bytes(first.try_into().expect("8 bytes")),
+                                u64::from_ne_bytes(second.try_into().expect("8 bytes")),
+                            ]
+                        })
+                })
+                .collect();
+            Cycle {
+                blocks: members,
+                heads,
+            }
+        })
+        .collect();
+    cycles.sort_by_key(|cycle| {
+        let bytes: u64 = cycle.blocks.iter().map(|&block| blocks[block].size).sum();
+        (
+            std::cmp::Reverse(bytes),
+            cycle.blocks.first().map(|&b| blocks[b].addr),
+        )
+    });
+
     Classification {
-        categories: categories
-            .into_iter()
-            .map(|category| category.unwrap_or(Category::DefinitelyLost))
-            .collect(),
+        categories,
+        holders,
+        cycles,
         unreadable_regions: scanner.unreadable_regions,
         unreadable_bytes: scanner.unreadable_bytes,
+    }
+}
+
+/// The pointers among lost blocks, as adjacency lists.
+struct LostGraph {
+    /// `next[start[block]..start[block + 1]]`: the blocks `block` points into.
+    start: Vec<usize>,
+    next: Vec<usize>,
+    /// Blocks pointing into themselves.
+    self_pointing: Vec<bool>,
+}
+
+impl LostGraph {
+    fn new(blocks: usize, mut edges: Vec<(usize, usize)>) -> Self {
+        edges.sort_unstable();
+        edges.dedup();
+        let mut start = vec![0; blocks + 1];
+        let mut self_pointing = vec![false; blocks];
+        for &(from, to) in &edges {
+            start[from + 1] += 1;
+            self_pointing[from] |= from == to;
+        }
+        for block in 0..blocks {
+            start[block + 1] += start[block];
+        }
+        Self {
+            start,
+            next: edges.into_iter().map(|(_, to)| to).collect(),
+            self_pointing,
+        }
+    }
+
+    fn successors(&self, block: usize) -> &[usize] {
+        &self.next[self.start[block]..self.start[block + 1]]
+    }
+
+    /// The definitely lost block holding each indirectly lost one: the first definitely lost
+    /// block, in `order`, that reaches it.
+    fn holders(
+        &self,
+        categories: &[Category],
+        order: impl Iterator<Item = usize>,
+    ) -> Vec<Option<usize>> {
+        let mut holders = vec![None; categories.len()];
+        for leader in order.filter(|&block| categories[block] == Category::DefinitelyLost) {
+            let mut work = vec![leader];
+            while let Some(block) = work.pop() {
+                for &found in self.successors(block) {
+                    if categories[found] == Category::IndirectlyLost && holders[found].is_none() {
+                        holders[found] = Some(leader);
+                        work.push(found);
+                    }
+                }
+            }
+        }
+        holders
+    }
+
+    /// The strongly connected components that are cycles (Tarjan's algorithm, iterative: a
+    /// lost list of a million nodes must not overflow the stack), starting in `order`.
+    fn cycles(&self, order: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
+        const UNSEEN: usize = usize::MAX;
+        let nodes = self.self_pointing.len();
+        let mut number = vec![UNSEEN; nodes];
+        let mut low = vec![0; nodes];
+        let mut on_stack = vec![false; nodes];
+        let mut stack = Vec::new();
+        let mut cycles = Vec::new();
+        let mut counter = 0;
+        // (node, how many of its successors were visited)
+        let mut calls: Vec<(usize, usize)> = Vec::new();
+        for root in order {
+            if number[root] != UNSEEN || self.successors(root).is_empty() {
+                continue;
+            }
+            calls.push((root, 0));
+            number[root] = counter;
+            low[root] = counter;
+            counter += 1;
+            stack.push(root);
+            on_stack[root] = true;
+            while let Some(&mut (node, ref mut visited)) = calls.last_mut() {
+                if let Some(&next) = self.successors(node).get(*visited) {
+                    *visited += 1;
+                    if number[next] == UNSEEN {
+                        number[next] = counter;
+                        low[next] = counter;
+                        counter += 1;
+                        stack.push(next);
+                        on_stack[next] = true;
+                        calls.push((next, 0));
+                    } else if on_stack[next] {
+                        low[node] = low[node].min(number[next]);
+                    }
+                    continue;
+                }
+                calls.pop();
+                if let Some(&(parent, _)) = calls.last() {
+                    low[parent] = low[parent].min(low[node]);
+                }
+                if low[node] == number[node] {
+                    let mut component = Vec::new();
+                    while let Some(member) = stack.pop() {
+                        on_stack[member] = false;
+                        component.push(member);
+                        if member == node {
+                            break;
+                        }
+                    }
+                    if component.len() > 1 || self.self_pointing[node] {
+                        cycles.push(component);
+                    }
+                }
+            }
+        }
+        cycles
     }
 }
 
@@ -540,5 +722,85 @@ mod tests {
         let result = classify(&blocks, &regions(&[DATA..DATA + 0x100]), &mut memory);
         assert_eq!(result.categories, [StillReachable, StillReachable]);
         assert_eq!(result.unreadable_regions, 0);
+    }
+
+    fn classified(image: &mut Image, blocks: &[Block]) -> Classification {
+        classify(blocks, &regions(&[DATA..DATA + 0x100]), image)
+    }
+
+    #[test]
+    fn lost_blocks_pointing_at_each_other_are_a_cycle_with_their_heads() {
+        let (mut image, blocks) = setup(4);
+        // 0 <-> 2, each starting with counts 1 and 1 (an Rc's strong and weak); 1 -> 3, no cycle.
+        for (block, other) in [(0, 2), (2, 0)] {
+            image.write(blocks[block].addr, 1);
+            image.write(blocks[block].addr + 8, 1);
+            image.write(blocks[block].addr + 16, blocks[other].addr + 16);
+        }
+        image.write(blocks[1].addr, blocks[3].addr);
+        let result = classified(&mut image, &blocks);
+        assert_eq!(
+            result.categories,
+            [
+                DefinitelyLost,
+                DefinitelyLost,
+                IndirectlyLost,
+                IndirectlyLost
+            ]
+        );
+        assert_eq!(result.holders, [None, None, Some(0), Some(1)]);
+        assert_eq!(
+            result.cycles,
+            [Cycle {
+                blocks: vec![0, 2],
+                heads: vec![Some([1, 1]), Some([1, 1])],
+            }]
+        );
+    }
+
+    #[test]
+    fn a_cycle_of_three_holds_what_it_points_to_and_a_tree_is_no_cycle() {
+        let (mut image, blocks) = setup(6);
+        // A cycle 0 -> 1 -> 2 -> 0 holding 3; a tree 4 -> 5.
+        image.write(blocks[0].addr, blocks[1].addr);
+        image.write(blocks[1].addr, blocks[2].addr);
+        image.write(blocks[2].addr, blocks[0].addr);
+        image.write(blocks[2].addr + 8, blocks[3].addr);
+        image.write(blocks[4].addr + 8, blocks[5].addr);
+        let result = classified(&mut image, &blocks);
+        assert_eq!(
+            result.holders,
+            [None, Some(0), Some(0), Some(0), None, Some(4)]
+        );
+        let cycles: Vec<&[usize]> = result.cycles.iter().map(|c| c.blocks.as_slice()).collect();
+        assert_eq!(cycles, [[0, 1, 2].as_slice()]);
+    }
+
+    #[test]
+    fn a_leader_reached_later_is_held_by_the_block_that_reaches_it() {
+        let (mut image, blocks) = setup(3);
+        // 2 -> 0 -> 1: 0 leads first (by address), then 2 reaches it.
+        image.write(blocks[2].addr, blocks[0].addr);
+        image.write(blocks[0].addr, blocks[1].addr);
+        let result = classified(&mut image, &blocks);
+        assert_eq!(
+            result.categories,
+            [IndirectlyLost, IndirectlyLost, DefinitelyLost]
+        );
+        assert_eq!(result.holders, [Some(2), Some(2), None]);
+        assert!(result.cycles.is_empty());
+    }
+
+    #[test]
+    fn a_block_pointing_into_itself_is_a_cycle_of_one_and_reachable_cycles_are_none() {
+        let (mut image, blocks) = setup(3);
+        image.write(blocks[0].addr + 8, blocks[0].addr);
+        // 1 <-> 2, reachable from the data segment.
+        image.write(DATA, blocks[1].addr);
+        image.write(blocks[1].addr, blocks[2].addr);
+        image.write(blocks[2].addr, blocks[1].addr);
+        let result = classified(&mut image, &blocks);
+        let cycles: Vec<&[usize]> = result.cycles.iter().map(|c| c.blocks.as_slice()).collect();
+        assert_eq!(cycles, [[0].as_slice()]);
     }
 }

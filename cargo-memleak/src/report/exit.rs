@@ -5,13 +5,15 @@
 //! filters; still-reachable stacks are listed only when asked for; an allocation the scan did
 //! not classify (no exit stop) counts as definitely lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::model::{self, Alloc, LeakSummary, Stack, StackOptions};
+use super::model::{
+    self, Alloc, Amount, CycleBlock, CycleKind, LeakSummary, LostCycle, Stack, StackOptions,
+};
 use crate::{
-    classify::Category,
+    classify::{Category, Cycle},
     incomplete::Reasons,
     scan::Gap,
     session::{ChildFate, TracedRun},
@@ -37,6 +39,9 @@ pub struct Report {
     pub stacks: Vec<Stack>,
     /// Stacks that passed the filters, before the top-N cut.
     pub matching_stacks: usize,
+    /// The lost blocks that only point at each other, largest first (unfiltered).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cycles: Vec<LostCycle>,
     /// All outstanding memory at exit, unfiltered.
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
@@ -107,6 +112,19 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
     for (index, alloc) in outstanding.iter().enumerate() {
         leak_summary.add(category(index), alloc.size);
     }
+    // What each definitely lost block holds, by its address.
+    let mut held: HashMap<u64, Amount> = HashMap::new();
+    if let Some(classification) = &run.classification {
+        for (index, holder) in classification.holders.iter().enumerate() {
+            if let (Some(holder), Some(alloc)) = (holder, outstanding.get(index))
+                && let Some(holder) = outstanding.get(*holder)
+            {
+                let amount = held.entry(holder.addr).or_default();
+                amount.bytes += alloc.size;
+                amount.blocks += 1;
+            }
+        }
+    }
     let shown = outstanding
         .iter()
         .enumerate()
@@ -116,6 +134,17 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
     let mut stacks: Vec<Stack> = model::group(shown, &options.stacks)
         .into_iter()
         .map(|group| Stack {
+            holds: (group.category == Some(Category::DefinitelyLost))
+                .then(|| {
+                    group.allocs.iter().fold(Amount::default(), |total, alloc| {
+                        let more = held.get(&alloc.addr).copied().unwrap_or_default();
+                        Amount {
+                            bytes: total.bytes + more.bytes,
+                            blocks: total.blocks + more.blocks,
+                        }
+                    })
+                })
+                .filter(|holds| holds.blocks > 0),
             category: group.category,
             bytes: group.bytes(),
             allocations: group.allocations(),
@@ -142,6 +171,13 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
         |a, b| frame_key(&a.frames).cmp(&frame_key(&b.frames)),
     );
 
+    let cycles = run
+        .classification
+        .iter()
+        .flat_map(|classification| &classification.cycles)
+        .map(|cycle| lost_cycle(cycle, outstanding, stacks_of, &run.frames))
+        .collect();
+
     let (dropped, mut incomplete) = model::drops(&counters, &[]);
     incomplete.extend(run.incomplete.iter().cloned());
 
@@ -150,6 +186,7 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
         exit: run.status.clone(),
         stacks,
         matching_stacks,
+        cycles,
         outstanding_bytes: outstanding.iter().map(|alloc| alloc.size).sum(),
         outstanding_allocations: outstanding.len() as u64,
         leak_summary,
@@ -171,6 +208,55 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
                     ChildFate::Untraced(_) => "untraced",
                 },
                 report: child.run.as_ref().map(|run| build(run, options)),
+            })
+            .collect(),
+    }
+}
+
+/// A cycle of the classification as the report tells it: each block's size and site, and
+/// what the blocks look like.
+fn lost_cycle(
+    cycle: &Cycle,
+    outstanding: &[Outstanding],
+    stacks: &HashMap<u64, Vec<u64>>,
+    frames: &HashMap<u64, Vec<Frame>>,
+) -> LostCycle {
+    struct Member {
+        size: u64,
+        frames: Vec<Frame>,
+        head: Option<[u64; 2]>,
+    }
+    let members: Vec<Member> = cycle
+        .blocks
+        .iter()
+        .zip(&cycle.heads)
+        .filter_map(|(&index, &head)| {
+            let alloc = outstanding.get(index)?;
+            Some(Member {
+                size: alloc.size,
+                frames: model::stack_frames(stacks, frames, alloc.stack_id),
+                head,
+            })
+        })
+        .collect();
+    let kind = CycleKind::of(
+        &members
+            .iter()
+            .map(|member| (member.head, member.frames.as_slice()))
+            .collect::<Vec<_>>(),
+    );
+    LostCycle {
+        kind,
+        bytes: members.iter().map(|member| member.size).sum(),
+        blocks: members
+            .iter()
+            .map(|member| CycleBlock {
+                size: member.size,
+                site: member
+                    .frames
+                    .get(model::user_frames(&member.frames).start)
+                    .cloned(),
+                counts: member.head.filter(|_| kind != CycleKind::Unknown),
             })
             .collect(),
     }

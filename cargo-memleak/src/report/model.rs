@@ -124,6 +124,71 @@ pub struct Stack {
     pub frames: Vec<Frame>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocs: Option<Vec<Alloc>>,
+    /// Definitely lost blocks only: the indirectly lost memory they hold, lost only through
+    /// them (`None` when they hold none, and for every other stack).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<Amount>,
+}
+
+/// Lost blocks that only point at each other: why they are lost although each is pointed at.
+#[derive(Clone, Debug, Serialize)]
+pub struct LostCycle {
+    pub kind: CycleKind,
+    pub bytes: u64,
+    /// In address order.
+    pub blocks: Vec<CycleBlock>,
+}
+
+/// What a cycle's blocks look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CycleKind {
+    /// Each starts with counts (strong and weak, both small and positive) and was allocated by
+    /// `Rc::new` (or another `alloc::rc` function).
+    Rc,
+    /// The same, through `alloc::sync`: `Arc`.
+    Arc,
+    /// Each starts with counts, allocated elsewhere (or some by each).
+    RcOrArc,
+    /// Not laid out as `Rc` or `Arc` allocations.
+    Unknown,
+}
+
+impl CycleKind {
+    /// A cycle's kind from each block's first two words and its stack's frames.
+    pub fn of(blocks: &[(Option<[u64; 2]>, &[Frame])]) -> Self {
+        const MAX_COUNT: u64 = 1 << 32;
+        let counted = blocks.iter().all(|(head, _)| {
+            head.is_some_and(|[strong, weak]| {
+                (1..=MAX_COUNT).contains(&strong) && (1..=MAX_COUNT).contains(&weak)
+            })
+        });
+        let all_through = |path: &str| {
+            blocks.iter().all(|(_, frames)| {
+                frames
+                    .iter()
+                    .filter_map(|frame| frame.symbol.as_deref())
+                    .any(|symbol| symbol.contains(path))
+            })
+        };
+        match counted {
+            false => CycleKind::Unknown,
+            true if all_through("alloc::rc::") => CycleKind::Rc,
+            true if all_through("alloc::sync::") => CycleKind::Arc,
+            true => CycleKind::RcOrArc,
+        }
+    }
+}
+
+/// One block of a [`LostCycle`].
+#[derive(Clone, Debug, Serialize)]
+pub struct CycleBlock {
+    pub size: u64,
+    /// Where it was allocated: its stack's first frame past the allocator ([`user_frames`]).
+    pub site: Option<Frame>,
+    /// Its first two words when they read as an `Rc`'s or `Arc`'s strong and weak counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counts: Option<[u64; 2]>,
 }
 
 /// One outstanding allocation, with `--show-allocs`.

@@ -135,6 +135,7 @@ pub fn snapshot(
         .into_iter()
         .map(|row| Stack {
             category: None,
+            holds: None,
             bytes: row.bytes,
             allocations: row.allocations,
             frames: model::stack_frames(&trace.stacks, &frames, row.stack_id),

@@ -11,7 +11,7 @@ use memleak_common::Counter;
 
 use super::{
     Report, Snapshot,
-    model::{Amount, Stack, above_harness},
+    model::{Amount, CycleKind, LostCycle, Stack, above_harness},
 };
 use crate::{classify::Category, incomplete::Reasons, scan::Gap, symbolize::Frame};
 
@@ -154,6 +154,7 @@ fn cut_middle(text: &str, max: usize) -> String {
 pub fn write_test_stack(out: &mut String, stack: &Stack, style: &Short) {
     if style.full {
         write_stack(out, stack, Frames::AboveHarness);
+        write_holds(out, stack);
         return;
     }
     write_stack_heading(out, stack);
@@ -171,6 +172,81 @@ pub fn write_test_stack(out: &mut String, stack: &Stack, style: &Short) {
              the test harness below; --full-stacks shows them)"
         );
     }
+    write_holds(out, stack);
+}
+
+/// What a definitely lost stack's blocks hold: the indirectly lost memory reached only
+/// through them.
+fn write_holds(out: &mut String, stack: &Stack) {
+    if let Some(holds) = stack.holds {
+        let _ = writeln!(
+            out,
+            "\t\tholding {} bytes more in {} blocks, lost only through these (indirectly lost)",
+            holds.bytes, holds.blocks
+        );
+    }
+}
+
+/// How many of a cycle's blocks and sites a line names before it counts the rest.
+const CYCLE_SHOWN: usize = 4;
+
+/// A cycle among lost blocks in words: its blocks and their sizes, where they were allocated,
+/// and what they look like (`a cycle of 2 lost blocks (1032 + 1032 bytes) allocated at
+/// rc_pair (tests/cycles.rs:12) and rc_pair (tests/cycles.rs:13): likely an Rc cycle
+/// (strong and weak counts 1 and 1, 1 and 1)`).
+pub fn cycle_line(cycle: &LostCycle, workspace_root: Option<&std::path::Path>) -> String {
+    let count = cycle.blocks.len();
+    let sizes = if count <= CYCLE_SHOWN {
+        let sizes: Vec<String> = cycle.blocks.iter().map(|b| b.size.to_string()).collect();
+        format!("{} bytes", sizes.join(" + "))
+    } else {
+        format!("{} bytes", cycle.bytes)
+    };
+    let mut sites: Vec<String> = Vec::new();
+    for block in &cycle.blocks {
+        let site = block.site.as_ref().map_or_else(
+            || "an unknown site".to_owned(),
+            |frame| render_short_frame(frame, workspace_root),
+        );
+        if !sites.contains(&site) {
+            sites.push(site);
+        }
+    }
+    let more = sites.len().saturating_sub(CYCLE_SHOWN);
+    sites.truncate(CYCLE_SHOWN);
+    let sites = match (sites.as_slice(), more) {
+        ([one], 0) => one.clone(),
+        ([first @ .., last], 0) => format!("{} and {last}", first.join(", ")),
+        (shown, more) => format!("{} and {more} more sites", shown.join(", ")),
+    };
+    let kind = match cycle.kind {
+        CycleKind::Rc => Some("an Rc"),
+        CycleKind::Arc => Some("an Arc"),
+        CycleKind::RcOrArc => Some("an Rc or Arc"),
+        CycleKind::Unknown => None,
+    };
+    let blocks = if count == 1 {
+        "a lost block pointing at itself".to_owned()
+    } else {
+        format!("a cycle of {count} lost blocks")
+    };
+    let mut line = format!("{blocks} ({sizes}) allocated at {sites}");
+    if let Some(kind) = kind {
+        let counts: Vec<String> = cycle
+            .blocks
+            .iter()
+            .take(CYCLE_SHOWN)
+            .filter_map(|block| block.counts)
+            .map(|[strong, weak]| format!("{strong} and {weak}"))
+            .collect();
+        let _ = write!(
+            line,
+            ": likely {kind} cycle (strong and weak counts {}{})",
+            counts.join(", "),
+            if count > CYCLE_SHOWN { ", ..." } else { "" }
+        );
+    }
+    line
 }
 
 fn write_stack_heading(out: &mut String, stack: &Stack) {
@@ -254,6 +330,9 @@ pub fn render_exit(report: &Report) -> String {
     }
     out.push_str(&summary_line(report));
     out.push('\n');
+    for cycle in &report.cycles {
+        let _ = writeln!(out, "memleak: {}", cycle_line(cycle, None));
+    }
     if let Some(note) = unseen_note(&report.unseen) {
         out.push_str(&note);
         out.push('\n');

@@ -13,7 +13,7 @@ use crate::{
     gate::{self, Budget, ChildVerdict, Judgement, OverBudget},
     incomplete::{self, Incomplete, Reasons},
     outcome::Signal,
-    report::{Amount, LeakSummary, Stack},
+    report::{Amount, LeakSummary, LostCycle, Stack},
     scan::Gap,
     session::{Timings, UnfollowedChildren},
     spawn::ExitStatus,
@@ -172,6 +172,8 @@ pub struct TestResult {
     pub leak_summary: LeakSummary,
     /// Lost stacks, unsuppressed, with their frames.
     pub stacks: Vec<Stack>,
+    /// The lost blocks that only point at each other (the report's).
+    pub cycles: Vec<LostCycle>,
     #[serde(flatten)]
     pub incomplete: Reasons,
     /// Roots the scan could not see while nothing was lost (they cannot change the result).

@@ -374,6 +374,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         suppressed: Amount::default(),
         leak_summary: LeakSummary::default(),
         stacks: Vec::new(),
+        cycles: Vec::new(),
         incomplete: Reasons::default(),
         unseen: Vec::new(),
         budget,
@@ -418,6 +419,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     result.stacks = gate::lost_stacks(&report.stacks, &gate.suppressions)
         .cloned()
         .collect();
+    result.cycles = report.cycles.clone();
 
     let failures = &mut result.failures.0;
     if run.timed_out {

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use crate::{
     gate::ChildVerdict,
     report::{
-        Amount, LeakSummary, Stack,
-        text::{Short, write_amount, write_test_stack},
+        Amount, LeakSummary, LostCycle, Stack,
+        text::{Short, cycle_line, write_amount, write_test_stack},
     },
     testrun::TestResult,
 };
@@ -27,6 +27,7 @@ pub fn write_child(out: &mut String, child: &ChildVerdict, top: usize, style: &S
         write_lost(
             out,
             &child.stacks,
+            &[],
             &child.leak_summary,
             child.suppressed,
             top,
@@ -35,10 +36,11 @@ pub fn write_child(out: &mut String, child: &ChildVerdict, top: usize, style: &S
     }
 }
 
-/// The first `top` lost stacks, then memcheck's summary lines.
+/// The first `top` lost stacks, the cycles among lost blocks, then memcheck's summary lines.
 fn write_lost(
     out: &mut String,
     stacks: &[Stack],
+    cycles: &[LostCycle],
     summary: &LeakSummary,
     suppressed: Amount,
     top: usize,
@@ -49,6 +51,13 @@ fn write_lost(
     }
     if stacks.len() > top {
         let _ = writeln!(out, "\t({} more stacks)", stacks.len() - top);
+    }
+    for cycle in cycles {
+        let _ = writeln!(
+            out,
+            "\t{}",
+            cycle_line(cycle, style.workspace_root.as_deref())
+        );
     }
     for (words, amount) in [
         ("definitely lost", summary.definitely_lost),
@@ -124,6 +133,11 @@ pub fn failure_message(
     write_lost(
         &mut out,
         shown,
+        if shown.is_empty() {
+            &[]
+        } else {
+            &result.cycles
+        },
         &result.leak_summary,
         result.suppressed,
         top,
