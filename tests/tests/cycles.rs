@@ -51,7 +51,7 @@ fn cycles_are_named_with_their_sizes_and_sites_and_a_tree_is_not() {
     let rc_node = marker_line(&source, "rc_node");
     let run = test_finished("cycles", &[], &[]);
     assert_eq!(run.code, Some(100), "{run:#?}");
-    assert_eq!(run.tests.len(), 5, "{run:#?}");
+    assert_eq!(run.tests.len(), 6, "{run:#?}");
 
     let two = run.of("rc_cycle_of_two");
     assert_eq!(
@@ -109,6 +109,22 @@ fn cycles_are_named_with_their_sizes_and_sites_and_a_tree_is_not() {
             .iter()
             .any(|frame| frame["line"] == marker_line(&source, "tree_root")),
         "{tree:#}"
+    );
+
+    // A forked child's cycle is named in its own verdict; the test lost nothing itself.
+    let forked = run.of("a_forked_child_makes_a_cycle");
+    assert_eq!(forked["result"], "failed", "{forked:#}");
+    assert_eq!(forked["lost"]["bytes"], 0, "{forked:#}");
+    assert_eq!(forked["cycles"], json!([]), "{forked:#}");
+    let child = &forked["children"][0];
+    assert_eq!(
+        child["lost"],
+        json!({"bytes": 2064, "blocks": 2}),
+        "{forked:#}"
+    );
+    assert_eq!(
+        cycles(child),
+        [("rc".into(), vec![1032, 1032], vec![rc_node; 2])]
     );
 
     // The totals stay memcheck's, test by test.

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::{Budget, Judgement, LoadedGate, judge, lost_stacks};
 use crate::{
     incomplete::Incomplete,
-    report::{Amount, LeakSummary, Report, Stack},
+    report::{Amount, LeakSummary, LostCycle, Report, Stack},
     session::{ChildFate, ChildRun, TracedRun},
     spawn::ExitStatus,
 };
@@ -77,6 +77,8 @@ pub struct ChildVerdict {
     pub leak_summary: LeakSummary,
     /// Lost stacks, unsuppressed, largest first.
     pub stacks: Vec<Stack>,
+    /// The lost blocks that only point at each other, each process's, largest first.
+    pub cycles: Vec<LostCycle>,
     pub budget: Option<Budget>,
     /// Why their trace is incomplete (each reason names its process).
     #[serde(skip)]
@@ -113,6 +115,7 @@ impl LoadedGate {
             .into_iter()
             .map(|(executable, children)| {
                 let mut stacks = Vec::new();
+                let mut cycles: Vec<LostCycle> = Vec::new();
                 let mut leak_summary = LeakSummary::default();
                 let mut incomplete = Vec::new();
                 let mut processes = Vec::new();
@@ -146,6 +149,7 @@ impl LoadedGate {
                             }
                         }));
                         stacks.extend(report.stacks.iter().cloned());
+                        cycles.extend(report.cycles.iter().cloned());
                     }
                     processes.push(ChildProcess {
                         pid: child.pid,
@@ -154,6 +158,7 @@ impl LoadedGate {
                     });
                 }
                 stacks.sort_by_key(|stack| std::cmp::Reverse((stack.bytes, stack.allocations)));
+                cycles.sort_by_key(|cycle| std::cmp::Reverse(cycle.bytes));
                 let budget = budget
                     .and_then(|budget| budget.children.get(&executable))
                     .cloned();
@@ -172,6 +177,7 @@ impl LoadedGate {
                     suppressed: judgement.suppressed,
                     leak_summary,
                     stacks: lost,
+                    cycles,
                     budget,
                     incomplete,
                     judgement,

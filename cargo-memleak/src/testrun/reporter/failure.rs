@@ -27,7 +27,7 @@ pub fn write_child(out: &mut String, child: &ChildVerdict, top: usize, style: &S
         write_lost(
             out,
             &child.stacks,
-            &[],
+            &child.cycles,
             &child.leak_summary,
             child.suppressed,
             top,
