@@ -433,7 +433,9 @@ fn follow(
                             ended.push(child.into_child(ChildFate::HandedOver));
                         }
                     }
-                    // The program itself is never let go: the call fails as it did before.
+                    // The program itself is never let go, and a process this run does not follow
+                    // (another test's: STATS is every worker's) is not its to give: the call fails
+                    // as it did before.
                     Some((_, None)) => running.resume(tid),
                     None => running.pass_on(tid),
                 }

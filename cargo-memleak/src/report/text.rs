@@ -191,9 +191,9 @@ fn write_holds(out: &mut String, stack: &Stack) {
 const CYCLE_SHOWN: usize = 4;
 
 /// A cycle among lost blocks in words: its blocks and their sizes, where they were allocated,
-/// and what they look like (`a cycle of 2 lost blocks (1032 + 1032 bytes) allocated at
-/// rc_pair (tests/cycles.rs:12) and rc_pair (tests/cycles.rs:13): likely an Rc cycle
-/// (strong and weak counts 1 and 1, 1 and 1)`).
+/// each site once, and what they look like (`a cycle of 2 lost blocks (1032 + 1032 bytes)
+/// allocated at cycles::rc_node (tests/cycles.rs:22): likely an Rc cycle (strong and weak
+/// counts 1 and 1, 1 and 1)`).
 pub fn cycle_line(cycle: &LostCycle, workspace_root: Option<&std::path::Path>) -> String {
     let count = cycle.blocks.len();
     let sizes = if count <= CYCLE_SHOWN {

@@ -886,6 +886,9 @@ fn stop_of(tid: Pid) -> Option<Stop> {
     })
 }
 
+// memleak-common has no libc: its signal number is checked here.
+const _: () = assert!(memleak_common::HANDOVER_SIGNAL as i32 == libc::SIGURG);
+
 /// Whether the signal a thread is held at was sent by the kernel (an eBPF program's
 /// `bpf_send_signal_thread`, among others), not by a process.
 fn sent_by_kernel(tid: Pid) -> bool {
