@@ -16,7 +16,7 @@ use crate::{
     error::{Error, Result},
     gate::{FailOn, Gate},
     outcome,
-    report::{self, Format, PeriodicOptions, SortKey, StackOptions},
+    report::{self, Format, PeriodicOptions, SortKey, StackOptions, text::Short},
     session::TraceOptions,
     spawn::{Command, FollowChildren},
     testrun::{Display, MessageFormat, TestFilters, TestOptions},
@@ -148,13 +148,37 @@ pub struct PeriodicArgs {
     /// Show the address (pages: frame number), size and age of every outstanding allocation.
     #[arg(short = 'a', long)]
     pub show_allocs: bool,
-    /// BCC-style text, or one JSON object per report per line.
+    /// Report format: text, bcc (BCC memleak's text, byte for byte), one JSON object per report
+    /// per line, or folded stacks.
     #[arg(long, value_enum, default_value_t = FormatArg::Text)]
     pub format: FormatArg,
+    #[command(flatten)]
+    pub full_stacks: FullStacksArg,
+}
+
+/// `--full-stacks` for `exec`, `run`, `attach` and `kernel`.
+#[derive(Debug, Args)]
+pub struct FullStacksArg {
+    /// Text reports: show every frame of a stack, with offsets, full paths and module names
+    /// (by default a stack starts past the allocator and ends above the runtime's frames,
+    /// paths are short, offsets and hashes hidden).
+    #[arg(long = "full-stacks")]
+    pub full: bool,
+}
+
+impl FullStacksArg {
+    /// The short view's style: paths relative to `root`.
+    fn style(&self, root: Option<PathBuf>) -> Short {
+        Short {
+            full: self.full,
+            workspace_root: root,
+        }
+    }
 }
 
 impl PeriodicArgs {
-    fn options(&self, record: &RecordArgs) -> Result<watch::Options> {
+    /// The options of `attach` (paths relative to `root`, the current directory) and `kernel`.
+    fn options(&self, record: &RecordArgs, root: Option<PathBuf>) -> Result<watch::Options> {
         record.check(&self.stacks, self.show_allocs)?;
         periodic_options(
             self.interval,
@@ -162,7 +186,7 @@ impl PeriodicArgs {
             self.older,
             &self.stacks,
             self.show_allocs,
-            self.format,
+            (self.format, self.full_stacks.style(root)),
         )
     }
 }
@@ -174,7 +198,7 @@ fn periodic_options(
     older: u64,
     stacks: &StackArgs,
     show_allocs: bool,
-    format: FormatArg,
+    (format, style): (FormatArg, Short),
 ) -> Result<watch::Options> {
     if !(interval.is_finite() && interval > 0.0) {
         return Err(Error::Selection(format!(
@@ -197,6 +221,7 @@ fn periodic_options(
             missing_free_is_free: false,
         },
         format: format.into(),
+        style,
     })
 }
 
@@ -775,9 +800,11 @@ pub struct ReportArgs {
     /// lost ones.
     #[arg(long)]
     pub show_reachable: bool,
-    /// Report format.
+    /// Report format: text, bcc (BCC memleak's text, byte for byte), JSON, or folded stacks.
     #[arg(long, value_enum, default_value_t = FormatArg::Text)]
     pub format: FormatArg,
+    #[command(flatten)]
+    pub full_stacks: FullStacksArg,
     /// Write the report to this file instead of stderr.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
@@ -835,6 +862,7 @@ impl ReportArgs {
                 show_reachable: self.show_reachable,
             },
             format: self.format.into(),
+            style: self.full_stacks.style(current_dir()),
             output: self.output.clone(),
             timings: self.timings,
             periodic: None,
@@ -859,7 +887,7 @@ impl ReportArgs {
                 periodic.older,
                 &self.stacks,
                 self.show_allocs,
-                self.format,
+                (self.format, self.full_stacks.style(current_dir())),
             )?);
         } else if count.is_some() {
             return Err(Error::Selection("COUNT needs an INTERVAL before it".into()));
@@ -1057,8 +1085,11 @@ pub enum SortKeyArg {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
+    /// BCC memleak's layout with the short view of each stack (the user's frames first).
     #[default]
     Text,
+    /// BCC memleak's text, byte for byte.
+    Bcc,
     Json,
     /// Folded stacks (`frame;frame;frame bytes`), for flame graph tools.
     Folded,
@@ -1158,6 +1189,7 @@ impl From<FormatArg> for Format {
     fn from(arg: FormatArg) -> Self {
         match arg {
             FormatArg::Text => Format::Text,
+            FormatArg::Bcc => Format::Bcc,
             FormatArg::Json => Format::Json,
             FormatArg::Folded => Format::Folded,
         }
@@ -1184,6 +1216,11 @@ pub fn parse_error_exit_code(err: &clap::Error) -> u8 {
     }
 }
 
+/// What the short view's paths are relative to in `exec` and `attach` (`run`: the workspace).
+fn current_dir() -> Option<PathBuf> {
+    std::env::current_dir().ok()
+}
+
 impl Cli {
     /// Checks every argument and builds the command's options.
     pub fn validate(self) -> Result<commands::Command> {
@@ -1193,12 +1230,13 @@ impl Cli {
             Commands::Test(args) => commands::Command::Test(Box::new(args.options()?)),
             Commands::Attach(args) => commands::Command::Attach(attach::Options {
                 pid: args.pid,
-                periodic: args.periodic.options(&args.trace.record)?,
+                periodic: args.periodic.options(&args.trace.record, current_dir())?,
                 trace: args.trace.options(Limits::default()),
                 flamegraph: args.flamegraph,
             }),
             Commands::Kernel(args) => {
-                let mut periodic = args.periodic.options(&args.record)?;
+                // Kernel frames have no source paths.
+                let mut periodic = args.periodic.options(&args.record, None)?;
                 periodic.report.missing_free_is_free = args.wa_missing_free;
                 commands::Command::Kernel(kernel::Options {
                     percpu: args.percpu,

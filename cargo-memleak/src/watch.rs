@@ -24,7 +24,7 @@ use nix::{
 
 use crate::{
     error::{Error, Result},
-    report::{Format, PeriodicOptions},
+    report::{Format, PeriodicOptions, text::Short},
 };
 
 /// When and what to report.
@@ -35,6 +35,8 @@ pub struct Options {
     pub count: Option<u64>,
     pub report: PeriodicOptions,
     pub format: Format,
+    /// How text reports show stacks.
+    pub style: Short,
 }
 
 /// Why the periodic reports ended.

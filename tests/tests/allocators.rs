@@ -12,7 +12,7 @@ use std::{
 
 use memleak_tests::{
     Periodic, cargo_memleak, fixture_test_binary, frames, leak_summary, marker_line, memleak,
-    privileged, report_stacks_with, symbol_of, test_finished, workspace_root,
+    privileged, report_stacks_with, scratch, symbol_of, test_finished, workspace_root,
 };
 use serde_json::Value;
 
@@ -83,6 +83,95 @@ fn a_leak_fails_under_every_global_allocator_and_clean_tests_pass() {
     let results = results(&[], &[]);
     for allocator in ["jemalloc", "mimalloc", "bump", "system"] {
         check_allocator(&results, allocator);
+    }
+}
+
+/// The frames after the first `heading` line of `text` that belong to its stack.
+fn stack_after<'a>(text: &'a str, heading: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|line| !line.ends_with(heading))
+        .skip(1)
+        .take_while(|line| line.starts_with("\t\t"))
+        .collect()
+}
+
+/// Under every allocator the text reports of `exec` and of `test` start at the leaking line:
+/// the allocator's own frames, and the standard library's allocation code, are cut with a
+/// count.
+#[test]
+fn the_leaking_line_comes_first_under_every_allocator() {
+    if !privileged("the_leaking_line_comes_first_under_every_allocator") {
+        return;
+    }
+    let line = marker_line(
+        &workspace_root().join("fixtures/allocators/tests/common/scenarios.rs"),
+        "leak_a_vec",
+    );
+    let heading = "30000 bytes in 1 allocations from stack (definitely lost)";
+    let allocators = ["jemalloc", "mimalloc", "bump", "system"];
+    for allocator in allocators {
+        let binary = fixture_test_binary("allocators", allocator);
+        let output = Command::new(cargo_memleak())
+            .arg("exec")
+            .arg("--")
+            .arg(&binary)
+            .args(["--exact", "leaks_a_vec"])
+            .output()
+            .expect("cargo-memleak runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let stack = stack_after(&stderr, heading);
+        let first = format!("\t\t{allocator}::leak_a_vec (");
+        let at = format!("fixtures/allocators/tests/common/scenarios.rs:{line})");
+        assert!(
+            stack
+                .first()
+                .is_some_and(|frame| frame.starts_with(&first) && frame.ends_with(&at)),
+            "{allocator}: {stderr}"
+        );
+    }
+    let output = Command::new(cargo_memleak())
+        .args(["test", "--manifest-path"])
+        .arg(workspace_root().join("fixtures/allocators/Cargo.toml"))
+        .args(["--", "--exact", "leaks_a_vec"])
+        .output()
+        .expect("cargo-memleak runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(100), "{stdout}");
+    for allocator in allocators {
+        let failure = format!("---- [allocators::{allocator}] leaks_a_vec ----");
+        let (_, text) = stdout
+            .split_once(&failure)
+            .unwrap_or_else(|| panic!("{failure}: {stdout}"));
+        let stack = stack_after(text, heading);
+        let first = format!("\t\t{allocator}::leak_a_vec (tests/common/scenarios.rs:{line})");
+        assert_eq!(
+            stack.first(),
+            Some(&first.as_str()),
+            "{allocator}: {stdout}"
+        );
+    }
+    // The budgets' stack keys start there too.
+    let baseline = scratch("leaking-line-first").join("memleak-baseline.json");
+    let blessed = Command::new(cargo_memleak())
+        .args(["test", "--bless", "--baseline"])
+        .arg(&baseline)
+        .arg("--manifest-path")
+        .arg(workspace_root().join("fixtures/allocators/Cargo.toml"))
+        .args(["--", "--exact", "leaks_a_vec"])
+        .output()
+        .expect("cargo-memleak runs");
+    assert_eq!(blessed.status.code(), Some(0), "{blessed:?}");
+    let baseline: Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).expect("the baseline"))
+            .expect("JSON");
+    for allocator in allocators {
+        let entry = &baseline["tests"][format!("allocators::{allocator}")]["leaks_a_vec"];
+        assert_eq!(
+            entry["stacks"][0]["frames"][0],
+            format!("{allocator}::leak_a_vec"),
+            "{baseline:#}"
+        );
     }
 }
 

@@ -168,12 +168,12 @@ fn several_modes_in_one_process_add_up() {
 }
 
 #[test]
-fn text_report_uses_bcc_wording() {
-    if !privileged("text_report_uses_bcc_wording") {
+fn bcc_format_is_bccs_wording() {
+    if !privileged("bcc_format_is_bccs_wording") {
         return;
     }
     let fixture = c_fixture().to_str().expect("utf-8 path");
-    let output = memleak_raw(&["exec", "--", fixture, "malloc"]);
+    let output = memleak_raw(&["exec", "--format", "bcc", "--", fixture, "malloc"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let line = marker_line(&c_fixture_source(), "malloc");
@@ -205,6 +205,50 @@ fn text_report_uses_bcc_wording() {
         "{summary}"
     );
     assert!(summary.ends_with("dropped: none"), "{summary}");
+}
+
+/// The default text report: BCC's layout, each stack in the short view (the program's own
+/// frames, libc's start below `main` cut with a count, no offsets), the summary on two lines.
+#[test]
+fn text_report_shows_the_programs_own_frames() {
+    if !privileged("text_report_shows_the_programs_own_frames") {
+        return;
+    }
+    let fixture = c_fixture().to_str().expect("utf-8 path");
+    let output = memleak_raw(&["exec", "--", fixture, "malloc"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let source = c_fixture_source();
+    let heading = "\t30000 bytes in 1 allocations from stack (definitely lost)";
+    let stack: Vec<&str> = stderr
+        .lines()
+        .skip_while(|line| *line != heading)
+        .skip(1)
+        .take_while(|line| line.starts_with("\t\t"))
+        .collect();
+    // Relative to the current directory, as the compiler was given it.
+    let line = format!("fixtures/c/leaky.c:{})", marker_line(&source, "malloc"));
+    assert!(
+        stack[0].starts_with("\t\tleak_malloc (") && stack[0].ends_with(&line),
+        "{stderr}"
+    );
+    assert!(stack[1].starts_with("\t\tmain ("), "{stderr}");
+    assert!(
+        stack[2].starts_with("\t\t(0 frames of the allocator above, ")
+            && stack[2].ends_with(
+                " of the standard library and the runtime below; --full-stacks shows them)"
+            ),
+        "{stderr}"
+    );
+    assert_eq!(stack.len(), 3, "{stderr}");
+    let summary: Vec<&str> = stderr.lines().rev().take(2).collect();
+    assert!(summary[0].starts_with("memleak: traced "), "{stderr}");
+    assert!(
+        summary[1].ends_with(
+            "exit code 0: 30000 bytes lost in 1 blocks, 30000 bytes outstanding in 1 allocations"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

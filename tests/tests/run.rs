@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use memleak_tests::{
-    Run, assert_complete, assert_single_leak, frames, marker_line, memleak, privileged,
-    rust_fixture_source, symbol_of, workspace_root,
+    Run, assert_complete, assert_single_leak, frames, marker_line, memleak, memleak_raw,
+    privileged, rust_fixture_source, symbol_of, workspace_root,
 };
 
 fn manifest() -> String {
@@ -89,6 +89,123 @@ fn inlined_functions_are_frames_of_their_own() {
         .expect("the call") as u64
         + 1;
     assert_eq!(caller["line"], call_line);
+}
+
+/// `cargo memleak run` on the fixture with these report options and modes, as text: its exit
+/// code and the report's lines (from the heading to the summary).
+fn text_report(options: &[&str], modes: &[&str]) -> (Option<i32>, Vec<String>) {
+    let manifest = manifest();
+    let mut args = vec!["run", "--manifest-path", &manifest];
+    args.extend_from_slice(options);
+    args.push("--");
+    args.extend_from_slice(modes);
+    let output = memleak_raw(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<String> = stderr
+        .lines()
+        .skip_while(|line| !line.contains("] Top "))
+        .take_while(|line| !line.starts_with("memleak: leaky::bin/leaky"))
+        .map(str::to_owned)
+        .collect();
+    assert!(!lines.is_empty(), "a report: {stderr}");
+    (output.status.code(), lines)
+}
+
+/// Its width on a terminal with tab stops every 8 columns.
+fn columns(line: &str) -> usize {
+    line.chars().fold(0, |width, c| {
+        if c == '\t' {
+            width / 8 * 8 + 8
+        } else {
+            width + 1
+        }
+    })
+}
+
+/// The text report shows each stack from the program's own frame, paths relative to the
+/// workspace, no offsets or hashes, the standard library's runtime below `main` and below a
+/// thread's closure cut with a count, and no line past 160 columns; `--full-stacks` shows every
+/// frame, and `--format bcc` is BCC's text with its one summary line.
+#[test]
+fn the_text_report_starts_at_the_programs_own_line() {
+    if !privileged("the_text_report_starts_at_the_programs_own_line") {
+        return;
+    }
+    let modes = ["vec", "thread", "inlined"];
+    let (code, short) = text_report(&[], &modes);
+    assert_eq!(code, Some(100), "{short:#?}");
+    let source = rust_fixture_source();
+    let firsts: Vec<&str> = short
+        .windows(2)
+        .filter(|pair| pair[0].ends_with("allocations from stack (definitely lost)"))
+        .map(|pair| pair[1].as_str())
+        .collect();
+    for (symbol, mode, suffix) in [
+        ("leaky::leak_vec", "vec", ""),
+        ("leaky::leak_on_thread::{closure#0}", "thread", ""),
+        ("leaky::inlined_leaker", "inlined", " [inlined]"),
+    ] {
+        let line = format!(
+            "\t\t{symbol} (src/main.rs:{}){suffix}",
+            marker_line(&source, mode)
+        );
+        assert!(firsts.contains(&line.as_str()), "{line:?} in {short:#?}");
+    }
+    assert_eq!(firsts.len(), 3, "{short:#?}");
+    let counts: Vec<&String> = short
+        .iter()
+        .filter(|line| line.contains("frames of the allocator above"))
+        .collect();
+    assert_eq!(counts.len(), 3, "{short:#?}");
+    for count in counts {
+        assert!(
+            count.ends_with(
+                " of the standard library and the runtime below; --full-stacks shows them)"
+            ),
+            "{count}"
+        );
+    }
+    for line in &short {
+        assert!(columns(line) <= 160, "{} columns: {line}", columns(line));
+        assert!(
+            !line.contains("+0x") && !line.contains("/rustc/") && !line.contains("lang_start"),
+            "{line}"
+        );
+    }
+    let summary = &short[short.len() - 2..];
+    assert!(
+        summary[0].starts_with("memleak: `target/memleak/debug/leaky vec thread inlined` exit code 0: 90000 bytes lost in 3 blocks"),
+        "{summary:#?}"
+    );
+    assert!(
+        summary[1].starts_with("memleak: traced ") && summary[1].ends_with("; dropped: none"),
+        "{summary:#?}"
+    );
+
+    let (_, full) = text_report(&["--full-stacks"], &modes);
+    for frame in [
+        "\t\tleaky::leak_vec+0x",
+        "\t\tstd::rt::lang_start_internal+0x",
+    ] {
+        assert!(
+            full.iter().any(|line| line.starts_with(frame)),
+            "{frame:?} in {full:#?}"
+        );
+    }
+    let (_, bcc) = text_report(&["--format", "bcc"], &modes);
+    assert!(
+        bcc.iter()
+            .any(|line| line.starts_with("\t\tleaky::leak_vec+0x")),
+        "{bcc:#?}"
+    );
+    let summary = bcc.last().expect("a summary line");
+    assert!(
+        summary.starts_with("memleak: `/")
+            && summary.contains("/target/memleak/debug/leaky vec thread inlined` exit code 0")
+            && summary.contains("; traced ")
+            && summary.ends_with("; dropped: none"),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -85,7 +85,10 @@ pub fn attach(options: &Options) -> Result<Outcome> {
         let mut snapshot = report::process_snapshot(pid, tid, &trace, &options.report, &symbolizer);
         snapshot.at_exit = Some("tracing began while it ran".into());
         incomplete |= !snapshot.incomplete.is_empty();
-        print!("{}", report::render_periodic(&snapshot, options.format));
+        print!(
+            "{}",
+            report::render_periodic(&snapshot, options.format, &options.style)
+        );
         draw(flamegraph.as_deref(), &snapshot, pid)?;
         running.release(pid);
         Ok(())
@@ -128,7 +131,10 @@ pub fn attach(options: &Options) -> Result<Outcome> {
             let trace = tracer.read(pid)?;
             let snapshot = report::process_snapshot(pid, pid, &trace, &options.report, &symbolizer);
             periodic_incomplete |= !snapshot.incomplete.is_empty();
-            print!("{}", report::render_periodic(&snapshot, options.format));
+            print!(
+                "{}",
+                report::render_periodic(&snapshot, options.format, &options.style)
+            );
             draw(flamegraph.as_deref(), &snapshot, pid)
         },
     );

@@ -50,6 +50,8 @@ pub struct Options {
 pub struct ReportOptions {
     pub report: report::Options,
     pub format: Format,
+    /// How text reports show stacks.
+    pub style: report::text::Short,
     /// Write the report here instead of stderr.
     pub output: Option<PathBuf>,
     /// Print where the time went to stderr.
@@ -71,6 +73,16 @@ impl ReportOptions {
             fsutil::check_writable(path, "--flamegraph")?;
         }
         Ok(())
+    }
+
+    /// These options with the short view's paths relative to `root` (`run`: its workspace).
+    pub fn relative_to(&self, root: &std::path::Path) -> Self {
+        let mut options = self.clone();
+        options.style.workspace_root = Some(root.to_owned());
+        if let Some(periodic) = &mut options.periodic {
+            periodic.style.workspace_root = Some(root.to_owned());
+        }
+        options
     }
 }
 
@@ -143,8 +155,8 @@ pub fn trace_and_report(
     let report = report::build(&run, &options.report);
     let unclassified = unclassified_reason(recording).map(|why| at_exit(&run, options, why));
     let rendered = match &unclassified {
-        Some(snapshot) => report::render_periodic(snapshot, options.format),
-        None => report::render(&report, options.format),
+        Some(snapshot) => report::render_periodic(snapshot, options.format, &options.style),
+        None => report::render(&report, options.format, &options.style),
     };
     match &options.output {
         // Under sudo the files written for the user are the user's, as the program is.
@@ -242,7 +254,9 @@ fn report_while_running(
         };
         let snapshot = report::process_snapshot(pid, pid, &trace, &periodic.report, &symbolizer);
         let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(report::render_periodic(&snapshot, periodic.format).as_bytes());
+        let _ = stdout.write_all(
+            report::render_periodic(&snapshot, periodic.format, &periodic.style).as_bytes(),
+        );
         let _ = stdout.flush();
         done += 1;
     }

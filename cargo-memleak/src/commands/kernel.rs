@@ -62,7 +62,10 @@ pub fn kernel(options: &Options) -> Result<Outcome> {
             symbolizer.symbolize_kernel(addrs)
         });
         incomplete |= !snapshot.incomplete.is_empty();
-        print!("{}", report::render_periodic(&snapshot, periodic.format));
+        print!(
+            "{}",
+            report::render_periodic(&snapshot, periodic.format, &periodic.style)
+        );
         Ok(())
     });
     drop(tracer);

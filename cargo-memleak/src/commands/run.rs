@@ -50,7 +50,8 @@ pub fn run(options: &Options) -> Result<Outcome> {
     command.follow = options
         .follow_children
         .follow(|| std::iter::once(path).collect());
-    let traced = exec::trace_and_report(&command, &options.report, &options.trace)?;
+    let report = options.report.relative_to(&built.workspace_root);
+    let traced = exec::trace_and_report(&command, &report, &options.trace)?;
     if let Some(outcome) = traced.failure(gate.options.allow_incomplete) {
         return Ok(outcome);
     }

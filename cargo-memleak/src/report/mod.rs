@@ -29,26 +29,32 @@ pub use text::{category_words, render_frame};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
+    /// The short view ([`text::Short`]): BCC's layout with the user's frames first.
     #[default]
     Text,
+    /// BCC memleak's text, byte for byte.
+    Bcc,
     Json,
     /// Brendan Gregg's folded stacks, one `frame;frame;frame bytes` line per stack.
     Folded,
 }
 
-/// The report at exit, as text or JSON.
-pub fn render(report: &Report, format: Format) -> String {
+/// The report at exit, as text (stacks as `style` says), BCC's text, JSON or folded stacks.
+pub fn render(report: &Report, format: Format, style: &text::Short) -> String {
     match format {
-        Format::Text => text::render_exit(report),
+        Format::Text => text::render_exit(report, text::Layout::Short(style)),
+        Format::Bcc => text::render_exit(report, text::Layout::Bcc),
         Format::Json => json::render_exit(report),
         Format::Folded => folded::render_exit(report),
     }
 }
 
-/// A periodic report, as text or one JSON object per line.
-pub fn render_periodic(snapshot: &Snapshot, format: Format) -> String {
+/// A periodic report, as text (stacks as `style` says), BCC's text, one JSON object per line
+/// or folded stacks.
+pub fn render_periodic(snapshot: &Snapshot, format: Format, style: &text::Short) -> String {
     match format {
-        Format::Text => text::render_periodic(snapshot),
+        Format::Text => text::render_periodic(snapshot, text::Layout::Short(style)),
+        Format::Bcc => text::render_periodic(snapshot, text::Layout::Bcc),
         Format::Json => json::render_periodic(snapshot),
         Format::Folded => folded::render_periodic(snapshot),
     }

@@ -353,20 +353,77 @@ pub fn is_allocation_plumbing(symbol: &str) -> bool {
             .any(|prefix| name.starts_with(prefix))
 }
 
-/// A test's stack as the user reads it: above libtest's harness, from the first frame past the
-/// allocator and the standard library's allocation code (the frames the baseline's stack key
-/// skips too) to the last frame that is not the standard library's (below it, `FnOnce` glue
-/// and the harness); the whole of it when it is all such code (the runtime allocating). As a
-/// range of indices into `frames`.
+/// Where a stack's runtime tail starts: the frames below the program's own code that every
+/// stack of its kind has (`std::rt::lang_start` and libc's `__libc_start_main` below a
+/// program's `main`, `start_thread` and `clone3` below a thread's first function, the kernel's
+/// system call entry below a system call).
+fn is_runtime_entry(symbol: &str) -> bool {
+    const PREFIXES: [&str; 2] = ["std::rt::lang_start", "__libc_start_main"];
+    const NAMES: [&str; 5] = [
+        "__libc_start_call_main",
+        "_start",
+        "start_thread",
+        "clone3",
+        "clone",
+    ];
+    PREFIXES.iter().any(|prefix| symbol.starts_with(prefix))
+        || NAMES.contains(&symbol)
+        || is_kernel_entry(symbol)
+}
+
+/// Whether a kernel function is where the kernel was entered: a system call's entry, or a
+/// new task's first return.
+pub fn is_kernel_entry(symbol: &str) -> bool {
+    ["entry_SYSCALL_64", "ret_from_fork"]
+        .iter()
+        .any(|prefix| symbol.starts_with(prefix))
+        || symbol == "do_syscall_64"
+}
+
+/// Whether a kernel function is one of the kernel's allocators (`__kmalloc_cache_noprof`,
+/// `kmem_cache_alloc_noprof`, `__alloc_frozen_pages_noprof`, `__kvmalloc_node_noprof`,
+/// `pcpu_alloc_noprof`, ...): in a kernel stack, how it was allocated, as `alloc::` is in a
+/// program's.
+fn is_kernel_allocator(symbol: &str) -> bool {
+    const ALLOCATORS: [&str; 12] = [
+        "kmalloc",
+        "kzalloc",
+        "krealloc",
+        "kvmalloc",
+        "kvzalloc",
+        "kmem_cache_alloc",
+        "alloc_pages",
+        "alloc_frozen_pages",
+        "folio_alloc",
+        "vmalloc",
+        "pcpu_alloc",
+        "alloc_percpu",
+    ];
+    let name = symbol.trim_start_matches('_');
+    ALLOCATORS.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// A stack as the user reads it: above libtest's harness and the runtime's tail, from the
+/// first frame past the allocator and the standard library's allocation code (the frames the
+/// baseline's stack key skips too) to the last frame that is not the standard library's (below
+/// it, `FnOnce` glue, the harness, `std::rt` and the thread or process entry); the whole of it
+/// above the harness when it is all such code (the runtime allocating). As a range of indices
+/// into `frames`.
 pub fn user_frames(frames: &[Frame]) -> std::ops::Range<usize> {
     let frames = above_harness(frames);
+    fn symbol(frame: &Frame) -> Option<&str> {
+        frame.symbol.as_deref()
+    }
+    let tail = frames
+        .iter()
+        .position(|frame| symbol(frame).is_some_and(is_runtime_entry))
+        .unwrap_or(frames.len());
     let user = |frame: &Frame| {
-        frame
-            .symbol
-            .as_deref()
-            .is_some_and(|symbol| !is_allocation_plumbing(symbol))
+        symbol(frame)
+            .is_some_and(|symbol| !is_allocation_plumbing(symbol) && !is_kernel_allocator(symbol))
     };
-    match (frames.iter().position(user), frames.iter().rposition(user)) {
+    let own = &frames[..tail];
+    match (own.iter().position(user), own.iter().rposition(user)) {
         (Some(first), Some(last)) => first..last + 1,
         _ => 0..frames.len(),
     }

@@ -148,15 +148,52 @@ fn cut_middle(text: &str, max: usize) -> String {
     format!("{head}...{tail}")
 }
 
-/// A test's stack as the test runner shows it: in the short view, the frames past the
-/// allocator and above libtest's harness, saying how many were left out on each side;
-/// `--full-stacks`, every frame above the harness as [`write_stack`] shows them.
+/// How a text report writes its stacks.
+#[derive(Clone, Copy, Debug)]
+pub enum Layout<'a> {
+    /// BCC memleak's, byte for byte: every frame as `symbol+0xoff (file:line) [module]`, and
+    /// the summary on one line (`--format bcc`).
+    Bcc,
+    /// The short view ([`write_short_stack`]; every frame with `--full-stacks`), what each lost
+    /// stack holds, and the summary on two lines (`--format text`).
+    Short(&'a Short),
+}
+
+impl<'a> Layout<'a> {
+    fn write_stack(self, out: &mut String, stack: &Stack) {
+        match self {
+            Layout::Bcc => write_stack(out, stack, Frames::All),
+            Layout::Short(style) if style.full => {
+                write_stack(out, stack, Frames::All);
+                write_holds(out, stack);
+            }
+            Layout::Short(style) => write_short_stack(out, stack, style),
+        }
+    }
+
+    fn workspace_root(self) -> Option<&'a std::path::Path> {
+        match self {
+            Layout::Bcc => None,
+            Layout::Short(style) => style.workspace_root.as_deref(),
+        }
+    }
+}
+
+/// A test's stack as the test runner shows it: the short view, or with `--full-stacks` every
+/// frame above the harness as [`write_stack`] shows them.
 pub fn write_test_stack(out: &mut String, stack: &Stack, style: &Short) {
     if style.full {
         write_stack(out, stack, Frames::AboveHarness);
         write_holds(out, stack);
-        return;
+    } else {
+        write_short_stack(out, stack, style);
     }
+}
+
+/// A stack in the short view: the frames past the allocator and above the standard library's
+/// glue, libtest's harness and the runtime's tail ([`user_frames`](super::user_frames)), saying
+/// how many were left out on each side.
+pub fn write_short_stack(out: &mut String, stack: &Stack, style: &Short) {
     write_stack_heading(out, stack);
     let shown = super::model::user_frames(&stack.frames);
     let root = style.workspace_root.as_deref();
@@ -166,10 +203,20 @@ pub fn write_test_stack(out: &mut String, stack: &Stack, style: &Short) {
     let above = shown.start;
     let below = stack.frames.len() - shown.end;
     if above + below > 0 {
+        let first_below = stack.frames[shown.end..]
+            .iter()
+            .find_map(|f| f.symbol.as_deref());
+        let tail = if above_harness(&stack.frames).len() < stack.frames.len() {
+            "the standard library and the test harness"
+        } else if first_below.is_some_and(super::model::is_kernel_entry) {
+            "the kernel's entry"
+        } else {
+            "the standard library and the runtime"
+        };
         let _ = writeln!(
             out,
-            "\t\t({above} frames of the allocator above, {below} of the standard library and \
-             the test harness below; --full-stacks shows them)"
+            "\t\t({above} frames of the allocator above, {below} of {tail} below; --full-stacks \
+             shows them)"
         );
     }
     write_holds(out, stack);
@@ -304,8 +351,9 @@ pub fn write_amount(out: &mut String, words: &str, amount: Amount) {
     );
 }
 
-/// BCC memleak's layout, memcheck's leak summary, then one summary line.
-pub fn render_exit(report: &Report) -> String {
+/// BCC memleak's layout, memcheck's leak summary, then the summary: the report at a program's
+/// exit.
+pub fn render_exit(report: &Report, layout: Layout) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -323,15 +371,27 @@ pub fn render_exit(report: &Report) -> String {
         }
     );
     for stack in &report.stacks {
-        write_stack(&mut out, stack, Frames::All);
+        layout.write_stack(&mut out, stack);
     }
     for (category, amount) in report.leak_summary.rows() {
         write_amount(&mut out, category_words(category), amount);
     }
-    out.push_str(&summary_line(report));
-    out.push('\n');
+    match layout {
+        Layout::Bcc => {
+            out.push_str(&summary_line(report));
+            out.push('\n');
+        }
+        Layout::Short(style) => {
+            let (outcome, tracing) = summary_lines(report, style.workspace_root.as_deref());
+            let _ = writeln!(out, "{outcome}\n{tracing}");
+        }
+    }
     for cycle in &report.cycles {
-        let _ = writeln!(out, "memleak: {}", cycle_line(cycle, None));
+        let _ = writeln!(
+            out,
+            "memleak: {}",
+            cycle_line(cycle, layout.workspace_root())
+        );
     }
     if let Some(note) = unseen_note(&report.unseen) {
         out.push_str(&note);
@@ -346,14 +406,14 @@ pub fn render_exit(report: &Report) -> String {
             child.fate.replace('_', " ")
         );
         if let Some(report) = &child.report {
-            out.push_str(&render_exit(report));
+            out.push_str(&render_exit(report, layout));
         }
     }
     out
 }
 
 /// BCC's periodic layout: a timestamped heading, each stack with its frames, a summary line.
-pub fn render_periodic(snapshot: &Snapshot) -> String {
+pub fn render_periodic(snapshot: &Snapshot, layout: Layout) -> String {
     let mut out = String::new();
     if let Some(why) = &snapshot.at_exit {
         let _ = writeln!(
@@ -369,7 +429,7 @@ pub fn render_periodic(snapshot: &Snapshot) -> String {
         snapshot.stacks.len()
     );
     for stack in &snapshot.stacks {
-        write_stack(&mut out, stack, Frames::All);
+        layout.write_stack(&mut out, stack);
     }
     let shown = stacks_shown(snapshot.stacks.len(), snapshot.matching_stacks);
     let dropped = dropped_words(&snapshot.incomplete);
@@ -455,24 +515,48 @@ fn dropped_words(incomplete: &Reasons) -> String {
     }
 }
 
-/// The exit report's last line: what the program did, lost and left outstanding.
+/// The exit report's last line in BCC's layout: what the program did, lost and left
+/// outstanding, and what was traced.
 pub fn summary_line(report: &Report) -> String {
+    let (outcome, tracing) = summary_parts(report, &report.program);
+    format!("{outcome}; {tracing}")
+}
+
+/// The short view's two summary lines: what the program (its path relative to
+/// `workspace_root`) did, lost and left outstanding; what was traced and dropped.
+pub fn summary_lines(
+    report: &Report,
+    workspace_root: Option<&std::path::Path>,
+) -> (String, String) {
+    let program = workspace_root
+        .and_then(|root| {
+            let root = root.to_str()?.trim_end_matches('/');
+            report.program.strip_prefix(root)?.strip_prefix('/')
+        })
+        .unwrap_or(&report.program);
+    let (outcome, tracing) = summary_parts(report, program);
+    (outcome, format!("memleak: {tracing}"))
+}
+
+fn summary_parts(report: &Report, program: &str) -> (String, String) {
     let shown = stacks_shown(report.stacks.len(), report.matching_stacks);
     let dropped = dropped_words(&report.incomplete);
     let counter = |counter: Counter| report.counters.get(counter.name()).copied().unwrap_or(0);
-    format!(
-        "memleak: `{}` {}: {} bytes lost in {} blocks, {} bytes outstanding in {} allocations{}; traced {} allocations, {} frees; {}",
-        report.program,
+    let outcome = format!(
+        "memleak: `{program}` {}: {} bytes lost in {} blocks, {} bytes outstanding in {} \
+         allocations{shown}",
         report.exit,
         report.leak_summary.lost().bytes,
         report.leak_summary.lost().blocks,
         report.outstanding_bytes,
         report.outstanding_allocations,
-        shown,
+    );
+    let tracing = format!(
+        "traced {} allocations, {} frees; {dropped}",
         counter(Counter::Allocs),
         counter(Counter::Frees),
-        dropped,
-    )
+    );
+    (outcome, tracing)
 }
 
 #[cfg(test)]
@@ -490,6 +574,92 @@ mod tests {
             inlined,
             unknown_reason: None,
         }
+    }
+
+    fn stack_of(symbols: &[&str]) -> Vec<Frame> {
+        symbols
+            .iter()
+            .map(|symbol| frame(Some(symbol), false))
+            .collect()
+    }
+
+    #[test]
+    fn the_short_view_ends_above_the_runtime() {
+        let user_frames = super::super::user_frames;
+        // A program's main, on libc's start.
+        let program = stack_of(&[
+            "<alloc::raw_vec::RawVecInner>::try_allocate_in",
+            "leaky::leak_vec",
+            "leaky::main",
+            "<fn() as core::ops::function::FnOnce<()>>::call_once",
+            "std::rt::lang_start::<()>::{closure#0}",
+            "std::rt::lang_start_internal",
+            "main",
+            "__libc_start_call_main",
+        ]);
+        assert_eq!(user_frames(&program), 1..3);
+        // A thread's closure, on std's thread start and libc's.
+        let thread = stack_of(&[
+            "leaky::leak_on_thread::{closure#0}",
+            "std::sys::backtrace::__rust_begin_short_backtrace::<_, ()>",
+            "<std::sys::thread::unix::Thread>::new::thread_start",
+            "start_thread",
+            "clone3",
+        ]);
+        assert_eq!(user_frames(&thread), 0..1);
+        // A system call's allocation, below the kernel's allocators.
+        let kernel = stack_of(&[
+            "__kmalloc_cache_noprof",
+            "___kmalloc_large_node",
+            "do_eventfd",
+            "__x64_sys_eventfd2",
+            "do_syscall_64",
+            "entry_SYSCALL_64_after_hwframe",
+        ]);
+        assert_eq!(user_frames(&kernel), 2..4);
+        // The runtime's own allocation: all of it.
+        let runtime = stack_of(&[
+            "alloc::alloc::alloc",
+            "std::rt::init",
+            "std::rt::lang_start_internal",
+            "main",
+        ]);
+        assert_eq!(user_frames(&runtime), 0..4);
+        // `_start`'s name is matched whole: a user's `_start_engine` is not the runtime.
+        let named = stack_of(&["_start_engine", "main", "_start"]);
+        assert_eq!(user_frames(&named), 0..2);
+    }
+
+    #[test]
+    fn the_count_names_what_was_cut_below() {
+        let stack = |symbols: &[&str]| Stack {
+            bytes: 64,
+            allocations: 1,
+            category: None,
+            frames: stack_of(symbols),
+            allocs: None,
+            holds: None,
+        };
+        let style = Short::default();
+        let mut out = String::new();
+        write_short_stack(
+            &mut out,
+            &stack(&[
+                "do_eventfd",
+                "do_syscall_64",
+                "entry_SYSCALL_64_after_hwframe",
+            ]),
+            &style,
+        );
+        assert!(out.ends_with("(0 frames of the allocator above, 2 of the kernel's entry below; --full-stacks shows them)\n"), "{out}");
+        let mut out = String::new();
+        write_short_stack(
+            &mut out,
+            &stack(&["alloc::alloc::alloc", "gate::leaks", "test::run_test"]),
+            &style,
+        );
+        assert!(out.contains("\t\tgate::leaks (src/main.rs:12)\n"), "{out}");
+        assert!(out.ends_with("(1 frames of the allocator above, 1 of the standard library and the test harness below; --full-stacks shows them)\n"), "{out}");
     }
 
     #[test]
