@@ -122,6 +122,9 @@ fn build_from(sources: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
             env("CARGO_CFG_TARGET_ARCH")?
         ),
         "-Cdebuginfo=2".into(),
+        // BPF ISA v3 (kernel 5.12+; multi-uprobe links need 6.6 anyway): atomic fetch-and-add
+        // and compare-and-swap, for the live heap's peak.
+        "-Ctarget-cpu=v3".into(),
         "-Clink-arg=--btf".into(),
         format!("--remap-path-prefix={}=/memleak", workspace.display()),
     ];

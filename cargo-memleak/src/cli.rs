@@ -246,6 +246,11 @@ pub struct RecordArgs {
     /// report at exit is not classified. Not for `test` or `run`.
     #[arg(long)]
     pub combined_only: bool,
+    /// Do not follow the heap's peak (two atomic operations per allocation and one per free
+    /// less): no peak, allocation or allocated-bytes figures, and no peak or allocation
+    /// budgets to gate.
+    #[arg(long)]
+    pub no_peak: bool,
 }
 
 impl RecordArgs {
@@ -255,6 +260,7 @@ impl RecordArgs {
             combined: self.combined_only,
             trace: self.trace,
             no_ages: false,
+            no_heap: self.no_peak,
         }
     }
 
@@ -479,9 +485,14 @@ pub struct GateArgs {
     /// file), on top of the baseline's.
     #[arg(long, value_name = "FILE")]
     pub suppressions: Option<PathBuf>,
-    /// What fails the gate: lost memory, or lost and still-reachable memory.
-    #[arg(long, value_enum, default_value_t = FailOnArg::Lost)]
-    pub fail_on: FailOnArg,
+    /// What fails the gate, comma-separated: lost memory (always), still-reachable memory,
+    /// the heap's peak, the number of allocations, each over its budget.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "lost")]
+    pub fail_on: Vec<FailOnArg>,
+    /// How far a peak or an allocation count may exceed its budget and still pass: a
+    /// percentage (`10%` or `10`).
+    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    pub tolerance: u32,
     /// Report an incomplete trace (drops, unreadable memory) but do not fail for it.
     #[arg(long)]
     pub allow_incomplete: bool,
@@ -491,12 +502,68 @@ pub struct GateArgs {
     pub bless: bool,
 }
 
+/// `--tolerance`: a whole percentage, `10%` or `10`, up to 1000.
+fn parse_percent(text: &str) -> std::result::Result<u32, String> {
+    let number = text.strip_suffix('%').unwrap_or(text);
+    match number.parse::<u32>() {
+        Ok(percent) if percent <= 1000 => Ok(percent),
+        _ => Err(format!(
+            "`{text}` is not a percentage from 0 to 1000 (write it as 10% or 10)"
+        )),
+    }
+}
+
 impl GateArgs {
+    /// `--no-peak` leaves nothing for `--fail-on peak` or `allocations` to check.
+    fn check(&self, record: &RecordArgs) -> Result<()> {
+        let fail_on = self.fail_on();
+        if record.no_peak && (fail_on.peak || fail_on.allocations) {
+            return Err(Error::Selection(
+                "--no-peak leaves no peak or allocation count for --fail-on to check: drop one \
+                 of them"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn fail_on(&self) -> FailOn {
+        FailOn {
+            reachable: self.fail_on.contains(&FailOnArg::Reachable),
+            peak: self.fail_on.contains(&FailOnArg::Peak),
+            allocations: self.fail_on.contains(&FailOnArg::Allocations),
+            tolerance_percent: self.tolerance,
+        }
+    }
+
+    /// The gate's own flags, as a rerun of one test needs them.
+    fn rerun_args(&self) -> Vec<String> {
+        let fail_on = self.fail_on();
+        let mut gated = Vec::new();
+        for (word, on) in [
+            ("reachable", fail_on.reachable),
+            ("peak", fail_on.peak),
+            ("allocations", fail_on.allocations),
+        ] {
+            if on {
+                gated.push(word);
+            }
+        }
+        let mut args = Vec::new();
+        if !gated.is_empty() {
+            args.extend(["--fail-on".to_owned(), gated.join(",")]);
+            if (fail_on.peak || fail_on.allocations) && self.tolerance != 10 {
+                args.extend(["--tolerance".to_owned(), format!("{}%", self.tolerance)]);
+            }
+        }
+        args
+    }
+
     fn gate(&self) -> Gate {
         Gate {
             baseline: self.baseline.clone(),
             suppressions: self.suppressions.clone(),
-            fail_on: self.fail_on.into(),
+            fail_on: self.fail_on(),
             allow_incomplete: self.allow_incomplete,
             bless: self.bless,
         }
@@ -625,6 +692,7 @@ impl TestArgs {
                 top: self.top,
                 trace: {
                     self.trace.record.refuse_for_gate("test", true)?;
+                    self.gate.check(&self.trace.record)?;
                     let mut trace = self.trace.options(Limits::test_run());
                     // Nothing in a test run reads ages.
                     trace.recording.no_ages = true;
@@ -680,9 +748,7 @@ impl TestArgs {
         if let Some(profile) = &self.build.profile {
             args.extend(["--profile".to_owned(), profile.clone()]);
         }
-        if self.gate.fail_on == FailOnArg::Reachable {
-            args.extend(["--fail-on".to_owned(), "reachable".to_owned()]);
-        }
+        args.extend(self.gate.rerun_args());
         args
     }
 }
@@ -1067,11 +1133,15 @@ pub enum MessageFormatArg {
 /// What counts toward the gate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum FailOnArg {
-    /// Lost memory (definitely and indirectly lost).
+    /// Lost memory (definitely and indirectly lost); always counts.
     #[default]
     Lost,
-    /// Lost memory, and still-reachable memory over its budget too.
+    /// Still-reachable memory over its budget.
     Reachable,
+    /// The most heap a test (or run) had live at once, over its budget.
+    Peak,
+    /// How many allocations it made, over its budget.
+    Allocations,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -1163,15 +1233,6 @@ impl From<MessageFormatArg> for MessageFormat {
         match arg {
             MessageFormatArg::Human => MessageFormat::Human,
             MessageFormatArg::Json => MessageFormat::Json,
-        }
-    }
-}
-
-impl From<FailOnArg> for FailOn {
-    fn from(arg: FailOnArg) -> Self {
-        match arg {
-            FailOnArg::Lost => FailOn::Lost,
-            FailOnArg::Reachable => FailOn::Reachable,
         }
     }
 }
@@ -1311,6 +1372,7 @@ impl ExecArgs {
 impl RunArgs {
     fn options(&self) -> Result<run::Options> {
         self.trace.record.refuse_for_gate("run", false)?;
+        self.gate.check(&self.trace.record)?;
         Ok(run::Options {
             build: self.build.options(),
             selection: self.selection.options(),

@@ -39,8 +39,8 @@ use aya::{
 };
 use memleak_common::{
     AllocInfo, AllocKey, Counter, KERNEL_TGID, KernelFields, NO_SLOT, OWN_ALLOCS_FLAGS,
-    OWN_STACKS_FLAGS, ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal,
-    TraceConfig, names,
+    OWN_STACKS_FLAGS, ProcessLive, ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey,
+    StackTotal, TraceConfig, names,
 };
 
 use crate::{
@@ -108,6 +108,8 @@ pub struct Recording {
     /// Record no allocation times (`test`: nothing there reads ages), one clock read less
     /// per allocation.
     pub no_ages: bool,
+    /// `--no-peak`: follow no process's live heap (no [`Heap`] figures).
+    pub no_heap: bool,
 }
 
 impl Recording {
@@ -126,6 +128,9 @@ impl Recording {
         }
         if !self.no_ages {
             flags |= TraceConfig::AGES;
+        }
+        if !self.no_heap {
+            flags |= TraceConfig::HEAP;
         }
         TraceConfig {
             sample_rate: self.sample_rate,
@@ -185,6 +190,22 @@ pub struct ProcessTrace {
     pub combined: Option<std::collections::BTreeMap<u64, StackTotal>>,
     /// `--sample-rate N`: one allocation in N was recorded.
     pub sampled: Option<u32>,
+    /// Its live heap's peak and what it allocated in all: `None` for the kernel's
+    /// allocators and a sampled trace.
+    pub heap: Option<Heap>,
+}
+
+/// What a process's allocations added up to over its life (see [`ProcessLive`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heap {
+    /// The most bytes it had outstanding at once.
+    pub peak_bytes: u64,
+    /// The stack of the allocation that set the peak (0: unknown, or the blocks a forked
+    /// child started with); its frames are in [`ProcessTrace::stacks`].
+    pub peak_stack: u64,
+    /// Blocks it was handed (each `malloc`, `calloc`, `realloc`, `mmap`, ...), and their bytes.
+    pub allocations: u64,
+    pub allocated_bytes: u64,
 }
 
 /// Probes attached to one process.
@@ -777,6 +798,7 @@ impl Tracer {
                 reason: "the child is not registered".into(),
             });
         };
+        let slot = own.slot;
         // What does not fit in the child's own maps goes to the shared ones, and its counters
         // say so (they are read from then on).
         let mut spilled = [0u64; Counter::COUNT];
@@ -849,6 +871,14 @@ impl Tracer {
                 .insert(&child, values, 0)
                 .map_err(|err| map_error(child, err))?;
         }
+        // Its live heap starts as the blocks it inherited (the fork's stack is none of them).
+        let inherited = from.outstanding.iter().map(|block| block.size).sum();
+        let live = ProcessLive {
+            bytes: inherited,
+            peak_bytes: inherited,
+            peak_stack: 0,
+        };
+        set_live(ebpf, child, slot, live)?;
         if self.recording.combined {
             let mut totals: std::collections::BTreeMap<u64, StackTotal> = Default::default();
             for block in &from.outstanding {
@@ -1021,8 +1051,19 @@ fn load_object(limits: Limits, fields: &KernelFields, recording: Recording) -> R
 /// Starts recording for `tgid`: gives it zeroed counters that name its `slot` (or
 /// [`NO_SLOT`]).
 fn register(ebpf: &mut Ebpf, tgid: u32, slot: u32) -> Result<()> {
+    if slot != NO_SLOT {
+        set_live(ebpf, tgid, slot, ProcessLive::default())?;
+    }
     stats_map(ebpf)?
         .insert(&tgid, zeroed_per_cpu(slot)?, 0)
+        .map_err(|err| map_error(tgid, err))
+}
+
+/// Sets the live heap of `tgid`, in `slot`.
+fn set_live(ebpf: &mut Ebpf, tgid: u32, slot: u32, live: ProcessLive) -> Result<()> {
+    let mut lives: aya::maps::Array<&mut MapData, ProcessLive> = map_mut(ebpf, names::LIVE, tgid)?;
+    lives
+        .set(slot, &live, 0)
         .map_err(|err| map_error(tgid, err))
 }
 
@@ -1084,6 +1125,21 @@ fn read_trace(
     for cpu in per_cpu.iter() {
         trace.counters.add(cpu);
     }
+    if let Some(own) = own
+        && recording.sampled().is_none()
+        && !recording.no_heap
+    {
+        let lives: aya::maps::Array<&MapData, ProcessLive> = map(ebpf, names::LIVE, tgid)?;
+        let live = lives
+            .get(&own.slot, 0)
+            .map_err(|err| map_error(tgid, err))?;
+        trace.heap = Some(Heap {
+            peak_bytes: live.peak_bytes,
+            peak_stack: live.peak_stack,
+            allocations: trace.counters.get(Counter::Allocs),
+            allocated_bytes: per_cpu.iter().map(|cpu| cpu.allocated_bytes).sum(),
+        });
+    }
     if recording.combined {
         trace.combined = Some(read_combined(ebpf, tgid)?);
     }
@@ -1126,7 +1182,7 @@ fn read_trace(
     trace.outstanding = outstanding;
 
     let shared: BpfHashMap<&MapData, StackKey, StackFrames> = map(ebpf, names::STACKS, tgid)?;
-    let stack_ids: Vec<u64> = match &trace.combined {
+    let mut stack_ids: Vec<u64> = match &trace.combined {
         Some(totals) => totals.keys().copied().collect(),
         None => trace
             .outstanding
@@ -1134,6 +1190,7 @@ fn read_trace(
             .map(|alloc| alloc.stack_id)
             .collect(),
     };
+    stack_ids.extend(trace.heap.map(|heap| heap.peak_stack));
     // The process's own stacks, read whole (a batch walk beats a lookup per stack).
     let own_stacks: HashMap<u64, StackFrames> = match own {
         Some(own) => own

@@ -50,6 +50,9 @@ pub mod names {
     /// own, for `PTRACE_TRACEME`; the target's, for `PTRACE_ATTACH` and `PTRACE_SEIZE`):
     /// thread id → that process, for the tracer to hand it over (LRU).
     pub const HANDOVERS: &str = "HANDOVERS";
+    /// Each traced process's live heap and its peak, by slot:
+    /// [`ProcessLive`](super::ProcessLive).
+    pub const LIVE: &str = "LIVE";
 }
 
 /// The signal the entry program sends a thread it holds at a `ptrace` call
@@ -76,6 +79,8 @@ impl TraceConfig {
     pub const COMBINED: u32 = 2;
     /// Each allocation's time is recorded (`--older`, and ages with `-a`); without it 0.
     pub const AGES: u32 = 4;
+    /// Each process's live heap and its peak are kept in LIVE (unless `--no-peak`).
+    pub const HEAP: u32 = 8;
     pub const ZERO: Self = Self {
         sample_rate: 0,
         flags: 0,
@@ -411,6 +416,8 @@ pub struct ProcessStats {
     /// Its index in OWN_ALLOCS and OWN_STACKS (the same on every CPU), or [`NO_SLOT`].
     pub slot: u32,
     pub _pad: u32,
+    /// The bytes of every allocation recorded ([`Counter::Allocs`]), freed or not.
+    pub allocated_bytes: u64,
 }
 
 impl ProcessStats {
@@ -418,6 +425,7 @@ impl ProcessStats {
         counters: [0; Counter::COUNT],
         slot: NO_SLOT,
         _pad: 0,
+        allocated_bytes: 0,
     };
 
     /// Zeroed counters for the process in `slot`.
@@ -428,6 +436,22 @@ impl ProcessStats {
     pub fn get(&self, counter: Counter) -> u64 {
         self.counters[counter as usize]
     }
+}
+
+/// A traced process's live heap (names::LIVE, by slot): the bytes it has outstanding now, and
+/// the most it ever had outstanding at once. Every CPU updates one
+/// value with atomic operations: `bytes` with fetch-and-add, whose result is the live heap
+/// just after that allocation in the order all CPUs' updates took effect, and `peak_bytes` by
+/// compare-and-swap to the largest such result, so the peak is exact under threads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessLive {
+    pub bytes: u64,
+    pub peak_bytes: u64,
+    /// The stack of the allocation that set `peak_bytes` (0: not captured, or the blocks a
+    /// forked child started with). Written after the peak, so under threads it can be that of
+    /// an allocation which set a peak a moment before.
+    pub peak_stack: u64,
 }
 
 /// What the eBPF programs count. The first group are events; the second are failures that
@@ -476,10 +500,12 @@ pub enum Counter {
     SharedAllocs = 14,
     /// Stacks stored in the shared map because the process's own was full. Informational.
     SharedStacks = 15,
+    /// The peak could not be raised: other CPUs raced its compare-and-swap every time.
+    PeakContended = 16,
 }
 
 impl Counter {
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Allocs,
@@ -498,10 +524,11 @@ impl Counter {
         Counter::MissingFree,
         Counter::SharedAllocs,
         Counter::SharedStacks,
+        Counter::PeakContended,
     ];
 
     /// Counters whose non-zero value means data was lost.
-    pub const DROPS: [Counter; 9] = [
+    pub const DROPS: [Counter; 10] = [
         Counter::AllocMapFull,
         Counter::StackMapFull,
         Counter::StackFailed,
@@ -511,6 +538,7 @@ impl Counter {
         Counter::ReadFailed,
         Counter::TraceLost,
         Counter::MissingFree,
+        Counter::PeakContended,
     ];
 
     /// Stable snake_case name, used in reports and JSON.
@@ -532,6 +560,7 @@ impl Counter {
             Counter::MissingFree => "missing_free",
             Counter::SharedAllocs => "shared_allocs",
             Counter::SharedStacks => "shared_stacks",
+            Counter::PeakContended => "peak_contended",
         }
     }
 
@@ -555,6 +584,7 @@ mod pod {
     unsafe impl aya::Pod for super::AllocInfo {}
     unsafe impl aya::Pod for super::StackKey {}
     unsafe impl aya::Pod for super::ProcessStats {}
+    unsafe impl aya::Pod for super::ProcessLive {}
     unsafe impl aya::Pod for super::KernelFields {}
     unsafe impl aya::Pod for super::TraceConfig {}
     unsafe impl aya::Pod for super::StackTotal {}
@@ -567,7 +597,8 @@ const _: () = {
     assert!(core::mem::size_of::<AllocInfo>() == 24);
     assert!(core::mem::size_of::<StackKey>() == 16);
     assert!(core::mem::size_of::<PendingCall>() == 64);
-    assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT + 8);
+    assert!(core::mem::size_of::<ProcessStats>() == 8 * Counter::COUNT + 16);
+    assert!(core::mem::size_of::<ProcessLive>() == 24);
     assert!(core::mem::size_of::<KernelFields>() == 56);
     assert!(core::mem::size_of::<NestedMmap>() == 16);
     assert!(core::mem::size_of::<ThreadCalls>() == 88);

@@ -48,14 +48,14 @@ use aya_ebpf::{
     btf_maps::{self, ArrayOfMaps},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::{btf_map, map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memleak_common::{
     AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, HANDOVER_SIGNAL, KERNEL_TGID,
     KernelFields, NestedMmap, OWN_ALLOCS_FLAGS, OWN_STACKS_FLAGS, PAGE_KEY_BASE, PendingCall,
-    ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal, ThreadCalls, TraceConfig,
-    TraceEvent,
+    ProcessLive, ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal, ThreadCalls,
+    TraceConfig, TraceEvent,
 };
 
 // A process's own maps are created by userspace, at the sizes it chooses (the kernel does not
@@ -164,6 +164,10 @@ const PAGE: u64 = 4096;
 #[map]
 static STATS: PerCpuHashMap<u32, ProcessStats> = PerCpuHashMap::with_max_entries(4096, 0);
 
+/// Each traced process's live heap and its peak, by slot (see `ProcessLive`).
+#[map]
+static LIVE: Array<ProcessLive> = Array::with_max_entries(SLOTS, 0);
+
 #[map]
 static COMBINED: HashMap<StackKey, StackTotal> =
     HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
@@ -246,6 +250,70 @@ unsafe fn atomic_add(dst: *mut u64, value: u64) {
         core::sync::atomic::AtomicU64::from_ptr(dst)
             .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// `*dst += value`, atomically, and what `*dst` was just before.
+///
+/// # Safety
+/// As [`atomic_add`].
+#[inline(always)]
+unsafe fn atomic_fetch_add(dst: *mut u64, value: u64) -> u64 {
+    // Sequentially consistent: LLVM's BPF backend encodes a relaxed fetch-and-add as the plain
+    // atomic add (no BPF_FETCH), and the register then holds the operand, not the old value.
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller's promise.
+    unsafe {
+        use core::intrinsics::{AtomicOrdering::SeqCst, atomic_xadd};
+        atomic_xadd::<u64, u64, { SeqCst }>(dst, value)
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller's promise.
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(dst)
+            .fetch_add(value, core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// How often [`atomic_raise`] tries before it gives up: each failure is another CPU's raise.
+const RAISE_TRIES: usize = 8;
+
+/// `*dst = max(*dst, value)`, atomically: true when `value` became the maximum, `None` when
+/// other CPUs changed `*dst` under each of [`RAISE_TRIES`] tries.
+///
+/// # Safety
+/// As [`atomic_add`].
+#[inline(always)]
+unsafe fn atomic_raise(dst: *mut u64, value: u64) -> Option<bool> {
+    // SAFETY: the caller's promise.
+    let mut seen = unsafe { core::ptr::read_volatile(dst) };
+    for _ in 0..RAISE_TRIES {
+        if value <= seen {
+            return Some(false);
+        }
+        #[cfg(target_arch = "bpf")]
+        // SAFETY: the caller's promise.
+        let (now, swapped) = unsafe {
+            use core::intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg};
+            atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(dst, seen, value)
+        };
+        #[cfg(not(target_arch = "bpf"))]
+        // SAFETY: the caller's promise.
+        let (now, swapped) = match unsafe { core::sync::atomic::AtomicU64::from_ptr(dst) }
+            .compare_exchange(
+                seen,
+                value,
+                core::sync::atomic::Ordering::Relaxed,
+                core::sync::atomic::Ordering::Relaxed,
+            ) {
+            Ok(now) => (now, true),
+            Err(now) => (now, false),
+        };
+        if swapped {
+            return Some(true);
+        }
+        seen = now;
+    }
+    None
 }
 
 /// One `--trace` line; a full ring buffer is a drop.
@@ -375,18 +443,57 @@ impl Process {
     }
 
     /// Records a block: in the process's own map, or in the shared one when its own is full
-    /// (or it has none). False when neither had room.
+    /// (or it has none), and adds it to the live heap. False when neither had room.
     #[inline(always)]
     fn insert_block(&self, addr: u64, info: &AllocInfo) -> bool {
-        if let Some(own) = OWN_ALLOCS.get(self.slot()) {
-            match own.insert(&addr, info, 0) {
-                Ok(()) => return true,
-                Err(E2BIG) => {}
-                Err(_) => return false,
+        let inserted = 'inserted: {
+            if let Some(own) = OWN_ALLOCS.get(self.slot()) {
+                match own.insert(&addr, info, 0) {
+                    Ok(()) => break 'inserted true,
+                    Err(E2BIG) => {}
+                    Err(_) => break 'inserted false,
+                }
+            }
+            self.count(Counter::SharedAllocs);
+            ALLOCS.insert(&self.shared_key(addr), info, 0).is_ok()
+        };
+        if inserted {
+            self.live_add(info);
+        }
+        inserted
+    }
+
+    /// A block joins the live heap: its bytes are added, and the peak raised to the sum.
+    #[inline(always)]
+    fn live_add(&self, info: &AllocInfo) {
+        if !flag(TraceConfig::HEAP) {
+            return;
+        }
+        let Some(live) = LIVE.get_ptr_mut(self.slot()) else {
+            return;
+        };
+        // SAFETY: the array's value lives as long as the map, and is only updated atomically.
+        unsafe {
+            let now = atomic_fetch_add(&raw mut (*live).bytes, info.size).wrapping_add(info.size);
+            match atomic_raise(&raw mut (*live).peak_bytes, now) {
+                Some(true) => core::ptr::write_volatile(&raw mut (*live).peak_stack, info.stack_id),
+                Some(false) => {}
+                None => self.count(Counter::PeakContended),
             }
         }
-        self.count(Counter::SharedAllocs);
-        ALLOCS.insert(&self.shared_key(addr), info, 0).is_ok()
+    }
+
+    /// A block leaves the live heap.
+    #[inline(always)]
+    fn live_sub(&self, info: &AllocInfo) {
+        if !flag(TraceConfig::HEAP) {
+            return;
+        }
+        let Some(live) = LIVE.get_ptr_mut(self.slot()) else {
+            return;
+        };
+        // SAFETY: as in live_add.
+        unsafe { atomic_add(&raw mut (*live).bytes, info.size.wrapping_neg()) };
     }
 
     /// The record of an outstanding block, left in place.
@@ -402,32 +509,27 @@ impl Process {
         unsafe { ALLOCS.get(&self.shared_key(addr)) }.copied()
     }
 
-    /// Forgets an outstanding block; false when it was not outstanding.
-    #[inline(always)]
-    fn remove_block(&self, addr: u64) -> bool {
-        if let Some(own) = OWN_ALLOCS.get(self.slot())
-            && own.remove(&addr).is_ok()
-        {
-            return true;
-        }
-        ALLOCS.remove(&self.shared_key(addr)).is_ok()
-    }
-
-    /// Takes an outstanding block's record out.
+    /// Takes an outstanding block's record out, and the block out of the live heap.
     #[inline(always)]
     fn take_block(&self, addr: u64) -> Option<AllocInfo> {
-        if let Some(own) = OWN_ALLOCS.get(self.slot())
-            && let Some(info) = own.get_ptr(&addr)
-        {
+        let info = 'taken: {
+            if let Some(own) = OWN_ALLOCS.get(self.slot())
+                && let Some(info) = own.get_ptr(&addr)
+            {
+                // SAFETY: the value is copied out before the entry is removed.
+                let info = unsafe { *info };
+                // Another CPU removing it first (the kernel's double free) accounts for it.
+                break 'taken own.remove(&addr).is_ok().then_some(info);
+            }
+            let key = self.shared_key(addr);
             // SAFETY: the value is copied out before the entry is removed.
-            let info = unsafe { *info };
-            // Another CPU removing it first (the kernel's double free) accounts for it.
-            return own.remove(&addr).is_ok().then_some(info);
+            let info = unsafe { ALLOCS.get(&key) }.copied()?;
+            ALLOCS.remove(&key).is_ok().then_some(info)
+        };
+        if let Some(info) = &info {
+            self.live_sub(info);
         }
-        let key = self.shared_key(addr);
-        // SAFETY: the value is copied out before the entry is removed.
-        let info = unsafe { ALLOCS.get(&key) }.copied()?;
-        ALLOCS.remove(&key).is_ok().then_some(info)
+        info
     }
 }
 
@@ -878,6 +980,8 @@ fn record_with_stack<C: EbpfContext>(
         return;
     }
     process.count(Counter::Allocs);
+    // SAFETY: per-CPU values: only this CPU writes them while the program runs.
+    unsafe { (*process.stats).allocated_bytes += size };
     combine(process, &info, false);
     if flag(TraceConfig::TRACE) {
         let frame = match (stack_id, STACK_SCRATCH.get_ptr(0)) {
@@ -893,13 +997,6 @@ fn record_with_stack<C: EbpfContext>(
 /// caller counts that, as it alone knows what it means.
 #[inline(always)]
 fn release(process: &Process, addr: u64) -> bool {
-    if !flag(TraceConfig::COMBINED | TraceConfig::TRACE) {
-        let found = process.remove_block(addr);
-        if found {
-            process.count(Counter::Frees);
-        }
-        return found;
-    }
     let Some(info) = process.take_block(addr) else {
         return false;
     };

@@ -241,14 +241,66 @@ fn text_report_shows_the_programs_own_frames() {
         "{stderr}"
     );
     assert_eq!(stack.len(), 3, "{stderr}");
-    let summary: Vec<&str> = stderr.lines().rev().take(2).collect();
-    assert!(summary[0].starts_with("memleak: traced "), "{stderr}");
+    let summary: Vec<&str> = stderr.lines().rev().take(3).collect();
     assert!(
-        summary[1].ends_with(
+        summary[0].starts_with("memleak: peak heap 30000 bytes, reached at leak_malloc ("),
+        "{stderr}"
+    );
+    assert!(summary[1].starts_with("memleak: traced "), "{stderr}");
+    assert!(
+        summary[2].ends_with(
             "exit code 0: 30000 bytes lost in 1 blocks, 30000 bytes outstanding in 1 allocations"
         ),
         "{stderr}"
     );
+}
+
+/// The heap's peak and what was allocated are exact: by construction on one thread, and under
+/// four threads allocating at once (two runs whose peaks differ by exactly their blocks).
+#[test]
+fn the_heaps_peak_and_allocations_are_exact() {
+    if !privileged("the_heaps_peak_and_allocations_are_exact") {
+        return;
+    }
+    let fixture = c_fixture().to_str().expect("utf-8 path");
+    let run = memleak(&["exec", "--", fixture, "peak"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_complete(&run);
+    let heap = &run.report["heap"];
+    assert_eq!(heap["peak_bytes"], 1 << 20, "{heap:#}");
+    assert_eq!(heap["allocations"], 101, "{heap:#}");
+    assert_eq!(heap["allocated_bytes"], (1 << 20) + 100 * 1024, "{heap:#}");
+    let set_by = &heap["peak_stack"][0];
+    assert_eq!(symbol_of(set_by), "peak_big", "{heap:#}");
+    assert_eq!(
+        set_by["line"],
+        marker_line(&c_fixture_source(), "peak"),
+        "{heap:#}"
+    );
+
+    let output = memleak_raw(&["exec", "--", fixture, "peak"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("memleak: peak heap "))
+        .unwrap_or_else(|| panic!("a heap line: {stderr}"));
+    assert!(
+        line.starts_with("memleak: peak heap 1048576 bytes, reached at peak_big (")
+            && line.ends_with("; 101 allocations of 1150976 bytes in all"),
+        "{line}"
+    );
+
+    let peak = |mode: &str| {
+        let run = memleak(&["exec", "--", fixture, mode]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_complete(&run);
+        run.report["heap"]["peak_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{mode}: a peak: {:#}", run.report))
+    };
+    for _ in 0..3 {
+        assert_eq!(peak("peak-threads-2") - peak("peak-threads-1"), 400_000);
+    }
 }
 
 #[test]

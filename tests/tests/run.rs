@@ -172,13 +172,17 @@ fn the_text_report_starts_at_the_programs_own_line() {
             "{line}"
         );
     }
-    let summary = &short[short.len() - 2..];
+    let summary = &short[short.len() - 3..];
     assert!(
         summary[0].starts_with("memleak: `target/memleak/debug/leaky vec thread inlined` exit code 0: 90000 bytes lost in 3 blocks"),
         "{summary:#?}"
     );
     assert!(
         summary[1].starts_with("memleak: traced ") && summary[1].ends_with("; dropped: none"),
+        "{summary:#?}"
+    );
+    assert!(
+        summary[2].starts_with("memleak: peak heap "),
         "{summary:#?}"
     );
 

@@ -75,6 +75,20 @@ pub fn bench(pairs: u64, runs: usize, only: Option<BenchPart>) -> Result<()> {
         None => {}
     }
 
+    // Traced with the heap's peak followed (the default), or `--no-peak`.
+    let ns_per_pair_traced = |peak: bool| -> Result<f64> {
+        let mut command = Command::new(&memleak);
+        command.args(["exec", "--output", "/dev/null"]);
+        if !peak {
+            command.arg("--no-peak");
+        }
+        command.arg("--").arg(&workload);
+        let stdout = output(command.arg(pairs.to_string()), "pairs workload")?;
+        stdout
+            .trim()
+            .parse::<f64>()
+            .context("the workload prints ns per pair")
+    };
     let ns_per_pair = |traced: bool| -> Result<f64> {
         let mut command = if traced {
             let mut command = Command::new(&memleak);
@@ -120,12 +134,14 @@ pub fn bench(pairs: u64, runs: usize, only: Option<BenchPart>) -> Result<()> {
 
     let mut untraced = Vec::new();
     let mut traced = Vec::new();
+    let mut no_peak = Vec::new();
     let mut short_untraced = Vec::new();
     let mut short_traced = Vec::new();
     let mut phase_runs: Vec<Vec<(String, f64)>> = Vec::new();
     for _ in 0..runs {
         untraced.push(ns_per_pair(false)?);
         traced.push(ns_per_pair(true)?);
+        no_peak.push(ns_per_pair_traced(false)?);
         short_untraced.push(wall(Command::new(&workload))?);
         let mut command = Command::new(&memleak);
         command
@@ -149,7 +165,7 @@ pub fn bench(pairs: u64, runs: usize, only: Option<BenchPart>) -> Result<()> {
         Ok(median(times))
     };
     let (scan_keep, scan_lose) = (scan_ms("keep")?, scan_ms("lose")?);
-    let (untraced, traced) = (median(untraced), median(traced));
+    let (untraced, traced, no_peak) = (median(untraced), median(traced), median(no_peak));
     let (short_untraced, short_traced) = (median(short_untraced), median(short_traced));
     println!("cargo xtask bench: median of {runs} runs, {pairs} malloc(64)+free pairs each");
     println!(
@@ -162,6 +178,18 @@ pub fn bench(pairs: u64, runs: usize, only: Option<BenchPart>) -> Result<()> {
         untraced,
         traced,
         traced / untraced
+    );
+    println!(
+        "{:<36} {:>11.1} ns {:>11.1} ns {:>9.0}x",
+        "malloc+free pair, --no-peak",
+        untraced,
+        no_peak,
+        no_peak / untraced
+    );
+    println!(
+        "  the heap's peak costs {:.1} ns a pair ({:+.1}% of the pair traced without it)",
+        traced - no_peak,
+        (traced - no_peak) / no_peak * 100.0
     );
     println!(
         "{:<36} {:>11.1} ms {:>11.1} ms {:>9.0}x",

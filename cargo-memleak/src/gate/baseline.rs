@@ -89,6 +89,12 @@ pub struct Budget {
     /// Still reachable; checked only with `--fail-on reachable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reachable: Option<Amount>,
+    /// The most bytes it may have outstanding at once; checked only with `--fail-on peak`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<u64>,
+    /// How many allocations it may make; checked only with `--fail-on allocations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<u64>,
     /// When present, every lost stack must be listed here, within its own budget.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<StackBudget>,

@@ -42,12 +42,22 @@ fn set_budget(
     fail_on: FailOn,
 ) {
     let mut budget = judgement.as_budget(fail_on);
+    // Budgets this run does not gate stay as they were (a leak bless keeps the peak's).
+    if let Some(old) = budgets.get(key) {
+        if !fail_on.peak {
+            budget.peak = old.peak;
+        }
+        if !fail_on.allocations {
+            budget.allocations = old.allocations;
+        }
+    }
+    let keeps_heap = budget.peak.is_some() || budget.allocations.is_some();
     budget.children = children
         .iter()
         .filter(|child| child.judgement.needs_budget(fail_on))
         .map(|child| (child.executable.clone(), child.judgement.as_budget(fail_on)))
         .collect();
-    if judgement.needs_budget(fail_on) || !budget.children.is_empty() {
+    if judgement.needs_budget(fail_on) || !budget.children.is_empty() || keeps_heap {
         budgets.insert(key.to_owned(), budget);
     } else {
         budgets.remove(key);

@@ -162,8 +162,10 @@ impl LoadedGate {
                 let budget = budget
                     .and_then(|budget| budget.children.get(&executable))
                     .cloned();
+                // Leaks only: a child's heap is not budgeted.
                 let judgement = judge(
                     &stacks,
+                    None,
                     budget.as_ref(),
                     &self.suppressions,
                     self.options.fail_on,

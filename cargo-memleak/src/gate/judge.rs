@@ -15,14 +15,25 @@ use crate::{
     report::{Amount, Stack},
 };
 
-/// What counts toward the gate.
+/// What counts toward the gate besides lost memory (definitely and indirectly lost), which
+/// always does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FailOn {
-    /// Lost memory (definitely and indirectly lost).
-    #[default]
-    Lost,
-    /// Lost memory, and still-reachable memory over its budget too.
-    Reachable,
+pub struct FailOn {
+    /// Still-reachable memory over its budget.
+    pub reachable: bool,
+    /// The heap's peak over its budget and the tolerance.
+    pub peak: bool,
+    /// More allocations than the budget and the tolerance.
+    pub allocations: bool,
+    /// How far a peak or an allocation count may exceed its budget and pass, in percent.
+    pub tolerance_percent: u32,
+}
+
+impl FailOn {
+    /// The most `budget` lets through with the tolerance.
+    pub fn allowed(self, budget: u64) -> u64 {
+        budget.saturating_add(budget.saturating_mul(u64::from(self.tolerance_percent)) / 100)
+    }
 }
 
 /// A run's leak figures after suppressions, and how they compare with the budget.
@@ -33,6 +44,8 @@ pub struct Judgement {
     pub reachable: Amount,
     /// Lost memory that matched a suppression.
     pub suppressed: Amount,
+    /// The heap's peak and allocation count, when they were measured.
+    pub heap: Option<HeapFigures>,
     /// Lost stacks by key, suppressions applied, largest first.
     pub stacks: Vec<KeyedStack>,
     /// Why the run is over budget; empty when within.
@@ -41,6 +54,13 @@ pub struct Judgement {
     /// each), for listing the unused ones.
     #[serde(skip)]
     pub used_suppressions: std::collections::BTreeSet<String>,
+}
+
+/// What a run's heap came to, as budgets count it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeapFigures {
+    pub peak_bytes: u64,
+    pub allocations: u64,
 }
 
 /// One way a run is over its budget. Serialized tagged by `kind`; `Display` is the sentence.
@@ -64,6 +84,20 @@ pub enum OverBudget {
     /// A stack lost memory and the budget, which lists stacks, does not list it.
     #[serde(rename = "unlisted_stack")]
     UnlistedStack { frames: Vec<String>, lost: Amount },
+    /// `--fail-on peak`: the heap's peak over the budget's `peak` and the tolerance.
+    #[serde(rename = "peak_over_budget")]
+    Peak {
+        peak: u64,
+        budget: u64,
+        allowed: u64,
+    },
+    /// `--fail-on allocations`: more allocations than the budget's and the tolerance.
+    #[serde(rename = "allocations_over_budget")]
+    Allocations {
+        allocations: u64,
+        budget: u64,
+        allowed: u64,
+    },
 }
 
 impl std::fmt::Display for OverBudget {
@@ -99,6 +133,24 @@ impl std::fmt::Display for OverBudget {
                 lost.blocks,
                 frames.join(" <- ")
             ),
+            OverBudget::Peak {
+                peak,
+                budget,
+                allowed,
+            } => write!(
+                f,
+                "peak heap {peak} bytes, over its budget of {budget} bytes ({allowed} with the \
+                 tolerance)"
+            ),
+            OverBudget::Allocations {
+                allocations,
+                budget,
+                allowed,
+            } => write!(
+                f,
+                "{allocations} allocations, over its budget of {budget} ({allowed} with the \
+                 tolerance)"
+            ),
         }
     }
 }
@@ -114,11 +166,15 @@ pub struct KeyedStack {
 /// `budget`.
 pub fn judge(
     stacks: &[Stack],
+    heap: Option<HeapFigures>,
     budget: Option<&Budget>,
     suppressions: &[Suppression],
     fail_on: FailOn,
 ) -> Judgement {
-    let mut judgement = Judgement::default();
+    let mut judgement = Judgement {
+        heap,
+        ..Judgement::default()
+    };
     let mut by_key: BTreeMap<Vec<String>, Amount> = BTreeMap::new();
     for stack in stacks {
         let amount = Amount {
@@ -162,11 +218,30 @@ pub fn judge(
         });
     }
     let reachable_budget = budget.reachable.unwrap_or_default();
-    if fail_on == FailOn::Reachable && over(judgement.reachable, reachable_budget) {
+    if fail_on.reachable && over(judgement.reachable, reachable_budget) {
         judgement.over_budget.push(OverBudget::Reachable {
             reachable: judgement.reachable,
             budget: reachable_budget,
         });
+    }
+    // A test without a budget for them may allocate nothing: absent is zero, as for leaks.
+    if let Some(heap) = heap {
+        let peak_budget = budget.peak.unwrap_or(0);
+        if fail_on.peak && heap.peak_bytes > fail_on.allowed(peak_budget) {
+            judgement.over_budget.push(OverBudget::Peak {
+                peak: heap.peak_bytes,
+                budget: peak_budget,
+                allowed: fail_on.allowed(peak_budget),
+            });
+        }
+        let allocations_budget = budget.allocations.unwrap_or(0);
+        if fail_on.allocations && heap.allocations > fail_on.allowed(allocations_budget) {
+            judgement.over_budget.push(OverBudget::Allocations {
+                allocations: heap.allocations,
+                budget: allocations_budget,
+                allowed: fail_on.allowed(allocations_budget),
+            });
+        }
     }
     if !budget.stacks.is_empty() {
         for stack in &judgement.stacks {
@@ -213,7 +288,15 @@ impl Judgement {
         Budget {
             children: BTreeMap::new(),
             lost: self.lost,
-            reachable: (fail_on == FailOn::Reachable).then_some(self.reachable),
+            reachable: fail_on.reachable.then_some(self.reachable),
+            peak: self
+                .heap
+                .filter(|_| fail_on.peak)
+                .map(|heap| heap.peak_bytes),
+            allocations: self
+                .heap
+                .filter(|_| fail_on.allocations)
+                .map(|heap| heap.allocations),
             stacks: self
                 .stacks
                 .iter()
@@ -228,7 +311,9 @@ impl Judgement {
 
     /// Whether blessing should record a budget at all (absent means zero).
     pub fn needs_budget(&self, fail_on: FailOn) -> bool {
-        self.lost.blocks > 0 || (fail_on == FailOn::Reachable && self.reachable.blocks > 0)
+        self.lost.blocks > 0
+            || (fail_on.reachable && self.reachable.blocks > 0)
+            || (self.heap.is_some() && (fail_on.peak || fail_on.allocations))
     }
 }
 
@@ -241,4 +326,61 @@ pub fn lost_stacks<'a>(
         stack.category != Some(Category::StillReachable)
             && !suppressions.iter().any(|s| s.matches(&stack.frames))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_and_allocation_budgets_have_a_tolerance_and_absent_is_zero() {
+        let fail_on = FailOn {
+            peak: true,
+            allocations: true,
+            tolerance_percent: 10,
+            ..FailOn::default()
+        };
+        assert_eq!(fail_on.allowed(1000), 1100);
+        assert_eq!(fail_on.allowed(u64::MAX), u64::MAX);
+        let budget = Budget {
+            peak: Some(1000),
+            allocations: Some(50),
+            ..Budget::default()
+        };
+        let heap = |peak_bytes, allocations| {
+            Some(HeapFigures {
+                peak_bytes,
+                allocations,
+            })
+        };
+        let over = |heap, budget, fail_on| judge(&[], heap, budget, &[], fail_on).over_budget;
+        assert!(over(heap(1100, 55), Some(&budget), fail_on).is_empty());
+        assert_eq!(
+            over(heap(1101, 56), Some(&budget), fail_on),
+            [
+                OverBudget::Peak {
+                    peak: 1101,
+                    budget: 1000,
+                    allowed: 1100
+                },
+                OverBudget::Allocations {
+                    allocations: 56,
+                    budget: 50,
+                    allowed: 55
+                }
+            ]
+        );
+        // Not gated: never over; gated without a budget: any heap is over.
+        assert!(over(heap(5000, 500), Some(&budget), FailOn::default()).is_empty());
+        assert_eq!(over(heap(1, 0), None, fail_on).len(), 1);
+        // Unmeasured (no heap figures): nothing to judge.
+        assert!(over(None, Some(&budget), fail_on).is_empty());
+        // Blessing writes what was measured, and only what is gated.
+        let judgement = judge(&[], heap(2048, 7), None, &[], fail_on);
+        let blessed = judgement.as_budget(FailOn {
+            allocations: false,
+            ..fail_on
+        });
+        assert_eq!((blessed.peak, blessed.allocations), (Some(2048), None));
+    }
 }

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::model::{
-    self, Alloc, Amount, CycleBlock, CycleKind, LeakSummary, LostCycle, Stack, StackOptions,
+    self, Alloc, Amount, CycleBlock, CycleKind, HeapUse, LeakSummary, LostCycle, Stack,
+    StackOptions,
 };
 use crate::{
     classify::{Category, Cycle},
@@ -58,6 +59,9 @@ pub struct Report {
     /// Roots the leak scan could not see while nothing was lost: they can only make memory
     /// look lost, so the result stands.
     pub unseen: Vec<Gap>,
+    /// Its heap over its life (`None`: not followed, as under `--sample-rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap: Option<HeapUse>,
     /// The processes it started that were followed, in the order they ended.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<ChildReport>,
@@ -194,6 +198,11 @@ pub fn build(run: &TracedRun, options: &Options) -> Report {
         dropped,
         incomplete: Reasons(incomplete),
         unseen: run.unseen.clone(),
+        heap: HeapUse::of(
+            run.trace.as_ref().and_then(|trace| trace.heap),
+            stacks_of,
+            &run.frames,
+        ),
         children: run
             .children
             .iter()

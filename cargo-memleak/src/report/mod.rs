@@ -21,8 +21,8 @@ pub mod text;
 
 pub use exit::{Options, Report, build};
 pub use model::{
-    Alloc, Amount, CycleBlock, CycleKind, LeakSummary, LostCycle, SortKey, Stack, StackOptions,
-    above_harness, is_allocation_plumbing, user_frames,
+    Alloc, Amount, CycleBlock, CycleKind, HeapUse, LeakSummary, LostCycle, SortKey, Stack,
+    StackOptions, above_harness, is_allocation_plumbing, user_frames,
 };
 pub use periodic::{PeriodicOptions, Snapshot, process_snapshot, snapshot};
 pub use text::{category_words, render_frame};

@@ -130,6 +130,39 @@ pub struct Stack {
     pub holds: Option<Amount>,
 }
 
+/// A process's heap over its life: the most it had outstanding at once, where that was
+/// reached, and what it allocated in all.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeapUse {
+    /// The most bytes it had outstanding at once (blocks recorded, as requested).
+    pub peak_bytes: u64,
+    /// The stack of the allocation that reached the peak; empty when unknown (a forked child
+    /// whose peak is the blocks it started with).
+    pub peak_stack: Vec<Frame>,
+    /// Blocks it was handed (each `malloc`, `calloc`, `realloc`, `mmap`, ...), and their bytes.
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+}
+
+impl HeapUse {
+    /// From a process's trace: `None` when its heap was not followed (sampled, the kernel's).
+    pub fn of(
+        heap: Option<crate::tracer::Heap>,
+        stacks: &HashMap<u64, Vec<u64>>,
+        frames: &HashMap<u64, Vec<Frame>>,
+    ) -> Option<Self> {
+        heap.map(|heap| Self {
+            peak_bytes: heap.peak_bytes,
+            peak_stack: match heap.peak_stack {
+                0 => Vec::new(),
+                id => stack_frames(stacks, frames, id),
+            },
+            allocations: heap.allocations,
+            allocated_bytes: heap.allocated_bytes,
+        })
+    }
+}
+
 /// Lost blocks that only point at each other: why they are lost although each is pointed at.
 #[derive(Clone, Debug, Serialize)]
 pub struct LostCycle {

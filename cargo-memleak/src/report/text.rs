@@ -11,7 +11,7 @@ use memleak_common::Counter;
 
 use super::{
     Report, Snapshot,
-    model::{Amount, CycleKind, LostCycle, Stack, above_harness},
+    model::{Amount, CycleKind, HeapUse, LostCycle, Stack, above_harness},
 };
 use crate::{classify::Category, incomplete::Reasons, scan::Gap, symbolize::Frame};
 
@@ -234,6 +234,22 @@ fn write_holds(out: &mut String, stack: &Stack) {
     }
 }
 
+/// A process's heap in words: `peak heap 1048576 bytes, reached at peaks::fill
+/// (tests/peaks.rs:9); 201 allocations of 1150000 bytes in all`.
+pub fn heap_line(heap: &HeapUse, workspace_root: Option<&std::path::Path>) -> String {
+    let site = match heap
+        .peak_stack
+        .get(super::model::user_frames(&heap.peak_stack).start)
+    {
+        Some(frame) => render_short_frame(frame, workspace_root),
+        None => "the blocks it started with".to_owned(),
+    };
+    format!(
+        "peak heap {} bytes, reached at {site}; {} allocations of {} bytes in all",
+        heap.peak_bytes, heap.allocations, heap.allocated_bytes
+    )
+}
+
 /// How many of a cycle's blocks and sites a line names before it counts the rest.
 const CYCLE_SHOWN: usize = 4;
 
@@ -382,8 +398,12 @@ pub fn render_exit(report: &Report, layout: Layout) -> String {
             out.push('\n');
         }
         Layout::Short(style) => {
-            let (outcome, tracing) = summary_lines(report, style.workspace_root.as_deref());
+            let root = style.workspace_root.as_deref();
+            let (outcome, tracing) = summary_lines(report, root);
             let _ = writeln!(out, "{outcome}\n{tracing}");
+            if let Some(heap) = &report.heap {
+                let _ = writeln!(out, "memleak: {}", heap_line(heap, root));
+            }
         }
     }
     for cycle in &report.cycles {

@@ -13,7 +13,7 @@ use crate::{
     gate::{self, Budget, ChildVerdict, Judgement, OverBudget},
     incomplete::{self, Incomplete, Reasons},
     outcome::Signal,
-    report::{Amount, LeakSummary, LostCycle, Stack},
+    report::{Amount, HeapUse, LeakSummary, LostCycle, Stack},
     scan::Gap,
     session::{Timings, UnfollowedChildren},
     spawn::ExitStatus,
@@ -174,6 +174,8 @@ pub struct TestResult {
     pub stacks: Vec<Stack>,
     /// The lost blocks that only point at each other (the report's).
     pub cycles: Vec<LostCycle>,
+    /// Its heap over its life: peak, where it was reached, allocations.
+    pub heap: Option<HeapUse>,
     #[serde(flatten)]
     pub incomplete: Reasons,
     /// Roots the scan could not see while nothing was lost (they cannot change the result).

@@ -375,6 +375,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         leak_summary: LeakSummary::default(),
         stacks: Vec::new(),
         cycles: Vec::new(),
+        heap: None,
         incomplete: Reasons::default(),
         unseen: Vec::new(),
         budget,
@@ -420,6 +421,7 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         .cloned()
         .collect();
     result.cycles = report.cycles.clone();
+    result.heap = report.heap.clone();
 
     let failures = &mut result.failures.0;
     if run.timed_out {

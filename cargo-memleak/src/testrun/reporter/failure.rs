@@ -5,10 +5,11 @@
 use std::fmt::Write as _;
 
 use crate::{
-    gate::ChildVerdict,
+    gate::{ChildVerdict, OverBudget},
     report::{
         Amount, LeakSummary, LostCycle, Stack,
-        text::{Short, cycle_line, write_amount, write_test_stack},
+        text::{Short, cycle_line, heap_line, render_short_frame, write_amount, write_test_stack},
+        user_frames,
     },
     testrun::TestResult,
 };
@@ -143,6 +144,22 @@ pub fn failure_message(
         top,
         style,
     );
+    if let Some(heap) = &result.heap {
+        let root = style.workspace_root.as_deref();
+        let _ = writeln!(out, "memleak: {}", heap_line(heap, root));
+        let over_peak = result
+            .judgement
+            .over_budget
+            .iter()
+            .any(|over| matches!(over, OverBudget::Peak { .. }));
+        if over_peak && !heap.peak_stack.is_empty() {
+            let _ = writeln!(out, "\tthe peak was reached by the allocation from");
+            let shown = user_frames(&heap.peak_stack);
+            for frame in &heap.peak_stack[shown] {
+                let _ = writeln!(out, "\t\t{}", render_short_frame(frame, root));
+            }
+        }
+    }
     for child in &result.children {
         write_child(&mut out, child, top, style);
     }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use super::{Reporter, TestEvent};
-use crate::{error::Result, symbolize::Frame, testrun::TestResult};
+use crate::{error::Result, gate::OverBudget, symbolize::Frame, testrun::TestResult};
 
 /// Where a leak was made, relative to the repository.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,10 +56,22 @@ impl Github {
     }
 
     /// The first frame of `result`'s biggest lost stack inside the repository (and not in a
-    /// build directory), relative to it.
+    /// build directory), relative to it; without one, and over its peak budget, the first
+    /// frame of the peak's stack there.
     pub fn location(&self, result: &TestResult) -> Option<Location> {
-        let stack = result.stacks.iter().max_by_key(|stack| stack.bytes)?;
-        stack.frames.iter().find_map(|frame| self.relative(frame))
+        let frames = match result.stacks.iter().max_by_key(|stack| stack.bytes) {
+            Some(stack) => &stack.frames,
+            None if result
+                .judgement
+                .over_budget
+                .iter()
+                .any(|over| matches!(over, OverBudget::Peak { .. })) =>
+            {
+                &result.heap.as_ref()?.peak_stack
+            }
+            None => return None,
+        };
+        frames.iter().find_map(|frame| self.relative(frame))
     }
 
     fn relative(&self, frame: &Frame) -> Option<Location> {

@@ -111,6 +111,15 @@ fn junit(
         let time = Duration::from_secs_f64(result.duration_ms / 1e3);
         total += time;
         case.set_classname(result.binary_id.clone()).set_time(time);
+        if let Some(heap) = &result.heap {
+            for (name, value) in [
+                ("memleak.peak_bytes", heap.peak_bytes),
+                ("memleak.allocations", heap.allocations),
+                ("memleak.allocated_bytes", heap.allocated_bytes),
+            ] {
+                case.add_property(quick_junit::Property::new(name, value.to_string()));
+            }
+        }
         if let Some(output) = &result.output {
             case.set_system_out_lossy(output.as_bytes());
         }
