@@ -490,7 +490,8 @@ pub struct GateArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lost")]
     pub fail_on: Vec<FailOnArg>,
     /// How far a peak or an allocation count may exceed its budget and still pass: a
-    /// percentage (`10%` or `10`).
+    /// percentage (`10%` or `10`), and never less than 64 KiB of peak or 64 allocations
+    /// (libtest's own threads move a test's figures a little); `0%` allows nothing more.
     #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
     pub tolerance: u32,
     /// Report an incomplete trace (drops, unreadable memory) but do not fail for it.

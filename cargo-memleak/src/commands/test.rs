@@ -211,7 +211,7 @@ fn bless(
         }
         Blessing::Written { budgets } => {
             eprintln!(
-                "memleak: blessed {}: {budgets} tests with leak budgets",
+                "memleak: blessed {}: {budgets} tests with budgets",
                 gate.path.display()
             );
             Ok(outcome)
