@@ -53,9 +53,9 @@ use aya_ebpf::{
 };
 use memleak_common::{
     AllocInfo, AllocKey, CallKind, Cookie, Counter, EntryPoint, HANDOVER_SIGNAL, KERNEL_TGID,
-    KernelFields, NestedMmap, OWN_ALLOCS_FLAGS, OWN_STACKS_FLAGS, PAGE_KEY_BASE, PendingCall,
-    ProcessLive, ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal, ThreadCalls,
-    TraceConfig, TraceEvent,
+    KernelFields, NO_SLOT, NestedMmap, OWN_ALLOCS_FLAGS, OWN_STACKS_FLAGS, PAGE_KEY_BASE,
+    PendingCall, ProcessLive, ProcessStats, SLOTS, STACK_DEPTH, StackFrames, StackKey, StackTotal,
+    ThreadCalls, TraceConfig, TraceEvent,
 };
 
 // A process's own maps are created by userspace, at the sizes it chooses (the kernel does not
@@ -507,6 +507,25 @@ impl Process {
         }
         // SAFETY: the value is copied out at once.
         unsafe { ALLOCS.get(&self.shared_key(addr)) }.copied()
+    }
+
+    /// Whether its live heap is followed (not the kernel's, which has no slot; not with
+    /// `--no-peak`).
+    #[inline(always)]
+    fn follows_heap(&self) -> bool {
+        flag(TraceConfig::HEAP) && self.slot() != NO_SLOT
+    }
+
+    /// Forgets an outstanding block without reading it first (its heap not followed); false
+    /// when it was not outstanding.
+    #[inline(always)]
+    fn remove_block(&self, addr: u64) -> bool {
+        if let Some(own) = OWN_ALLOCS.get(self.slot())
+            && own.remove(&addr).is_ok()
+        {
+            return true;
+        }
+        ALLOCS.remove(&self.shared_key(addr)).is_ok()
     }
 
     /// Takes an outstanding block's record out, and the block out of the live heap.
@@ -997,6 +1016,14 @@ fn record_with_stack<C: EbpfContext>(
 /// caller counts that, as it alone knows what it means.
 #[inline(always)]
 fn release(process: &Process, addr: u64) -> bool {
+    // Nothing needs its size: a delete alone.
+    if !flag(TraceConfig::COMBINED | TraceConfig::TRACE) && !process.follows_heap() {
+        let found = process.remove_block(addr);
+        if found {
+            process.count(Counter::Frees);
+        }
+        return found;
+    }
     let Some(info) = process.take_block(addr) else {
         return false;
     };
