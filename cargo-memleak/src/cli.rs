@@ -246,9 +246,9 @@ pub struct RecordArgs {
     /// report at exit is not classified. Not for `test` or `run`.
     #[arg(long)]
     pub combined_only: bool,
-    /// Do not follow the heap's peak (two atomic operations per allocation and one per free
-    /// less): no peak, allocation or allocated-bytes figures, and no peak or allocation
-    /// budgets to gate.
+    /// Do not follow the heap's peak (an atomic add and a look at the peak per allocation,
+    /// and a read of the block and an atomic add per free, less): no peak, allocation or
+    /// allocated-bytes figures, and no peak or allocation budgets to gate.
     #[arg(long)]
     pub no_peak: bool,
 }
@@ -492,7 +492,7 @@ pub struct GateArgs {
     /// How far a peak or an allocation count may exceed its budget and still pass: a
     /// percentage (`10%` or `10`), and never less than 64 KiB of peak or 64 allocations
     /// (libtest's own threads move a test's figures a little); `0%` allows nothing more.
-    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_TOLERANCE, value_parser = parse_percent)]
     pub tolerance: u32,
     /// Report an incomplete trace (drops, unreadable memory) but do not fail for it.
     #[arg(long)]
@@ -502,6 +502,9 @@ pub struct GateArgs {
     #[arg(long)]
     pub bless: bool,
 }
+
+/// `--tolerance`'s default, in percent.
+const DEFAULT_TOLERANCE: u32 = 10;
 
 /// `--tolerance`: a whole percentage, `10%` or `10`, up to 1000.
 fn parse_percent(text: &str) -> std::result::Result<u32, String> {
@@ -553,7 +556,7 @@ impl GateArgs {
         let mut args = Vec::new();
         if !gated.is_empty() {
             args.extend(["--fail-on".to_owned(), gated.join(",")]);
-            if (fail_on.peak || fail_on.allocations) && self.tolerance != 10 {
+            if (fail_on.peak || fail_on.allocations) && self.tolerance != DEFAULT_TOLERANCE {
                 args.extend(["--tolerance".to_owned(), format!("{}%", self.tolerance)]);
             }
         }

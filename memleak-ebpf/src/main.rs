@@ -463,13 +463,19 @@ impl Process {
         inserted
     }
 
+    /// Its live heap, when it is followed.
+    #[inline(always)]
+    fn live(&self) -> Option<*mut ProcessLive> {
+        if !self.follows_heap() {
+            return None;
+        }
+        LIVE.get_ptr_mut(self.slot())
+    }
+
     /// A block joins the live heap: its bytes are added, and the peak raised to the sum.
     #[inline(always)]
     fn live_add(&self, info: &AllocInfo) {
-        if !flag(TraceConfig::HEAP) {
-            return;
-        }
-        let Some(live) = LIVE.get_ptr_mut(self.slot()) else {
+        let Some(live) = self.live() else {
             return;
         };
         // SAFETY: the array's value lives as long as the map, and is only updated atomically.
@@ -486,10 +492,7 @@ impl Process {
     /// A block leaves the live heap.
     #[inline(always)]
     fn live_sub(&self, info: &AllocInfo) {
-        if !flag(TraceConfig::HEAP) {
-            return;
-        }
-        let Some(live) = LIVE.get_ptr_mut(self.slot()) else {
+        let Some(live) = self.live() else {
             return;
         };
         // SAFETY: as in live_add.

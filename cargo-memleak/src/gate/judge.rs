@@ -13,6 +13,7 @@ use super::{Budget, StackBudget, Suppression, stack_key};
 use crate::{
     classify::Category,
     report::{Amount, Stack},
+    tracer::Heap,
 };
 
 /// What counts toward the gate besides lost memory (definitely and indirectly lost), which
@@ -66,7 +67,8 @@ pub struct Judgement {
     /// Lost memory that matched a suppression.
     pub suppressed: Amount,
     /// The heap's peak and allocation count, when they were measured.
-    pub heap: Option<HeapFigures>,
+    #[serde(skip)]
+    pub heap: Option<Heap>,
     /// Lost stacks by key, suppressions applied, largest first.
     pub stacks: Vec<KeyedStack>,
     /// Why the run is over budget; empty when within.
@@ -75,13 +77,6 @@ pub struct Judgement {
     /// each), for listing the unused ones.
     #[serde(skip)]
     pub used_suppressions: std::collections::BTreeSet<String>,
-}
-
-/// What a run's heap came to, as budgets count it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct HeapFigures {
-    pub peak_bytes: u64,
-    pub allocations: u64,
 }
 
 /// One way a run is over its budget. Serialized tagged by `kind`; `Display` is the sentence.
@@ -187,7 +182,7 @@ pub struct KeyedStack {
 /// `budget`.
 pub fn judge(
     stacks: &[Stack],
-    heap: Option<HeapFigures>,
+    heap: Option<Heap>,
     budget: Option<&Budget>,
     suppressions: &[Suppression],
     fail_on: FailOn,
@@ -379,9 +374,10 @@ mod tests {
             ..Budget::default()
         };
         let heap = |peak_bytes, allocations| {
-            Some(HeapFigures {
+            Some(Heap {
                 peak_bytes,
                 allocations,
+                ..Heap::default()
             })
         };
         let over = |heap, budget, fail_on| judge(&[], heap, budget, &[], fail_on).over_budget;

@@ -21,7 +21,7 @@ pub use baseline::{
 };
 pub use bless::{Blessing, Measured};
 pub use children::{ChildProcess, ChildVerdict, Fate, child_over_budget};
-pub use judge::{FailOn, HeapFigures, Judgement, KeyedStack, OverBudget, judge, lost_stacks};
+pub use judge::{FailOn, Judgement, KeyedStack, OverBudget, judge, lost_stacks};
 pub use suppressions::{
     BUILTIN_SUPPRESSIONS, Suppression, builtin_suppressions, read_suppressions,
 };
@@ -97,13 +97,9 @@ impl LoadedGate {
                 show_reachable: true,
             },
         );
-        let heap = report.heap.as_ref().map(|heap| judge::HeapFigures {
-            peak_bytes: heap.peak_bytes,
-            allocations: heap.allocations,
-        });
         let judgement = judge(
             &report.stacks,
-            heap,
+            run.trace.as_ref().and_then(|trace| trace.heap),
             budget,
             &self.suppressions,
             self.options.fail_on,
