@@ -1063,7 +1063,7 @@ pub struct TestSelectionArgs {
     /// Test all packages in the workspace.
     #[arg(long, help_heading = "Package selection")]
     pub workspace: bool,
-    /// Test all targets (lib, bins, tests, examples; doc tests are never run).
+    /// Test all targets (lib, bins, tests, examples; not the doc tests, as in cargo).
     #[arg(long, help_heading = "Target selection")]
     pub all_targets: bool,
     /// Exclude packages from the test (with --workspace).
@@ -1090,6 +1090,13 @@ pub struct TestSelectionArgs {
     /// Test only the specified example.
     #[arg(long, value_name = "NAME", help_heading = "Target selection")]
     pub example: Vec<String>,
+    /// Test only the libraries' documentation (doc tests also run when no target is named).
+    #[arg(
+        long,
+        help_heading = "Target selection",
+        conflicts_with_all = ["all_targets", "lib", "bins", "bin", "tests", "test", "examples", "example"]
+    )]
+    pub doc: bool,
 }
 
 /// Which tests run, as `cargo test` takes it after the options.
@@ -1210,6 +1217,7 @@ impl TestSelectionArgs {
             test: self.test.clone(),
             examples: self.examples,
             example: self.example.clone(),
+            doc: self.doc,
         }
     }
 }

@@ -69,6 +69,9 @@ pub enum Error {
     #[error("cargo build failed{}", if detail.is_empty() { String::new() } else { format!(": {detail}") })]
     Build { detail: String },
 
+    #[error("collecting doc tests: {0}")]
+    DocTests(String),
+
     #[error("{0}")]
     Selection(String),
 
@@ -115,7 +118,7 @@ impl Error {
             | Error::Attach { .. }
             | Error::Tracefs { .. } => &outcome::UNAVAILABLE,
             Error::Metadata { .. } => &outcome::METADATA_FAILED,
-            Error::Build { .. } => &outcome::BUILD_FAILED,
+            Error::Build { .. } | Error::DocTests(_) => &outcome::BUILD_FAILED,
             Error::Selection(_) => &outcome::USAGE,
             Error::Baseline { .. } | Error::GateFile { .. } => &outcome::BAD_BASELINE,
             Error::Listing { .. } => &outcome::LISTING_FAILED,

@@ -37,6 +37,17 @@ use std::{ffi::OsString, process::ExitCode};
 /// its exit code (see [`outcome`]); an error is printed on stderr first.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args: Vec<OsString> = args.into_iter().collect();
+    // A merged doc test binary probed for its tests' numbers (see build::doctests).
+    if std::env::var_os(build::doctests::PROBE_VAR).is_some() {
+        return build::doctests::serve_probe();
+    }
+    // rustdoc's runner for a doc test being collected (see build::doctests).
+    if args
+        .get(1)
+        .is_some_and(|arg| arg == build::doctests::COLLECT_ARGUMENT)
+    {
+        return build::doctests::serve_collect(&args);
+    }
     // A test run's spawner (see spawn::spawner): this binary again, started by the run.
     if args
         .get(1)

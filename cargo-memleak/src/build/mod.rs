@@ -6,6 +6,7 @@
 //! from cargo's JSON messages, never from guessing paths; each runs with the environment
 //! cargo would give it ([`environment`]).
 
+pub mod doctests;
 mod environment;
 
 use std::{
@@ -85,6 +86,37 @@ pub struct TestSelection {
     pub examples: bool,
     /// Test only the specified example.
     pub example: Vec<String>,
+    /// `--doc`: test only the libraries' documentation.
+    pub doc: bool,
+}
+
+impl TestSelection {
+    /// Whether doc tests run, as cargo decides it: with `--doc`, or when no target is named.
+    pub fn doc_tests(&self) -> bool {
+        self.doc
+            || !(self.all_targets
+                || self.lib
+                || self.bins
+                || self.tests
+                || self.examples
+                || !self.bin.is_empty()
+                || !self.test.is_empty()
+                || !self.example.is_empty())
+    }
+
+    /// `--package`, `--workspace` and `--exclude`, as given.
+    fn packages(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.workspace {
+            args.push("--workspace".to_owned());
+        }
+        for (name, values) in [("--package", &self.package), ("--exclude", &self.exclude)] {
+            for value in values {
+                args.extend([name.to_owned(), value.clone()]);
+            }
+        }
+        args
+    }
 }
 
 /// A built executable and what `cargo run` would tell it about its package.
@@ -100,6 +132,18 @@ pub struct Executable {
     pub env: Vec<(OsString, OsString)>,
     /// Its package's binaries, for a test.
     pub bins: Vec<PathBuf>,
+    /// How its tests are listed and run.
+    pub harness: Harness,
+}
+
+/// How an executable's tests are listed and run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Harness {
+    /// libtest's (or a custom harness keeping its contract): `--list`, `--exact NAME`.
+    #[default]
+    Libtest,
+    /// Doc tests collected from rustdoc ([`doctests`]), listed by it.
+    DocTests(Vec<doctests::DocTest>),
 }
 
 /// What cargo built, and where the workspace is.
@@ -160,30 +204,40 @@ impl BuildOptions {
         })
     }
 
-    /// Runs `cargo <subcommand> <selection>` with frame pointers and returns the executables
-    /// it reported.
-    fn cargo(
-        &self,
-        metadata: &Metadata,
-        subcommand: &[&str],
-        selection: &[String],
-        run_as: Option<&RunAs>,
-    ) -> Result<(Vec<Artifact>, Environment)> {
-        let target_dir = self.target_dir.clone().unwrap_or_else(|| {
+    /// The target directory of cargo-memleak's builds: `--target-dir`, else `memleak` in
+    /// cargo's.
+    pub(crate) fn target_directory(&self, metadata: &Metadata) -> PathBuf {
+        self.target_dir.clone().unwrap_or_else(|| {
             metadata
                 .target_directory
                 .join("memleak")
                 .into_std_path_buf()
-        });
+        })
+    }
+
+    /// `cargo <subcommand> <selection>` with this build's flags, target dir and frame
+    /// pointers, as `run_as`; `json` asks for cargo's JSON messages on stdout.
+    pub(crate) fn cargo_command(
+        &self,
+        metadata: &Metadata,
+        subcommand: &[&str],
+        selection: &[String],
+        json: bool,
+        run_as: Option<&RunAs>,
+    ) -> Command {
         let mut command = Command::new(user::cargo(run_as));
         user::apply(&mut command, run_as);
         command.args(subcommand);
-        command.arg("--message-format=json-render-diagnostics");
+        if json {
+            command.arg("--message-format=json-render-diagnostics");
+        }
         if let Some(path) = &self.manifest_path {
             command.arg("--manifest-path").arg(path);
         }
         command.args(self.lock_flags());
-        command.arg("--target-dir").arg(&target_dir);
+        command
+            .arg("--target-dir")
+            .arg(self.target_directory(metadata));
         command.args(selection);
         if !self.features.is_empty() {
             command.args(["--features", &self.features.join(",")]);
@@ -200,10 +254,25 @@ impl BuildOptions {
         if let Some(profile) = &self.profile {
             command.args(["--profile", profile]);
         }
-        instrument(
-            &mut command,
-            self.release || self.profile.as_deref() == Some("release"),
-        );
+        instrument(&mut command, self.optimized());
+        command
+    }
+
+    /// Whether the profile is release (which has no line tables by default).
+    fn optimized(&self) -> bool {
+        self.release || self.profile.as_deref() == Some("release")
+    }
+
+    /// Runs `cargo <subcommand> <selection>` with frame pointers and returns the executables
+    /// it reported.
+    fn cargo(
+        &self,
+        metadata: &Metadata,
+        subcommand: &[&str],
+        selection: &[String],
+        run_as: Option<&RunAs>,
+    ) -> Result<(Vec<Artifact>, Environment)> {
+        let mut command = self.cargo_command(metadata, subcommand, selection, true, run_as);
         command.stdout(Stdio::piped()).stderr(Stdio::inherit());
 
         let mut child = command.spawn().map_err(|source| Error::Io {
@@ -429,6 +498,7 @@ fn executable(
         package_dir,
         bins,
         env,
+        harness: Harness::Libtest,
     }
 }
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    build::{BuildOptions, TestSelection},
+    build::{BuildOptions, Built, TestSelection, doctests},
     error::Result,
     fsutil,
     gate::{Blessing, LoadedGate, Measured, StaleEntry},
@@ -74,9 +74,27 @@ pub fn test(options: &Options) -> Result<Outcome> {
         .iter()
         .map(|package| package.name.to_string())
         .collect();
-    let built = options
-        .build
-        .build_tests(&metadata, &options.selection, run_as)?;
+    // `--doc` builds only what the doc tests need, which `cargo test --doc` does.
+    let mut built = if options.selection.doc {
+        Built {
+            executables: Vec::new(),
+            workspace_root: workspace_root.clone(),
+        }
+    } else {
+        options
+            .build
+            .build_tests(&metadata, &options.selection, run_as)?
+    };
+    // Doc tests are compiled by rustdoc, as cargo runs it; `--no-run` compiles none (as in
+    // cargo).
+    if options.selection.doc_tests() && options.mode != Mode::NoRun {
+        built.executables.extend(doctests::collect(
+            &options.build,
+            &metadata,
+            &options.selection,
+            run_as,
+        )?);
+    }
     let (Some(mut tracer), Mode::Run) = (tracer, options.mode) else {
         if options.mode == Mode::List {
             let listed = list::list_all(built.executables, run_as)?;
@@ -91,6 +109,7 @@ pub fn test(options: &Options) -> Result<Outcome> {
         built
             .executables
             .iter()
+            .filter(|executable| !executable.path.as_os_str().is_empty())
             .flat_map(|executable| {
                 std::iter::once(executable.path.clone()).chain(executable.bins.iter().cloned())
             })

@@ -402,6 +402,13 @@ fn is_runtime_entry(symbol: &str) -> bool {
     PREFIXES.iter().any(|prefix| symbol.starts_with(prefix))
         || NAMES.contains(&symbol)
         || is_kernel_entry(symbol)
+        || is_merged_doctest_entry(symbol)
+}
+
+/// rustdoc's entry into one of the doc tests it merged (edition 2024): what calls the doc
+/// test's `main`, from its own harness.
+fn is_merged_doctest_entry(symbol: &str) -> bool {
+    symbol.starts_with("doctest_bundle_20") && symbol.ends_with("::__main_fn")
 }
 
 /// Whether a kernel function is where the kernel was entered: a system call's entry, or a

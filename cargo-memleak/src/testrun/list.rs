@@ -11,7 +11,7 @@ use std::{
 
 use super::TestFilters;
 use crate::{
-    build::Executable,
+    build::{Executable, Harness, doctests::DocRun},
     error::{Error, Result},
     user::{self, RunAs},
 };
@@ -55,8 +55,15 @@ pub fn list_all(executables: Vec<Executable>, run_as: Option<&RunAs>) -> Result<
     })
 }
 
-/// `BIN --list --format terse` (and `--ignored`): every test, and whether it is ignored.
+/// `BIN --list --format terse` (and `--ignored`): every test, and whether it is ignored; doc
+/// tests as rustdoc reported them.
 fn list(binary: &Executable, run_as: Option<&RunAs>) -> Result<Vec<(String, bool)>> {
+    if let Harness::DocTests(tests) = &binary.harness {
+        return Ok(tests
+            .iter()
+            .map(|test| (test.name.clone(), test.run == DocRun::Ignored))
+            .collect());
+    }
     let run = |extra: &[&str]| -> Result<Vec<String>> {
         let mut command = std::process::Command::new(&binary.path);
         command

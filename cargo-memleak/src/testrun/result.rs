@@ -34,6 +34,11 @@ pub enum Failure {
     },
     /// The test itself failed: a non-zero exit or a signal.
     TestFailed { exit: ExitStatus },
+    /// A `should_panic` doc test exited successfully.
+    DidNotPanic,
+    /// rustdoc failed the doc test itself: it did not compile, or a `compile_fail` one did
+    /// (rustdoc's text is the test's output).
+    Rustdoc,
     /// Its trace is incomplete (and `--allow-incomplete` was not given).
     Incomplete { reasons: Vec<Incomplete> },
     /// The processes it started that ran `executable` lost more than their budget.
@@ -56,7 +61,10 @@ impl Failure {
     /// Whether the test failed by itself (its exit status or its timeout) rather than by a
     /// verdict of cargo-memleak's: what `--retries` runs again.
     pub fn by_the_test(&self) -> bool {
-        matches!(self, Failure::TestFailed { .. } | Failure::TimedOut { .. })
+        matches!(
+            self,
+            Failure::TestFailed { .. } | Failure::TimedOut { .. } | Failure::DidNotPanic
+        )
     }
 
     /// Whether this failure leaves what the test lost unknown (everything but a budget
@@ -79,6 +87,10 @@ impl std::fmt::Display for Failure {
                 after.as_secs_f64()
             ),
             Failure::TestFailed { exit } => write!(f, "the test failed: {exit}"),
+            Failure::DidNotPanic => {
+                f.write_str("the doc test is should_panic but exited successfully")
+            }
+            Failure::Rustdoc => f.write_str("rustdoc failed it (see its output)"),
             Failure::Incomplete { reasons } => write!(
                 f,
                 "the trace is incomplete ({}); --allow-incomplete accepts that",

@@ -29,6 +29,10 @@ use super::{
     result::TestTimings,
 };
 use crate::{
+    build::{
+        Harness,
+        doctests::{self, DocRun},
+    },
     error::Result,
     gate::{self, Judgement, LoadedGate},
     incomplete::Reasons,
@@ -337,17 +341,34 @@ fn run_retried(shared: &Shared, case: &TestCase, stop: &AtomicBool) -> TestResul
 fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     let options = shared.options;
     let gate = shared.gate;
-    let mut args: Vec<OsString> = vec![
-        "--exact".into(),
-        case.name.clone().into(),
-        "--nocapture".into(),
-    ];
-    if case.ignored {
-        args.push("--ignored".into());
-    }
+    let doc_test = match &case.binary.harness {
+        Harness::Libtest => None,
+        Harness::DocTests(tests) => tests.iter().find(|test| test.name == case.name),
+    };
+    let (args, extra_env): (Vec<OsString>, Vec<(OsString, OsString)>) =
+        match doc_test.map(|test| &test.run) {
+            None => {
+                let mut args: Vec<OsString> = vec![
+                    "--exact".into(),
+                    case.name.clone().into(),
+                    "--nocapture".into(),
+                ];
+                if case.ignored {
+                    args.push("--ignored".into());
+                }
+                (args, Vec::new())
+            }
+            Some(DocRun::Alone { .. }) => (Vec::new(), Vec::new()),
+            Some(DocRun::Merged { index, .. }) => (
+                Vec::new(),
+                vec![(doctests::RUN_NB_TEST.into(), index.to_string().into())],
+            ),
+            Some(DocRun::Rustdoc { .. } | DocRun::Ignored) => (Vec::new(), Vec::new()),
+        };
     let mut command = Command::new(case.binary.path.clone().into_os_string(), args);
     command.cwd = Some(case.binary.package_dir.clone());
     command.env = case.binary.env.clone();
+    command.env.extend(extra_env);
     command.isolated = true;
     command.timeout = options.timeout;
     command.follow = shared.follow.clone();
@@ -387,10 +408,27 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         attempts: 1,
         earlier_attempts: Vec::new(),
     };
+    match doc_test.map(|test| &test.run) {
+        Some(DocRun::Rustdoc { passed, text }) => {
+            // Compiled only, or not compiled: rustdoc's verdict, nothing traced.
+            if !passed {
+                result.failures.0.push(Failure::Rustdoc);
+            }
+            result.output = (!text.is_empty()).then(|| text.clone());
+            return result;
+        }
+        Some(DocRun::Ignored) => {
+            result.failures.0.push(Failure::NotRun {
+                error: "rustdoc compiles no `ignore` doc test; cargo memleak runs none".into(),
+            });
+            return result;
+        }
+        _ => {}
+    }
     let start = Instant::now();
     let traced = SYMBOLIZER.with(|symbolizer| session::trace(shared.tracer, symbolizer, &command));
     result.duration_ms = start.elapsed().as_secs_f64() * 1e3;
-    let run = match traced {
+    let mut run = match traced {
         Ok(run) => run,
         Err(err) => {
             result.failures.0.push(Failure::NotRun {
@@ -399,6 +437,14 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
             return result;
         }
     };
+    if let Some(test) = doc_test {
+        doctests::place_frames(
+            run.frames.values_mut().flatten(),
+            test,
+            &case.binary.path,
+            &case.binary.package_dir,
+        );
+    }
     let judging = Instant::now();
     let (report, judgement) = gate.judge(&run, result.budget.as_ref());
     result.exit = Some(run.status.clone());
@@ -428,6 +474,14 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         failures.push(Failure::TimedOut {
             after: options.timeout.unwrap_or_default(),
         });
+    } else if let Some(test) = doc_test {
+        match (test.run.passed(run.status.success()), run.status.success()) {
+            (true, _) => {}
+            (false, true) => failures.push(Failure::DidNotPanic),
+            (false, false) => failures.push(Failure::TestFailed {
+                exit: run.status.clone(),
+            }),
+        }
     } else if !run.status.success() {
         failures.push(Failure::TestFailed {
             exit: run.status.clone(),

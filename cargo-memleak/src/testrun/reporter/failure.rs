@@ -77,6 +77,7 @@ pub fn rerun_command(binary_id: &str, test: &str, ignored: bool, rerun_args: &[S
     let (package, target) = binary_id.split_once("::").unwrap_or((binary_id, ""));
     let target = match target.split_once('/') {
         None if target.is_empty() => "--lib".to_owned(),
+        None if target == crate::build::doctests::DOC_TESTS => "--doc".to_owned(),
         None => format!("--test {}", quote(target)),
         Some((kind, name)) => format!("--{kind} {}", quote(name)),
     };
