@@ -67,6 +67,8 @@ pub fn binary_id(package: &str) -> String {
 pub struct DocTest {
     /// As `cargo test` prints it: `src/lib.rs - Bytes::slice (line 42)`.
     pub name: String,
+    /// Its budget's key in the baseline (see [`budget_keys`]).
+    pub key: String,
     pub run: DocRun,
 }
 
@@ -442,6 +444,7 @@ impl Session {
                             bins: Vec::new(),
                             harness: Harness::DocTests(vec![DocTest {
                                 name: result.name.clone(),
+                                key: String::new(),
                                 run: DocRun::Alone {
                                     // Collected tests "succeed": only a should_panic one fails.
                                     should_panic: verdict != "ok",
@@ -465,6 +468,7 @@ impl Session {
                 };
                 verdicts.push(DocTest {
                     name: result.name.clone(),
+                    key: String::new(),
                     run,
                 });
             }
@@ -511,12 +515,38 @@ impl Session {
                 ),
             ));
         }
+        key_by_place(&mut executables);
         if !success && sections.is_empty() {
             return Err(Error::Build {
                 detail: last_error(&self.text),
             });
         }
         Ok(executables)
+    }
+}
+
+/// Gives every doc test its budget key, among the doc tests of its package.
+fn key_by_place(executables: &mut [Executable]) {
+    let mut ids: Vec<String> = executables
+        .iter()
+        .map(|executable| executable.id.clone())
+        .collect();
+    ids.dedup();
+    for id in ids {
+        let mut tests: Vec<&mut DocTest> = executables
+            .iter_mut()
+            .filter(|executable| executable.id == id)
+            .filter_map(|executable| match &mut executable.harness {
+                Harness::DocTests(tests) => Some(tests),
+                Harness::Libtest => None,
+            })
+            .flatten()
+            .collect();
+        let names: Vec<String> = tests.iter().map(|test| test.name.clone()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        for (test, key) in tests.iter_mut().zip(budget_keys(&names)) {
+            test.key = key;
+        }
     }
 }
 
@@ -597,6 +627,7 @@ fn probe_merged(
         };
         tests.push(DocTest {
             name: result.name.clone(),
+            key: String::new(),
             run,
         });
     }
@@ -737,7 +768,9 @@ pub fn place_frames<'a>(
     // rustdoc names the file as cargo gave it: from the package, or from the workspace.
     let Some((path, source)) = package_dir.ancestors().find_map(|dir| {
         let path = dir.join(file);
-        std::fs::read_to_string(&path).ok().map(|source| (path, source))
+        std::fs::read_to_string(&path)
+            .ok()
+            .map(|source| (path, source))
     }) else {
         return;
     };
@@ -789,11 +822,64 @@ pub fn place_frames<'a>(
         };
         // The wrapper's call, on a line of the program only: the doc test's fence.
         let placed = placed.or_else(|| (wrapped && symbol == "rust_out::main").then_some(fence));
+        if let Some(renamed) = stable_symbol(symbol) {
+            frame.symbol = Some(renamed);
+        }
         if let Some(number) = placed {
             frame.file = Some(path.to_string_lossy().into_owned());
             frame.line = Some(number as u32);
         }
     }
+}
+
+/// The doc test's own functions under one name whatever its edition and place: rustdoc names
+/// them after the doc test's line (`rust_out::main::_doctest_main_src_lib_rs_15_0`) or number
+/// among the merged ones (`doctest_bundle_2024::__doctest_3::main`), which an edit elsewhere
+/// changes; as `doctest::main`, a budget's stacks survive it.
+fn stable_symbol(symbol: &str) -> Option<String> {
+    if let Some(rest) = symbol.strip_prefix("rust_out::main::_doctest_main_") {
+        let rest = rest.find("::").map_or("", |at| &rest[at..]);
+        return Some(format!("doctest::main{rest}"));
+    }
+    for (prefix, name) in [
+        ("doctest_bundle_20", "doctest"),
+        ("doctest_runner_20", "doctest_runner"),
+    ] {
+        if let Some(rest) = symbol.strip_prefix(prefix)
+            && let Some((_, rest)) = rest.split_once("::__doctest_")
+        {
+            let rest = rest.find("::").map_or("", |at| &rest[at..]);
+            return Some(format!("{name}{rest}"));
+        }
+    }
+    None
+}
+
+/// The key of a doc test's budget: its name with its place among its item's doc tests instead
+/// of its line (`src/lib.rs - Bytes::slice (line 42)`, the second of `Bytes::slice`'s, is
+/// `src/lib.rs - Bytes::slice (doc test 2)`), so that editing the file above it keeps it.
+pub fn budget_keys(names: &[&str]) -> Vec<String> {
+    let place = |name: &str| {
+        let (item, line) = name.rsplit_once(" (line ")?;
+        Some((
+            item.to_owned(),
+            line.strip_suffix(')')?.parse::<usize>().ok()?,
+        ))
+    };
+    names
+        .iter()
+        .map(|name| {
+            let Some((item, line)) = place(name) else {
+                return (*name).to_owned();
+            };
+            let before = names
+                .iter()
+                .filter_map(|other| place(other))
+                .filter(|(other, other_line)| *other == item && *other_line < line)
+                .count();
+            format!("{item} (doc test {})", before + 1)
+        })
+        .collect()
 }
 
 /// `src/lib.rs - Bytes::slice (line 42)`: the file and the fence's line.

@@ -209,7 +209,7 @@ fn bless(
     let blessing = gate.bless_tests(
         results.iter().map(|result| Measured {
             binary_id: &result.binary_id,
-            test: &result.test,
+            test: &result.budget_key,
             judgement: &result.judgement,
             children: &result.children,
             measured: !result.failures.unmeasured(),

@@ -21,14 +21,17 @@ use crate::{
 pub struct TestCase {
     pub binary: Arc<Executable>,
     pub name: String,
+    /// Its budget's key in the baseline: its name, but for a doc test (see
+    /// [`crate::build::doctests::budget_keys`]).
+    pub key: String,
     pub ignored: bool,
 }
 
 /// Every test listed.
 pub struct Listed {
     pub cases: Vec<TestCase>,
-    /// Each binary's test names, by binary id (what the baseline's stale entries are checked
-    /// against).
+    /// Each binary's tests' budget keys, by binary id (what the baseline's stale entries are
+    /// checked against).
     pub names: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -40,11 +43,12 @@ pub fn list_all(executables: Vec<Executable>, run_as: Option<&RunAs>) -> Result<
         let binary = Arc::new(executable);
         let tests = list(&binary, run_as)?;
         let names = listed.entry(binary.id.clone()).or_default();
-        for (name, ignored) in tests {
-            names.insert(name.clone());
+        for (name, key, ignored) in tests {
+            names.insert(key.clone());
             cases.push(TestCase {
                 binary: Arc::clone(&binary),
                 name,
+                key,
                 ignored,
             });
         }
@@ -57,11 +61,14 @@ pub fn list_all(executables: Vec<Executable>, run_as: Option<&RunAs>) -> Result<
 
 /// `BIN --list --format terse` (and `--ignored`): every test, and whether it is ignored; doc
 /// tests as rustdoc reported them.
-fn list(binary: &Executable, run_as: Option<&RunAs>) -> Result<Vec<(String, bool)>> {
+fn list(binary: &Executable, run_as: Option<&RunAs>) -> Result<Vec<(String, String, bool)>> {
     if let Harness::DocTests(tests) = &binary.harness {
         return Ok(tests
             .iter()
-            .map(|test| (test.name.clone(), test.run == DocRun::Ignored))
+            .map(|test| {
+                let ignored = test.run == DocRun::Ignored;
+                (test.name.clone(), test.key.clone(), ignored)
+            })
             .collect());
     }
     let run = |extra: &[&str]| -> Result<Vec<String>> {
@@ -101,7 +108,7 @@ fn list(binary: &Executable, run_as: Option<&RunAs>) -> Result<Vec<(String, bool
         .into_iter()
         .map(|name| {
             let is_ignored = ignored.contains(&name);
-            (name, is_ignored)
+            (name.clone(), name, is_ignored)
         })
         .collect())
 }

@@ -167,6 +167,8 @@ impl Serialize for Failures {
 pub struct TestResult {
     pub binary_id: String,
     pub test: String,
+    /// Its budget's key in the baseline (its name, but for a doc test).
+    pub budget_key: String,
     /// It is an ignored test (run with `--ignored` or `--include-ignored`).
     #[serde(skip)]
     pub ignored: bool,

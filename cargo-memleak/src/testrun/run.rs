@@ -379,11 +379,12 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
         .baseline
         .tests
         .get(&case.binary.id)
-        .and_then(|tests| tests.get(&case.name))
+        .and_then(|tests| tests.get(&case.key))
         .cloned();
     let mut result = TestResult {
         binary_id: case.binary.id.clone(),
         test: case.name.clone(),
+        budget_key: case.key.clone(),
         ignored: case.ignored,
         left_processes: false,
         failures: Failures::default(),
