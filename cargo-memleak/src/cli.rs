@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     build::{BuildOptions, RunSelection, TestSelection},
-    commands::{self, attach, exec, kernel, run, test},
+    commands::{self, attach, exec, kernel, run, test, wrap},
     error::{Error, Result},
     gate::{FailOn, Gate},
     outcome,
@@ -95,6 +95,47 @@ pub enum Commands {
                       (the tracer dropped data), 2 usage, 69/70/77 tool errors."
     )]
     Kernel(KernelArgs),
+    /// Trace one test that a runner starts as its own process (cargo-nextest's wrapper
+    /// scripts) and judge it against its budget: cargo memleak wrap [OPTIONS] -- BIN --exact
+    /// NAME ...
+    #[command(
+        override_usage = "cargo memleak wrap [OPTIONS] -- TEST-BINARY [ARGS]...",
+        after_help = "Under cargo-nextest (a `[scripts.wrapper]` whose command is \
+                      `cargo-memleak memleak wrap --`), the test is the one nextest names in \
+                      NEXTEST_BINARY_ID and NEXTEST_TEST_NAME, and the baseline is \
+                      NEXTEST_WORKSPACE_ROOT's memleak-baseline.json; elsewhere give \
+                      --binary-id and start the binary with `--exact NAME`. The test's output \
+                      comes first, then its leak report when it fails. With --bless, its budget \
+                      is written into the baseline under a lock (BASELINE.lock), so that every \
+                      test of a run can bless at once; entries of tests that are gone stay \
+                      (`cargo memleak test --bless` drops them).\n\nExit codes: 0 passed, 2 \
+                      usage, 69/70/77 tool errors, 96 malformed baseline or suppressions, 100 \
+                      the test failed or lost more than its budget, 126 not executable, 127 \
+                      not found, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."
+    )]
+    Wrap(Box<WrapArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    /// The test binary's id, as `cargo memleak test` and nextest name it (`pkg`,
+    /// `pkg::test-name`, `pkg::bin/name`) [default: NEXTEST_BINARY_ID]
+    #[arg(long, value_name = "ID")]
+    pub binary_id: Option<String>,
+    #[command(flatten)]
+    pub gate: GateArgs,
+    /// Show this many lost stacks under a failed test.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub top: usize,
+    #[command(flatten)]
+    pub full_stacks: FullStacksArg,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// The test binary and its arguments.
+    #[arg(last = true, required = true, value_name = "TEST-BINARY")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -1307,6 +1348,23 @@ impl Cli {
                 trace: args.trace.options(Limits::default()),
                 flamegraph: args.flamegraph,
             }),
+            Commands::Wrap(args) => commands::Command::Wrap(Box::new(wrap::Options {
+                command: args.command,
+                binary_id: args.binary_id,
+                gate: {
+                    args.trace.record.refuse_for_gate("wrap", true)?;
+                    args.gate.check(&args.trace.record)?;
+                    args.gate.gate()
+                },
+                trace: {
+                    let mut trace = args.trace.options(Limits::test_run());
+                    trace.recording.no_ages = true;
+                    trace
+                },
+                follow_children: args.follow.or(FollowChildren::Workspace),
+                top: args.top,
+                full_stacks: args.full_stacks.full,
+            })),
             Commands::Kernel(args) => {
                 // Kernel frames have no source paths.
                 let mut periodic = args.periodic.options(&args.record, None)?;

@@ -18,15 +18,17 @@ pub enum Command {
     Test,
     Attach,
     Kernel,
+    Wrap,
 }
 
 impl Command {
-    pub const ALL: [Command; 5] = [
+    pub const ALL: [Command; 6] = [
         Command::Exec,
         Command::Run,
         Command::Test,
         Command::Attach,
         Command::Kernel,
+        Command::Wrap,
     ];
 
     /// The subcommand's name on the command line.
@@ -37,6 +39,7 @@ impl Command {
             Command::Test => "test",
             Command::Attach => "attach",
             Command::Kernel => "kernel",
+            Command::Wrap => "wrap",
         }
     }
 }
@@ -51,11 +54,12 @@ pub struct ExitCode {
     pub commands: &'static [Command],
 }
 
-use Command::{Attach, Exec, Kernel, Run, Test};
+use Command::{Attach, Exec, Kernel, Run, Test, Wrap};
 
 const EVERY: &[Command] = &Command::ALL;
 const TRACE_A_PROGRAM: &[Command] = &[Exec, Run];
-const GATED: &[Command] = &[Run, Test];
+const GATED: &[Command] = &[Run, Test, Wrap];
+const BUILDING: &[Command] = &[Run, Test];
 
 /// The command succeeded: the traced program succeeded and its trace is complete (and within
 /// its budget), every test passed, or every periodic report was complete.
@@ -113,7 +117,7 @@ pub const BAD_BASELINE: ExitCode = ExitCode {
     summary: "malformed baseline or suppressions",
     commands: GATED,
 };
-/// Tests failed, or lost memory over its budget (`test`, and `run` over budget).
+/// Tests failed, or lost memory over its budget (`test`, `wrap`, and `run` over budget).
 pub const FAILED: ExitCode = ExitCode {
     code: 100,
     summary: "tests failed or leaks over budget",
@@ -123,13 +127,13 @@ pub const FAILED: ExitCode = ExitCode {
 pub const BUILD_FAILED: ExitCode = ExitCode {
     code: 101,
     summary: "build failed",
-    commands: GATED,
+    commands: BUILDING,
 };
 /// `cargo metadata` failed.
 pub const METADATA_FAILED: ExitCode = ExitCode {
     code: 102,
     summary: "cargo metadata failed",
-    commands: GATED,
+    commands: BUILDING,
 };
 /// Listing a test binary's tests failed.
 pub const LISTING_FAILED: ExitCode = ExitCode {
@@ -141,27 +145,27 @@ pub const LISTING_FAILED: ExitCode = ExitCode {
 pub const NOT_EXECUTABLE: ExitCode = ExitCode {
     code: 126,
     summary: "not executable",
-    commands: TRACE_A_PROGRAM,
+    commands: &[Exec, Run, Wrap],
 };
 /// The program (or, for `attach`, the process) was not found.
 pub const NOT_FOUND: ExitCode = ExitCode {
     code: 127,
     summary: "program (or, for attach, process) not found",
-    commands: &[Exec, Run, Attach],
+    commands: &[Exec, Run, Attach, Wrap],
 };
 /// `cargo memleak test`: interrupted by SIGINT (Ctrl-C), after the results so far were
 /// reported (128 + 2, the shell's convention).
 pub const INTERRUPTED: ExitCode = ExitCode {
     code: 130,
     summary: "interrupted (SIGINT)",
-    commands: &[Test],
+    commands: &[Test, Wrap],
 };
 /// `cargo memleak test`: stopped by SIGTERM, after the results so far were reported (128 +
 /// 15).
 pub const TERMINATED: ExitCode = ExitCode {
     code: 143,
     summary: "terminated (SIGTERM)",
-    commands: &[Test],
+    commands: &[Test, Wrap],
 };
 
 /// Every exit code, ascending. Part of the CLI contract (README, "Exit codes").

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod kernel;
 pub mod run;
 pub mod test;
+pub mod wrap;
 
 use crate::{error::Result, outcome::Outcome, privileges::Needs};
 
@@ -21,6 +22,7 @@ pub enum Command {
     Test(Box<test::Options>),
     Attach(attach::Options),
     Kernel(kernel::Options),
+    Wrap(Box<wrap::Options>),
 }
 
 impl Command {
@@ -30,9 +32,11 @@ impl Command {
             Command::Kernel(_) => Needs::Tracepoints,
             // `--list` and `--no-run` only build and list: nothing is traced.
             Command::Test(options) if options.mode != test::Mode::Run => Needs::Nothing,
-            Command::Exec(_) | Command::Run(_) | Command::Test(_) | Command::Attach(_) => {
-                Needs::Uprobes
-            }
+            Command::Exec(_)
+            | Command::Run(_)
+            | Command::Test(_)
+            | Command::Attach(_)
+            | Command::Wrap(_) => Needs::Uprobes,
         }
     }
 }
@@ -46,5 +50,6 @@ pub fn run(command: Command) -> Result<Outcome> {
         Command::Test(options) => test::test(&options),
         Command::Attach(options) => attach::attach(&options),
         Command::Kernel(options) => kernel::kernel(&options),
+        Command::Wrap(options) => wrap::wrap(&options),
     }
 }

@@ -53,7 +53,7 @@ pub enum MessageFormat {
 }
 
 /// Everything `cargo memleak test` was asked to do besides building.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct TestOptions {
     pub filters: TestFilters,
     pub jobs: usize,

@@ -524,3 +524,51 @@ fn run_one(shared: &Shared, case: &TestCase) -> TestResult {
     result.duration_ms = start.elapsed().as_secs_f64() * 1e3;
     result
 }
+
+/// One test run traced by itself, as `cargo memleak wrap` does for nextest: judged like any
+/// test of a run, with the process group killed when the run is interrupted.
+pub fn run_alone(
+    tracer: Tracer,
+    gate: &LoadedGate,
+    options: &TestOptions,
+    case: &TestCase,
+    follow: Follow,
+    interrupt: &Interrupt,
+) -> Result<(TestResult, Tracer)> {
+    let tracer = Mutex::new(tracer);
+    let groups = Arc::new(Groups::default());
+    let spawner = Arc::new(Spawner::start()?);
+    let shared = Shared {
+        spawner: &spawner,
+        tracer: &tracer,
+        follow: &follow,
+        gate,
+        options,
+        groups: &groups,
+    };
+    let mut result = std::thread::scope(|scope| {
+        let running = scope.spawn(|| run_one(&shared, case));
+        let mut signal = None;
+        while !running.is_finished() {
+            if signal.is_none()
+                && let Some(now) = interrupt.signal()
+            {
+                signal = Some(now);
+                groups.kill_all();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut result = running
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if let Some(signal) = signal.or_else(|| interrupt.signal()) {
+            result.failures = Failures(vec![Failure::Interrupted { signal }]);
+        }
+        result
+    });
+    result.attempts = 1;
+    let tracer = tracer
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Ok((result, tracer))
+}
