@@ -106,8 +106,8 @@ pub enum Commands {
                       NEXTEST_WORKSPACE_ROOT's memleak-baseline.json; elsewhere give \
                       --binary-id and start the binary with `--exact NAME`. The test's output \
                       comes first, then its leak report when it fails. With --bless, its budget \
-                      is written into the baseline under a lock (BASELINE.lock), so that every \
-                      test of a run can bless at once; entries of tests that are gone stay \
+                      is written into the baseline under a lock (on its directory), so that \
+                      every test of a run can bless at once; entries of tests that are gone stay \
                       (`cargo memleak test --bless` drops them).\n\nExit codes: 0 passed, 2 \
                       usage, 69/70/77 tool errors, 96 malformed baseline or suppressions, 100 \
                       the test failed or lost more than its budget, 126 not executable, 127 \
@@ -1348,23 +1348,24 @@ impl Cli {
                 trace: args.trace.options(Limits::default()),
                 flamegraph: args.flamegraph,
             }),
-            Commands::Wrap(args) => commands::Command::Wrap(Box::new(wrap::Options {
-                command: args.command,
-                binary_id: args.binary_id,
-                gate: {
-                    args.trace.record.refuse_for_gate("wrap", true)?;
-                    args.gate.check(&args.trace.record)?;
-                    args.gate.gate()
-                },
-                trace: {
-                    let mut trace = args.trace.options(Limits::test_run());
-                    trace.recording.no_ages = true;
-                    trace
-                },
-                follow_children: args.follow.or(FollowChildren::Workspace),
-                top: args.top,
-                full_stacks: args.full_stacks.full,
-            })),
+            Commands::Wrap(args) => {
+                let (binary_id, test) = wrap::which_test(&args.command, args.binary_id.clone())?;
+                args.trace.record.refuse_for_gate("wrap", true)?;
+                args.gate.check(&args.trace.record)?;
+                let mut trace = args.trace.options(Limits::test_run());
+                // Nothing in a test's verdict reads ages.
+                trace.recording.no_ages = true;
+                commands::Command::Wrap(Box::new(wrap::Options {
+                    command: args.command,
+                    binary_id,
+                    test,
+                    gate: args.gate.gate(),
+                    trace,
+                    follow_children: args.follow.or(FollowChildren::Workspace),
+                    top: args.top,
+                    full_stacks: args.full_stacks.full,
+                }))
+            }
             Commands::Kernel(args) => {
                 // Kernel frames have no source paths.
                 let mut periodic = args.periodic.options(&args.record, None)?;

@@ -65,6 +65,56 @@ pub fn cargo_memleak() -> &'static Path {
     })
 }
 
+/// The cargo-nextest the tests run cargo memleak inside.
+pub const NEXTEST_VERSION: &str = "0.9.143";
+
+/// cargo-nextest [`NEXTEST_VERSION`]: the one on PATH when it is that version, else one
+/// installed once into `target/tools` (`cargo install --locked`, about 9 minutes to build).
+pub fn cargo_nextest() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let version = |binary: &Path| -> Option<String> {
+            let output = Command::new(binary)
+                .args(["nextest", "--version"])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.split_whitespace().nth(1).map(str::to_owned)
+        };
+        if let Ok(found) = which::which("cargo-nextest")
+            && version(&found).as_deref() == Some(NEXTEST_VERSION)
+        {
+            return found;
+        }
+        let root = workspace_root().join("target/tools");
+        let installed = root.join("bin/cargo-nextest");
+        if version(&installed).as_deref() != Some(NEXTEST_VERSION) {
+            eprintln!(
+                "installing cargo-nextest {NEXTEST_VERSION} into {}",
+                root.display()
+            );
+            let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args([
+                    "install",
+                    "--locked",
+                    "--quiet",
+                    "cargo-nextest",
+                    "--version",
+                ])
+                .arg(NEXTEST_VERSION)
+                .arg("--root")
+                .arg(&root)
+                .status()
+                .expect("cargo install runs");
+            assert!(
+                status.success(),
+                "cargo install cargo-nextest {NEXTEST_VERSION}"
+            );
+        }
+        installed
+    })
+}
+
 /// The C fixture, compiled once with frame pointers and debug info.
 pub fn c_fixture() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();

@@ -32,8 +32,10 @@ use crate::{
 pub struct Options {
     /// The test's binary and its arguments, as the runner gave them.
     pub command: Vec<OsString>,
-    /// The test binary's id; `NEXTEST_BINARY_ID` when `None`.
-    pub binary_id: Option<String>,
+    /// The test binary's id.
+    pub binary_id: String,
+    /// The test's name.
+    pub test: String,
     pub gate: Gate,
     pub trace: TraceOptions,
     pub follow_children: FollowChildren,
@@ -41,16 +43,16 @@ pub struct Options {
     pub full_stacks: bool,
 }
 
-pub fn wrap(options: &Options) -> Result<Outcome> {
-    let Some((program, args)) = options.command.split_first() else {
+/// The test a runner started: its binary id (`--binary-id`, else `NEXTEST_BINARY_ID`) and
+/// name (`NEXTEST_TEST_NAME`, else the `--exact NAME` it was started with).
+pub fn which_test(command: &[OsString], binary_id: Option<String>) -> Result<(String, String)> {
+    if command.is_empty() {
         return Err(Error::Selection(
             "no test to run: give it after `--` (nextest does: `cargo-memleak memleak wrap --`)"
                 .into(),
         ));
-    };
-    let binary_id = options
-        .binary_id
-        .clone()
+    }
+    let binary_id = binary_id
         .or_else(|| std::env::var("NEXTEST_BINARY_ID").ok())
         .ok_or_else(|| {
             Error::Selection(
@@ -60,7 +62,7 @@ pub fn wrap(options: &Options) -> Result<Outcome> {
         })?;
     let name = std::env::var("NEXTEST_TEST_NAME")
         .ok()
-        .or_else(|| exact_name(args))
+        .or_else(|| exact_name(&command[1..]))
         .ok_or_else(|| {
             Error::Selection(
                 "no test name: run under cargo-nextest (NEXTEST_TEST_NAME), or start the test \
@@ -68,6 +70,14 @@ pub fn wrap(options: &Options) -> Result<Outcome> {
                     .into(),
             )
         })?;
+    Ok((binary_id, name))
+}
+
+pub fn wrap(options: &Options) -> Result<Outcome> {
+    let Some((program, args)) = options.command.split_first() else {
+        return Err(Error::Selection("no test to run".into()));
+    };
+    let (binary_id, name) = (options.binary_id.clone(), options.test.clone());
     let cwd = std::env::current_dir().map_err(|source| Error::Io {
         context: "reading the current directory".into(),
         source,

@@ -66,29 +66,25 @@ fn set_budget(
 
 impl LoadedGate {
     /// `cargo memleak wrap --bless`: one test's budget, written into the baseline as it is on
-    /// disk now, under a lock (`BASELINE.lock`) that the other tests' processes, blessing at
-    /// the same time, take too.
+    /// disk now, under a lock on the baseline's directory that the other tests' processes,
+    /// blessing at the same time, take too.
     pub fn bless_one(&self, result: Measured, owner: Option<&RunAs>) -> Result<Blessing> {
         if !result.measured {
             return Ok(Blessing::Refused {
                 unmeasured: vec![format!("[{}] {}", result.binary_id, result.test)],
             });
         }
-        let mut lock_path = self.path.clone().into_os_string();
-        lock_path.push(".lock");
-        let lock_path = std::path::PathBuf::from(lock_path);
+        // The lock is the baseline's directory's: nothing is left beside the baseline.
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
         let io = |source| crate::error::Error::Write {
-            path: lock_path.clone(),
+            path: self.path.clone(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io)?;
-        let _ = crate::user::give(&lock_path, owner);
-        let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        let handle = std::fs::File::open(&dir).map_err(io)?;
+        let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, errno)| io(errno.into()))?;
         let mut baseline = super::Baseline::read(&self.path)?;
         let tests = baseline
