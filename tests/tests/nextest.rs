@@ -140,9 +140,7 @@ fn nextest_with_the_wrapper_gives_cargo_memleak_tests_verdicts_then_blesses() {
         .expect("leaks_a_vec failed");
     assert!(
         leak.contains("memleak: lost 64 bytes in 1 blocks, over its budget of 0 bytes in 0 blocks")
-            && leak.contains(&format!(
-                "gate::leaks_a_vec (new/tests/gate.rs:{line})\n"
-            )),
+            && leak.contains(&format!("gate::leaks_a_vec (new/tests/gate.rs:{line})\n")),
         "{leak}"
     );
     assert!(

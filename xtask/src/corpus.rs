@@ -211,7 +211,22 @@ pub const CORPUS: &[Crate] = &[
         tests: 115,
         leaks: &[],
     },
+    Crate {
+        name: "bytes",
+        version: "1.12.2",
+        why: "doc tests (edition 2021: each its own binary), compared with cargo test --doc",
+        args: &["--doc"],
+        tests: 248,
+        leaks: &[],
+    },
 ];
+
+impl Crate {
+    /// Whether this entry runs the crate's doc tests (`--doc`) rather than its test targets.
+    fn doc(&self) -> bool {
+        self.args.contains(&"--doc")
+    }
+}
 
 /// Options of one corpus run.
 pub struct Options {
@@ -725,6 +740,11 @@ fn build(
     toolchain: &str,
     krate: &Crate,
 ) -> Result<BTreeMap<PathBuf, String>> {
+    if krate.doc() {
+        // rustdoc compiles doc tests as it runs them: nothing to build ahead.
+        std::fs::create_dir_all(target_dir)?;
+        return Ok(BTreeMap::new());
+    }
     let out = cargo_test(source, target_dir, toolchain, krate)
         .args(["--no-run", "--message-format", "json-render-diagnostics"])
         .stderr(Stdio::inherit())
@@ -792,10 +812,13 @@ fn plain_run(
     let log_path = target_dir.join("plain-cargo-test.log");
     let log = std::fs::File::create(&log_path)?;
     let mut command = cargo_test(source, target_dir, toolchain, krate);
+    if !krate.doc() {
+        // Every test target (the examples some tests run were built with the rest); doc
+        // tests only in the entries that are about them.
+        command.arg("--tests");
+    }
     command
-        // Every test target, without doc tests (which cargo memleak does not run either);
-        // the examples some tests run were built with the rest.
-        .args(["--tests", "--no-fail-fast"])
+        .arg("--no-fail-fast")
         .args(["--", "--test-threads", &jobs.to_string()])
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -805,6 +828,10 @@ fn plain_run(
     for line in BufReader::new(std::fs::File::open(&log_path)?).lines() {
         let line = line?;
         let trimmed = line.trim_start();
+        if trimmed.starts_with("Doc-tests ") {
+            binary = Some(format!("{}::doc-tests", krate.name));
+            continue;
+        }
         if let Some(rest) = trimmed.strip_prefix("Running ") {
             // `Running unittests src/lib.rs (target/debug/deps/name-hash)`
             binary = rest
@@ -827,8 +854,12 @@ fn plain_run(
         let Some((name, verdict)) = rest.rsplit_once(" ... ") else {
             continue;
         };
-        // libtest marks `#[should_panic]` tests in its line.
-        let name = name.strip_suffix(" - should panic").unwrap_or(name);
+        // libtest marks `#[should_panic]` tests in its line, rustdoc `no_run` and
+        // `compile_fail` ones; cargo memleak's names are without.
+        let name = [" - should panic", " - compile fail", " - compile"]
+            .iter()
+            .find_map(|mode| name.strip_suffix(mode))
+            .unwrap_or(name);
         let outcome = match verdict.split([',', ' ']).next().unwrap_or_default() {
             "ok" => Plain::Passed,
             "FAILED" => Plain::Failed,
@@ -916,6 +947,8 @@ fn traced_run(
     command
         .args(["memleak", "test", "--locked"])
         .args(krate.args)
+        // As the plain run: the test targets, or (`--doc`) the doc tests.
+        .args((!krate.doc()).then_some("--tests"))
         .arg("--target-dir")
         .arg(target_dir)
         .args(["--message-format", "json", "--timeout", "600", "--jobs"])
