@@ -62,12 +62,13 @@ pub enum Commands {
     /// baseline: cargo memleak run [OPTIONS] [INTERVAL [COUNT]] [-- ARGS]...
     Run(Box<RunArgs>),
     /// Build the test targets with frame pointers and run every test as its own traced
-    /// process; a test fails if it fails or loses more than its budget. Doc tests are not run.
+    /// process; a test fails if it fails or loses more than its budget. Doc tests too.
     #[command(
-        after_help = "Builds like `cargo test --no-run` (doc tests are not built or run: they \
-                      are compiled by rustdoc at test time, outside the traced build). Each \
-                      test runs as `BIN --exact NAME --nocapture` in its package's directory, \
-                      in a process group of its own.\n\nExit codes: 0 all passed, 100 a test \
+        after_help = "Builds like `cargo test --no-run`. Each test runs as `BIN --exact NAME \
+                      --nocapture` in its package's directory, in a process group of its own. \
+                      Doc tests (when no target is named, or with --doc) are collected from \
+                      `cargo test --doc` with cargo-memleak as rustdoc's runner, then each runs \
+                      as its own traced process.\n\nExit codes: 0 all passed, 100 a test \
                       failed or lost more than its budget, 101 build failed, 102 cargo \
                       metadata failed, 104 listing tests failed, 4 no tests matched, 96 \
                       malformed baseline or suppressions, 130 interrupted (SIGINT), 143 \
