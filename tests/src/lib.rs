@@ -27,6 +27,27 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A copy of `fixtures/FIXTURE`'s sources (not its target directory) at `to`, for a test that
+/// writes into the workspace (a baseline at its root, an edit).
+pub fn copy_fixture(fixture: &str, to: &Path) {
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("directory");
+        for entry in std::fs::read_dir(from).expect("fixture directory") {
+            let entry = entry.expect("entry");
+            let path = entry.path();
+            if entry.file_name() == "target" {
+                continue;
+            }
+            if path.is_dir() {
+                copy_tree(&path, &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(&path, to.join(entry.file_name())).expect("file copied");
+            }
+        }
+    }
+    copy_tree(&workspace_root().join("fixtures").join(fixture), to);
+}
+
 /// True when this process may trace. Panics under CI when it may not.
 pub fn privileged(test: &str) -> bool {
     let root = nix_geteuid() == 0;

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use memleak_tests::{
-    Finished, cargo_memleak, marker_line, privileged, scratch, test_finished, workspace_root,
+    Finished, cargo_memleak, copy_fixture, marker_line, privileged, scratch, test_finished,
+    workspace_root,
 };
 use serde_json::Value;
 
@@ -202,7 +203,7 @@ fn blessed_doc_tests_pass_and_keep_their_budget_when_lines_move() {
     // A copy of the workspace, edited above the doc tests after the bless.
     let dir = scratch("doctests-bless");
     let workspace = dir.join("doctests");
-    copy_tree(&workspace_root().join("fixtures/doctests"), &workspace);
+    copy_fixture("doctests", &workspace);
     let manifest = workspace.join("Cargo.toml");
     let manifest = manifest.to_str().expect("UTF-8 path");
     let baseline = workspace.join("memleak-baseline.json");
@@ -322,22 +323,5 @@ fn run_in(manifest: &str, args: &[&str]) -> Finished {
             .filter(|event| event["event"] == "test-finished")
             .collect(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Copies a fixture's sources (not its target directory).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("directory");
-    for entry in std::fs::read_dir(from).expect("fixture directory") {
-        let entry = entry.expect("entry");
-        let path = entry.path();
-        if entry.file_name() == "target" {
-            continue;
-        }
-        if path.is_dir() {
-            copy_tree(&path, &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(&path, to.join(entry.file_name())).expect("file copied");
-        }
     }
 }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use memleak_tests::{
-    NEXTEST_VERSION, cargo_memleak, cargo_nextest, marker_line, privileged, scratch, test_finished,
-    workspace_root,
+    NEXTEST_VERSION, cargo_memleak, cargo_nextest, copy_fixture, marker_line, privileged, scratch,
+    test_finished, workspace_root,
 };
 
 /// `cargo nextest run --profile PROFILE --workspace --no-fail-fast` in `workspace`, with
@@ -75,24 +75,8 @@ fn junit(workspace: &Path) -> BTreeMap<(String, String), Option<String>> {
 /// A copy of fixtures/doctests (its sources and `.config`, not its target directory).
 fn workspace_copy(name: &str) -> PathBuf {
     let dir = scratch(name).join("doctests");
-    copy_tree(&workspace_root().join("fixtures/doctests"), &dir);
+    copy_fixture("doctests", &dir);
     dir
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("directory");
-    for entry in std::fs::read_dir(from).expect("fixture directory") {
-        let entry = entry.expect("entry");
-        let path = entry.path();
-        if entry.file_name() == "target" {
-            continue;
-        }
-        if path.is_dir() {
-            copy_tree(&path, &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(&path, to.join(entry.file_name())).expect("file copied");
-        }
-    }
 }
 
 #[test]
