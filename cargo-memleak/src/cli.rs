@@ -132,6 +132,10 @@ pub struct WrapArgs {
     pub full_stacks: FullStacksArg,
     #[command(flatten)]
     pub follow: FollowArgs,
+    /// Print where the time went (loading the probes, each phase of the test, removing them)
+    /// on stderr.
+    #[arg(long)]
+    pub timings: bool,
     #[command(flatten)]
     pub trace: TraceArgs,
     /// The test binary and its arguments.
@@ -1353,7 +1357,9 @@ impl Cli {
                 let (binary_id, test) = wrap::which_test(&args.command, args.binary_id.clone())?;
                 args.trace.record.refuse_for_gate("wrap", true)?;
                 args.gate.check(&args.trace.record)?;
-                let mut trace = args.trace.options(Limits::test_run());
+                // One test process, as `exec` traces one program: a test run's room for many
+                // at once would cost 60 ms a test to allocate.
+                let mut trace = args.trace.options(Limits::default());
                 // Nothing in a test's verdict reads ages.
                 trace.recording.no_ages = true;
                 commands::Command::Wrap(Box::new(wrap::Options {
@@ -1365,6 +1371,7 @@ impl Cli {
                     follow_children: args.follow.or(FollowChildren::Workspace),
                     top: args.top,
                     full_stacks: args.full_stacks.full,
+                    timings: args.timings,
                 }))
             }
             Commands::Kernel(args) => {

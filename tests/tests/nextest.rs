@@ -161,6 +161,58 @@ fn nextest_with_the_wrapper_gives_cargo_memleak_tests_verdicts_then_blesses() {
     let (code, text) = nextest_run(&workspace, "memleak");
     assert_eq!(code, 0, "{text}");
     assert!(junit(&workspace).values().all(Option::is_none), "{text}");
+
+    // The same test outside nextest: --binary-id and `--exact NAME` name it; --timings says
+    // where its time went.
+    let binary = std::fs::read_dir(workspace.join("target/debug/deps"))
+        .expect("nextest's build")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("gate-") && path.extension().is_none()
+        })
+        .expect("the gate test binary");
+    let output = Command::new(cargo_memleak())
+        .args([
+            "memleak",
+            "wrap",
+            "--binary-id",
+            "new::gate",
+            "--timings",
+            "--",
+        ])
+        .arg(&binary)
+        .args(["--exact", "leaks_a_vec", "--nocapture"])
+        .current_dir(workspace.join("new"))
+        .env_remove("NEXTEST_BINARY_ID")
+        .env_remove("NEXTEST_TEST_NAME")
+        .env_remove("NEXTEST_WORKSPACE_ROOT")
+        .output()
+        .expect("cargo memleak wrap runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "memleak: [new::gate] leaks_a_vec: lost 64 bytes in 1 blocks (budget: 64 bytes in 1 blocks)"
+        ),
+        "{stderr}"
+    );
+    let timings = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("memleak: timings (ms): "))
+        .unwrap_or_else(|| panic!("timings: {stderr}"));
+    for phase in [
+        "load",
+        "spawn",
+        "attach",
+        "program",
+        "symbolize",
+        "scan",
+        "probes removed",
+        "in all",
+    ] {
+        assert!(timings.contains(&format!("{phase} ")), "{phase}: {timings}");
+    }
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub struct Options {
     pub follow_children: FollowChildren,
     pub top: usize,
     pub full_stacks: bool,
+    /// `--timings`: where the time went, on stderr.
+    pub timings: bool,
 }
 
 /// The test a runner started: its binary id (`--binary-id`, else `NEXTEST_BINARY_ID`) and
@@ -88,7 +90,9 @@ pub fn wrap(options: &Options) -> Result<Outcome> {
         .unwrap_or_else(|| cwd.clone());
     let gate = options.gate.load(&workspace_root)?;
     // One process (and what it forks): its maps are made when it is attached, not ahead.
+    let start = std::time::Instant::now();
     let tracer = session::load_tracer(&options.trace)?;
+    let load = start.elapsed();
     let program_path = PathBuf::from(program);
     // The workspace's targets, as far as this process knows them: the test binary (forked)
     // and the package's binaries cargo and nextest name in CARGO_BIN_EXE_<name>.
@@ -120,6 +124,7 @@ pub fn wrap(options: &Options) -> Result<Outcome> {
         trace: options.trace.clone(),
         follow_children: options.follow_children,
         top: options.top,
+        timings: options.timings,
         ..TestOptions::default()
     };
     let interrupt = Interrupt::install()?;
@@ -196,7 +201,31 @@ pub fn wrap(options: &Options) -> Result<Outcome> {
             }
         }
     }
+    let release = std::time::Instant::now();
+    // Waits for the kernel to remove the probes.
     drop(tracer);
+    if let Some(timings) = result.timings.as_ref().filter(|_| options.timings) {
+        let phases = serde_json::to_value(timings).unwrap_or_default();
+        let phases: Vec<String> = phases
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, ms)| {
+                format!(
+                    "{} {:.1}",
+                    name.trim_end_matches("_ms"),
+                    ms.as_f64().unwrap_or_default()
+                )
+            })
+            .collect();
+        eprintln!(
+            "memleak: timings (ms): load {:.1}, {}, probes removed {:.1}, in all {:.1}",
+            load.as_secs_f64() * 1e3,
+            phases.join(", "),
+            release.elapsed().as_secs_f64() * 1e3,
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
     Ok(outcome)
 }
 

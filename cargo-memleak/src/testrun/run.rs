@@ -556,7 +556,7 @@ pub fn run_alone(
                 signal = Some(now);
                 groups.kill_all();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
         let mut result = running
             .join()
