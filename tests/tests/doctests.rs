@@ -3,7 +3,8 @@
 //! into one binary): every doc test `cargo test` runs is run, each its own traced process,
 //! named as `cargo test` names it; a leaking one fails with its stack on the documentation's
 //! line; `should_panic`, `no_run`, `compile_fail` and `ignore` keep their meaning; budgets are
-//! blessed under keys that survive an edit above them; a doc test rustdoc fails fails.
+//! blessed under keys that survive an edit above them; a doc test rustdoc fails fails; doc tests
+//! that rustdoc's function names do not name are named one at a time.
 
 use std::path::{Path, PathBuf};
 
@@ -258,7 +259,9 @@ fn a_doc_test_that_fails_fails_whatever_failed() {
          /// Panics, unexpectedly.\n///\n/// ```\n/// assert_eq!(1, 2);\n/// ```\n///\n\
          /// Should panic and does not.\n///\n/// ```should_panic\n/// let _ = 1;\n/// ```\n///\n\
          /// Compiles, though it should not.\n///\n/// ```compile_fail\n/// let _ = 1;\n/// ```\n\
-         pub fn f() {}\n",
+         ///\n/// Own main, passes.\n///\n/// ```\n/// fn main() { let _ = 1; }\n/// ```\n\
+         ///\n/// Own main, fails.\n///\n/// ```\n/// fn main() { std::process::exit(3); }\n\
+         /// ```\npub fn f() {}\n",
     )
     .expect("source");
     let manifest = package.join("Cargo.toml");
@@ -294,6 +297,19 @@ fn a_doc_test_that_fails_fails_whatever_failed() {
         failures("src/lib.rs - f (line 21)"),
         ["rustdoc failed it (see its output)"]
     );
+    // Two doc tests with a `main` of their own: no function of rustdoc's names them, so they
+    // are collected again one at a time, named by what rustdoc printed (swapped names would
+    // swap these verdicts).
+    assert_eq!(
+        failures("src/lib.rs - f (line 33)"),
+        ["the test failed: exit code 3"]
+    );
+    let own = run
+        .tests
+        .iter()
+        .find(|event| event["test"] == "src/lib.rs - f (line 27)")
+        .unwrap_or_else(|| panic!("{:#?}", run.tests));
+    assert_eq!(own["result"], "ok", "{own:#}");
     let output = run
         .tests
         .iter()

@@ -5,9 +5,12 @@
 //! path of each doc test binary it compiled, in the doc test's directory and environment. Our
 //! runner is this executable again ([`COLLECT_ARGUMENT`]): it asks the collecting run over a
 //! socket where to put the binary, copies it there with its directory and environment, and
-//! exits 0 without running it. rustdoc runs the doc tests one at a time (`--test-threads=1`)
-//! and prints `test NAME ... ` before each, so when a runner connects, the collecting run
-//! reads what rustdoc printed so far and knows which doc test it is. rustdoc's verdicts then
+//! exits 0 without running it. rustdoc compiles them all at once; each binary is named by the
+//! function rustdoc wraps a doc test's code in (`_doctest_main_src_lib_rs_42_0`: its file and
+//! line). When one cannot be named so (a doc test with its own `main`), the collection runs
+//! again one doc test at a time (`--test-threads=1`): rustdoc then prints `test NAME ... `
+//! before each, so when a runner connects, the collecting run reads what rustdoc printed so
+//! far and knows which doc test it is. rustdoc's verdicts then
 //! say the rest: a collected test that failed is `should_panic` (it "succeeded"); one that
 //! failed without being collected did not compile; `no_run` and `compile_fail` tests keep
 //! rustdoc's verdict.
@@ -176,15 +179,7 @@ pub fn collect(
     if !documented && !selection.doc {
         return Ok(Vec::new());
     }
-    let target_dir = options.target_directory(metadata);
-    let root = target_dir.join("doctests");
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).map_err(|source| Error::Io {
-        context: format!("creating {}", root.display()),
-        source,
-    })?;
-    // The target dir is the user's (cargo made it); this directory is too.
-    let _ = user::give(&root, run_as);
+    let root = options.target_directory(metadata).join("doctests");
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         context: "finding cargo-memleak's own executable".into(),
         source,
@@ -197,56 +192,111 @@ pub fn collect(
             context: "listening for rustdoc's doc tests".into(),
             source,
         })?;
-    let runner = serde_json::to_string(&[exe.to_string_lossy().as_ref(), COLLECT_ARGUMENT])
-        .unwrap_or_default();
-    let host = host_triple(run_as)?;
-    let mut selection_args = selection.packages();
-    selection_args.extend(["--doc".to_owned(), "--no-fail-fast".to_owned()]);
-    selection_args.extend([
-        "--config".to_owned(),
-        format!("target.{host}.runner={runner}"),
-    ]);
-    selection_args.extend(["--", "--test-threads=1", "--color", "never"].map(str::to_owned));
-    let mut command = options.cargo_command(metadata, &["test"], &selection_args, false, run_as);
-    rustdoc_flags(&mut command, options.optimized());
-    command.env(SOCKET_VAR, &socket);
-    let (reader, writer) = nix::unistd::pipe().map_err(|err| Error::Io {
-        context: "making a pipe for rustdoc".into(),
-        source: err.into(),
-    })?;
-    let duplicate = writer.try_clone().map_err(|source| Error::Io {
-        context: "making a pipe for rustdoc".into(),
-        source,
-    })?;
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::from(duplicate));
-    let mut child = command.spawn().map_err(|source| Error::Io {
-        context: "running cargo test --doc".into(),
-        source,
-    })?;
-    // The write ends are the child's now: the pipe ends when it does.
-    drop(command);
-    let mut session = Session::new(&root);
-    let read = session.serve(reader, &listener);
-    let status = child.wait();
-    read.map_err(|source| Error::Io {
-        context: "reading cargo test --doc".into(),
-        source,
-    })?;
-    let status = status.map_err(|source| Error::Io {
-        context: "waiting for cargo test --doc".into(),
-        source,
-    })?;
-    if !status.success()
+    let rustdoc = Rustdoc {
+        options,
+        metadata,
+        selection,
+        run_as,
+        root: &root,
+        exe: &exe,
+        listener: &listener,
+        socket: &socket,
+    };
+    // All at once first: each doc test is named by the function rustdoc wraps it in. When one
+    // cannot be (its own `main`, inlined, two on one line), again one at a time, named by
+    // what rustdoc printed before it.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut session = rustdoc.run(threads)?;
+    if threads > 1 && !session.named_by_symbols() {
+        session = rustdoc.run(1)?;
+    }
+    if !session.success
         && !selection.doc
         && session.text.contains("error: no library targets found")
     {
         // A package without a library, chosen by default: `cargo test` tests none of its.
         return Ok(Vec::new());
     }
-    session.finish(metadata, status.success(), &exe)
+    let success = session.success;
+    session.finish(metadata, success, &exe)
+}
+
+/// What one `cargo test --doc` needs.
+struct Rustdoc<'a> {
+    options: &'a BuildOptions,
+    metadata: &'a Metadata,
+    selection: &'a TestSelection,
+    run_as: Option<&'a RunAs>,
+    root: &'a Path,
+    exe: &'a Path,
+    listener: &'a UnixListener,
+    socket: &'a str,
+}
+
+impl Rustdoc<'_> {
+    /// `cargo test --doc` with this executable as rustdoc's runner, `threads` doc tests at once.
+    fn run(&self, threads: usize) -> Result<Session> {
+        let _ = std::fs::remove_dir_all(self.root);
+        std::fs::create_dir_all(self.root).map_err(|source| Error::Io {
+            context: format!("creating {}", self.root.display()),
+            source,
+        })?;
+        // The target dir is the user's (cargo made it); this directory is too.
+        let _ = user::give(self.root, self.run_as);
+        let runner =
+            serde_json::to_string(&[self.exe.to_string_lossy().as_ref(), COLLECT_ARGUMENT])
+                .unwrap_or_default();
+        let host = host_triple(self.run_as)?;
+        let mut args = self.selection.packages();
+        args.extend(["--doc".to_owned(), "--no-fail-fast".to_owned()]);
+        args.extend([
+            "--config".to_owned(),
+            format!("target.{host}.runner={runner}"),
+        ]);
+        args.extend([
+            "--".to_owned(),
+            format!("--test-threads={threads}"),
+            "--color".to_owned(),
+            "never".to_owned(),
+        ]);
+        let mut command =
+            self.options
+                .cargo_command(self.metadata, &["test"], &args, false, self.run_as);
+        rustdoc_flags(&mut command, self.options.optimized());
+        command.env(SOCKET_VAR, self.socket);
+        let (reader, writer) = nix::unistd::pipe().map_err(|err| Error::Io {
+            context: "making a pipe for rustdoc".into(),
+            source: err.into(),
+        })?;
+        let duplicate = writer.try_clone().map_err(|source| Error::Io {
+            context: "making a pipe for rustdoc".into(),
+            source,
+        })?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::from(duplicate));
+        let mut child = command.spawn().map_err(|source| Error::Io {
+            context: "running cargo test --doc".into(),
+            source,
+        })?;
+        // The write ends are the child's now: the pipe ends when it does.
+        drop(command);
+        let mut session = Session::new(self.root, threads == 1);
+        let read = session.serve(reader, self.listener);
+        let status = child.wait();
+        read.map_err(|source| Error::Io {
+            context: "reading cargo test --doc".into(),
+            source,
+        })?;
+        session.success = status
+            .map_err(|source| Error::Io {
+                context: "waiting for cargo test --doc".into(),
+                source,
+            })?
+            .success();
+        Ok(session)
+    }
 }
 
 /// The host's target triple, whose runner doc tests take.
@@ -305,17 +355,93 @@ struct Call {
 /// One `cargo test --doc` being collected: its output so far and the runners' calls.
 struct Session {
     root: PathBuf,
+    /// One doc test at a time: a runner that calls is the one rustdoc announced last.
+    serial: bool,
     text: String,
     calls: Vec<Call>,
+    /// cargo's exit status was success.
+    success: bool,
 }
 
 impl Session {
-    fn new(root: &Path) -> Self {
+    fn new(root: &Path, serial: bool) -> Self {
         Self {
             root: root.to_path_buf(),
+            serial,
             text: String::new(),
             calls: Vec::new(),
+            success: false,
         }
+    }
+
+    /// Names the calls of doc tests compiled on their own by the function rustdoc wrapped each
+    /// in (`_doctest_main_src_lib_rs_42_0`: its file and line), and a crate's one call left
+    /// unnamed (a doc test with a `main` of its own) by the one doc test left that ran; false
+    /// when a call cannot be named so, or not uniquely.
+    fn named_by_symbols(&mut self) -> bool {
+        let sections = sections(&self.text);
+        let mut taken: Vec<(String, String)> = Vec::new();
+        let mut unnamed: Vec<usize> = Vec::new();
+        for (index, call) in self.calls.iter_mut().enumerate() {
+            let binary = call.dir.join("rust_out");
+            if is_merged(&binary) {
+                continue;
+            }
+            let Some((file, line)) = wrapped_test(&binary) else {
+                unnamed.push(index);
+                continue;
+            };
+            let Some((_, results)) = sections.iter().find(|(krate, _)| *krate == call.krate) else {
+                return false;
+            };
+            let candidates: Vec<&TestLine> = results
+                .iter()
+                .filter(|result| {
+                    source_of(&result.name).is_some_and(|(name_file, name_line)| {
+                        mangled(name_file) == file && name_line == line
+                    })
+                })
+                .collect();
+            let [only] = candidates.as_slice() else {
+                return false;
+            };
+            let key = (call.krate.clone(), only.name.clone());
+            if taken.contains(&key) {
+                return false;
+            }
+            taken.push(key);
+            call.test = Some(only.name.clone());
+        }
+        for index in unnamed {
+            let krate = self.calls[index].krate.clone();
+            let unnamed_here = self
+                .calls
+                .iter()
+                .filter(|call| call.krate == krate && call.test.is_none())
+                .filter(|call| !is_merged(&call.dir.join("rust_out")))
+                .count();
+            let Some((_, results)) = sections.iter().find(|(name, _)| *name == krate) else {
+                return false;
+            };
+            // The doc tests that may have run on their own and were not named: one, for one
+            // call (a doc test that did not compile would be one more, and makes it two).
+            let left: Vec<&TestLine> = results
+                .iter()
+                .filter(|result| {
+                    result.verdict != "ignored"
+                        && matches!(result.mode, Mode::Run | Mode::ShouldPanic)
+                        && !taken.contains(&(krate.clone(), result.name.clone()))
+                })
+                .collect();
+            match (unnamed_here, left.as_slice()) {
+                (1, [only]) => {
+                    taken.push((krate.clone(), only.name.clone()));
+                    self.calls[index].test = Some(only.name.clone());
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Reads cargo's output until it ends, answering every runner that calls.
@@ -378,6 +504,7 @@ impl Session {
                 Err(err) => return Err(err),
             };
             let (krate, test) = self.running();
+            let test = test.filter(|_| self.serial);
             let dir = self.root.join(self.calls.len().to_string());
             stream.set_nonblocking(false)?;
             stream.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -632,6 +759,46 @@ fn probe_merged(
         });
     }
     Ok(tests)
+}
+
+/// A file name as rustdoc puts it in a doc test's function name: every character but ASCII
+/// letters and digits made `_`.
+fn mangled(file: &str) -> String {
+    file.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// The file (mangled) and line of the doc test a binary was compiled from, from the function
+/// rustdoc wraps its code in (`rust_out::main::_doctest_main_src_lib_rs_42_0`); `None` for a doc
+/// test with a `main` of its own, or one whose wrapper was inlined away.
+fn wrapped_test(binary: &Path) -> Option<(String, usize)> {
+    use object::{Object as _, ObjectSymbol as _};
+    let data = std::fs::read(binary).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let mut found = None;
+    for symbol in file.symbols() {
+        let Ok(name) = symbol.name() else {
+            continue;
+        };
+        if !name.contains("_doctest_main_") {
+            continue;
+        }
+        let demangled = format!("{:#}", rustc_demangle::demangle(name));
+        let Some(id) = demangled.split("::_doctest_main_").nth(1) else {
+            continue;
+        };
+        let id = id.split("::").next().unwrap_or(id);
+        let mut parts = id.rsplitn(3, '_');
+        let (_number, line, file) = (parts.next()?, parts.next()?, parts.next()?);
+        let line: usize = line.parse().ok()?;
+        match &found {
+            None => found = Some((file.to_owned(), line)),
+            Some(seen) if *seen == (file.to_owned(), line) => {}
+            Some(_) => return None,
+        }
+    }
+    found
 }
 
 /// Whether a doc test binary is rustdoc's merged one (its `main` is `doctest_runner_<edition>`'s).
