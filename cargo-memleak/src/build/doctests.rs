@@ -179,7 +179,7 @@ pub fn collect(
     if !documented && !selection.doc {
         return Ok(Vec::new());
     }
-    let root = options.target_directory(metadata).join("doctests");
+    let root = run_directory(&options.target_directory(metadata).join("doctests"));
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         context: "finding cargo-memleak's own executable".into(),
         source,
@@ -221,6 +221,23 @@ pub fn collect(
     session.finish(metadata, success, &exe)
 }
 
+/// This run's directory of collected doc tests, `doctests/run-<pid>`: runs at once on one
+/// target directory (a terminal and an editor) keep apart. Those of runs that have ended go.
+fn run_directory(doctests: &Path) -> PathBuf {
+    let own = format!("run-{}", std::process::id());
+    for entry in std::fs::read_dir(doctests).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let running = name
+            .strip_prefix("run-")
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if name != own && !running {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    doctests.join(own)
+}
+
 /// What one `cargo test --doc` needs.
 struct Rustdoc<'a> {
     options: &'a BuildOptions,
@@ -241,7 +258,10 @@ impl Rustdoc<'_> {
             context: format!("creating {}", self.root.display()),
             source,
         })?;
-        // The target dir is the user's (cargo made it); this directory is too.
+        // The target dir is the user's (cargo made it); these directories are too.
+        if let Some(parent) = self.root.parent() {
+            let _ = user::give(parent, self.run_as);
+        }
         let _ = user::give(self.root, self.run_as);
         let runner =
             serde_json::to_string(&[self.exe.to_string_lossy().as_ref(), COLLECT_ARGUMENT])
