@@ -571,14 +571,18 @@ impl Finished {
 /// `cargo memleak test --message-format json --manifest-path fixtures/FIXTURE/Cargo.toml
 /// ARGS`, with `env` added to the environment.
 pub fn test_finished(fixture: &str, args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let manifest = workspace_root()
+        .join("fixtures")
+        .join(fixture)
+        .join("Cargo.toml");
+    test_finished_in(&manifest, args, env)
+}
+
+/// [`test_finished`] on the workspace of `manifest` (a copy of a fixture, a scratch crate).
+pub fn test_finished_in(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Finished {
     let output = Command::new(cargo_memleak())
         .args(["test", "--message-format", "json", "--manifest-path"])
-        .arg(
-            workspace_root()
-                .join("fixtures")
-                .join(fixture)
-                .join("Cargo.toml"),
-        )
+        .arg(manifest)
         .args(args)
         .envs(env.iter().copied())
         .output()

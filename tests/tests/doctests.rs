@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use memleak_tests::{
     Finished, cargo_memleak, copy_fixture, marker_line, privileged, scratch, test_finished,
-    workspace_root,
+    test_finished_in, workspace_root,
 };
 use serde_json::Value;
 
@@ -208,7 +208,11 @@ fn blessed_doc_tests_pass_and_keep_their_budget_when_lines_move() {
     let manifest = workspace.join("Cargo.toml");
     let manifest = manifest.to_str().expect("UTF-8 path");
     let baseline = workspace.join("memleak-baseline.json");
-    let blessed = run_in(manifest, &["--workspace", "--doc", "--bless"]);
+    let blessed = test_finished_in(
+        Path::new(manifest),
+        &["--workspace", "--doc", "--bless"],
+        &[],
+    );
     assert_eq!(blessed.code, Some(0), "{}", blessed.stderr);
     let written: Value =
         serde_json::from_str(&std::fs::read_to_string(&baseline).expect("baseline written"))
@@ -228,7 +232,7 @@ fn blessed_doc_tests_pass_and_keep_their_budget_when_lines_move() {
         let (first, rest) = text.split_once('\n').expect("a first line");
         std::fs::write(&path, format!("{first}\n//\n//\n//\n{rest}")).expect("source edited");
     }
-    let rerun = run_in(manifest, &["--workspace", "--doc"]);
+    let rerun = test_finished_in(Path::new(manifest), &["--workspace", "--doc"], &[]);
     assert_eq!(rerun.code, Some(0), "{}\n{:#?}", rerun.stderr, rerun.tests);
     let moved = rerun
         .tests
@@ -265,7 +269,7 @@ fn a_doc_test_that_fails_fails_whatever_failed() {
     )
     .expect("source");
     let manifest = package.join("Cargo.toml");
-    let run = run_in(manifest.to_str().expect("UTF-8"), &["--doc"]);
+    let run = test_finished_in(&manifest, &["--doc"], &[]);
     assert_eq!(run.code, Some(100), "{}", run.stderr);
     let failures = |test: &str| -> Vec<String> {
         let event = run
@@ -317,27 +321,4 @@ fn a_doc_test_that_fails_fails_whatever_failed() {
         .and_then(|event| event["output"].as_str())
         .unwrap_or_default();
     assert!(output.contains("mismatched types"), "{output}");
-}
-
-fn run_in(manifest: &str, args: &[&str]) -> Finished {
-    let output = std::process::Command::new(cargo_memleak())
-        .args([
-            "test",
-            "--message-format",
-            "json",
-            "--manifest-path",
-            manifest,
-        ])
-        .args(args)
-        .output()
-        .expect("cargo memleak test runs");
-    Finished {
-        code: output.status.code(),
-        tests: String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|event| event["event"] == "test-finished")
-            .collect(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }

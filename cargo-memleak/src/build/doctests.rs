@@ -402,14 +402,20 @@ impl Session {
         let sections = sections(&self.text);
         let mut taken: Vec<(String, String)> = Vec::new();
         let mut unnamed: Vec<usize> = Vec::new();
+        // Each binary's symbols, read once.
+        let compiled: Vec<Compiled> = self
+            .calls
+            .iter()
+            .map(|call| Compiled::of(&call.dir.join("rust_out")))
+            .collect();
         for (index, call) in self.calls.iter_mut().enumerate() {
-            let binary = call.dir.join("rust_out");
-            if is_merged(&binary) {
-                continue;
-            }
-            let Some((file, line)) = wrapped_test(&binary) else {
-                unnamed.push(index);
-                continue;
+            let (file, line) = match &compiled[index] {
+                Compiled::Merged => continue,
+                Compiled::OwnMain => {
+                    unnamed.push(index);
+                    continue;
+                }
+                Compiled::Wrapped { file, line } => (file.clone(), *line),
             };
             let Some((_, results)) = sections.iter().find(|(krate, _)| *krate == call.krate) else {
                 return false;
@@ -437,8 +443,10 @@ impl Session {
             let unnamed_here = self
                 .calls
                 .iter()
-                .filter(|call| call.krate == krate && call.test.is_none())
-                .filter(|call| !is_merged(&call.dir.join("rust_out")))
+                .zip(&compiled)
+                .filter(|(call, compiled)| {
+                    call.krate == krate && call.test.is_none() && **compiled != Compiled::Merged
+                })
                 .count();
             let Some((_, results)) = sections.iter().find(|(name, _)| *name == krate) else {
                 return false;
@@ -583,21 +591,15 @@ impl Session {
                     (Some(call), verdict, _) => {
                         matched += 1;
                         let (path, cwd, env) = collected(call, &self.text)?;
-                        executables.push(Executable {
-                            path,
-                            id: id.clone(),
-                            package_dir: cwd,
-                            env,
-                            bins: Vec::new(),
-                            harness: Harness::DocTests(vec![DocTest {
-                                name: result.name.clone(),
-                                key: String::new(),
-                                run: DocRun::Alone {
-                                    // Collected tests "succeed": only a should_panic one fails.
-                                    should_panic: verdict != "ok",
-                                },
-                            }]),
-                        });
+                        let test = DocTest {
+                            name: result.name.clone(),
+                            key: String::new(),
+                            run: DocRun::Alone {
+                                // Collected tests "succeed": only a should_panic one fails.
+                                should_panic: verdict != "ok",
+                            },
+                        };
+                        executables.push(doc_executable(path, &id, cwd, env, vec![test]));
                         continue;
                     }
                     (None, verdict, mode) => {
@@ -626,31 +628,24 @@ impl Session {
             {
                 matched += 1;
                 let (path, cwd, env) = collected(call, &self.text)?;
-                if !is_merged(&path) {
+                if Compiled::of(&path) != Compiled::Merged {
                     return Err(unexpected(
                         &self.text,
                         "rustdoc started a doc test that was not matched to a name",
                     ));
                 }
                 let tests = probe_merged(&path, &cwd, &env, exe)?;
-                executables.push(Executable {
-                    path,
-                    id: id.clone(),
-                    package_dir: cwd,
-                    env,
-                    bins: Vec::new(),
-                    harness: Harness::DocTests(tests),
-                });
+                executables.push(doc_executable(path, &id, cwd, env, tests));
             }
             if !verdicts.is_empty() {
-                executables.push(Executable {
-                    path: PathBuf::new(),
-                    id: id.clone(),
+                // rustdoc's verdicts: nothing runs (no binary).
+                executables.push(doc_executable(
+                    PathBuf::new(),
+                    &id,
                     package_dir,
-                    env: Vec::new(),
-                    bins: Vec::new(),
-                    harness: Harness::DocTests(verdicts),
-                });
+                    Vec::new(),
+                    verdicts,
+                ));
             }
         }
         if matched != self.calls.len() {
@@ -669,6 +664,25 @@ impl Session {
             });
         }
         Ok(executables)
+    }
+}
+
+/// An executable of doc tests: a collected binary run in the directory and environment
+/// rustdoc gave it.
+fn doc_executable(
+    path: PathBuf,
+    id: &str,
+    package_dir: PathBuf,
+    env: Environment,
+    tests: Vec<DocTest>,
+) -> Executable {
+    Executable {
+        path,
+        id: id.to_owned(),
+        package_dir,
+        env,
+        bins: Vec::new(),
+        harness: Harness::DocTests(tests),
     }
 }
 
@@ -789,52 +803,64 @@ fn mangled(file: &str) -> String {
         .collect()
 }
 
-/// The file (mangled) and line of the doc test a binary was compiled from, from the function
-/// rustdoc wraps its code in (`rust_out::main::_doctest_main_src_lib_rs_42_0`); `None` for a doc
-/// test with a `main` of its own, or one whose wrapper was inlined away.
-fn wrapped_test(binary: &Path) -> Option<(String, usize)> {
-    use object::{Object as _, ObjectSymbol as _};
-    let data = std::fs::read(binary).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let mut found = None;
-    for symbol in file.symbols() {
-        let Ok(name) = symbol.name() else {
-            continue;
-        };
-        if !name.contains("_doctest_main_") {
-            continue;
-        }
-        let demangled = format!("{:#}", rustc_demangle::demangle(name));
-        let Some(id) = demangled.split("::_doctest_main_").nth(1) else {
-            continue;
-        };
-        let id = id.split("::").next().unwrap_or(id);
-        let mut parts = id.rsplitn(3, '_');
-        let (_number, line, file) = (parts.next()?, parts.next()?, parts.next()?);
-        let line: usize = line.parse().ok()?;
-        match &found {
-            None => found = Some((file.to_owned(), line)),
-            Some(seen) if *seen == (file.to_owned(), line) => {}
-            Some(_) => return None,
-        }
-    }
-    found
+/// What a doc test binary is, from its symbols.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Compiled {
+    /// rustdoc's merged binary (edition 2024): its `main` is `doctest_runner_<edition>`'s.
+    Merged,
+    /// One doc test in the function rustdoc wraps its code in
+    /// (`rust_out::main::_doctest_main_src_lib_rs_42_0`): its file (mangled) and line.
+    Wrapped { file: String, line: usize },
+    /// One doc test with a `main` of its own (or whose wrapper was inlined away, or that no
+    /// wrapper names uniquely).
+    OwnMain,
 }
 
-/// Whether a doc test binary is rustdoc's merged one (its `main` is `doctest_runner_<edition>`'s).
-fn is_merged(binary: &Path) -> bool {
-    use object::{Object as _, ObjectSymbol as _};
-    let Ok(data) = std::fs::read(binary) else {
-        return false;
-    };
-    let Ok(file) = object::File::parse(&*data) else {
-        return false;
-    };
-    file.symbols().any(|symbol| {
-        symbol
-            .name()
-            .is_ok_and(|name| name.contains("doctest_runner_20"))
-    })
+impl Compiled {
+    fn of(binary: &Path) -> Self {
+        use object::{Object as _, ObjectSymbol as _};
+        let Ok(data) = std::fs::read(binary) else {
+            return Compiled::OwnMain;
+        };
+        let Ok(file) = object::File::parse(&*data) else {
+            return Compiled::OwnMain;
+        };
+        let mut found: Option<(String, usize)> = None;
+        for symbol in file.symbols() {
+            let Ok(name) = symbol.name() else {
+                continue;
+            };
+            if name.contains("doctest_runner_20") {
+                return Compiled::Merged;
+            }
+            if !name.contains("_doctest_main_") {
+                continue;
+            }
+            let demangled = format!("{:#}", rustc_demangle::demangle(name));
+            let Some(id) = demangled.split("::_doctest_main_").nth(1) else {
+                continue;
+            };
+            let id = id.split("::").next().unwrap_or(id);
+            let mut parts = id.rsplitn(3, '_');
+            let (Some(_number), Some(line), Some(file)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(line) = line.parse::<usize>() else {
+                continue;
+            };
+            match &found {
+                None => found = Some((file.to_owned(), line)),
+                Some(seen) if *seen == (file.to_owned(), line) => {}
+                Some(_) => return Compiled::OwnMain,
+            }
+        }
+        match found {
+            Some((file, line)) => Compiled::Wrapped { file, line },
+            None => Compiled::OwnMain,
+        }
+    }
 }
 
 /// The package whose library is `krate`.

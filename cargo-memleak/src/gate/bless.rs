@@ -64,6 +64,21 @@ fn set_budget(
     }
 }
 
+/// [`set_budget`] for one test of the baseline's.
+fn set_test_budget(baseline: &mut super::Baseline, result: &Measured, fail_on: FailOn) {
+    let tests = baseline
+        .tests
+        .entry(result.binary_id.to_owned())
+        .or_default();
+    set_budget(
+        tests,
+        result.test,
+        result.judgement,
+        result.children,
+        fail_on,
+    );
+}
+
 impl LoadedGate {
     /// `cargo memleak wrap --bless`: one test's budget, written into the baseline as it is on
     /// disk now, under a lock on the baseline's directory that the other tests' processes,
@@ -87,17 +102,7 @@ impl LoadedGate {
         let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, errno)| io(errno.into()))?;
         let mut baseline = super::Baseline::read(&self.path)?;
-        let tests = baseline
-            .tests
-            .entry(result.binary_id.to_owned())
-            .or_default();
-        set_budget(
-            tests,
-            result.test,
-            result.judgement,
-            result.children,
-            self.options.fail_on,
-        );
+        set_test_budget(&mut baseline, &result, self.options.fail_on);
         baseline.tests.retain(|_, tests| !tests.is_empty());
         baseline.write(&self.path, owner)?;
         Ok(Blessing::Written {
@@ -144,17 +149,7 @@ impl LoadedGate {
         let mut baseline = self.baseline.clone();
         let fail_on = self.options.fail_on;
         for result in &results {
-            let tests = baseline
-                .tests
-                .entry(result.binary_id.to_owned())
-                .or_default();
-            set_budget(
-                tests,
-                result.test,
-                result.judgement,
-                result.children,
-                fail_on,
-            );
+            set_test_budget(&mut baseline, result, fail_on);
         }
         for entry in stale {
             match &entry.test {
